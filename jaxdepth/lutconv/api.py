@@ -1,0 +1,118 @@
+"""Public entry points: `conv2d`, `dense`, `explain`."""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..multipliers import Multiplier, validate_table
+from .registry import Problem, choose, get_kernel
+from .spec import ConvSpec, PaddingArg, as_pair, check_code_range, check_integer_codes, normalize_padding
+
+TableLike = Union[Multiplier, np.ndarray, jax.Array]
+
+
+def _is_traced(*arrays: Any) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def _resolve_table(lut: TableLike, signed: Optional[bool]) -> tuple[Any, Optional[np.ndarray], Optional[bool]]:
+    """(table usable by kernels, concrete numpy table or None, signedness or None)."""
+    if isinstance(lut, Multiplier):
+        if signed is not None and signed != lut.signed:
+            raise ValueError(f"signed={signed} contradicts multiplier {lut.name} (signed={lut.signed})")
+        return lut.table, lut.table, lut.signed
+    if isinstance(lut, jax.core.Tracer):
+        if tuple(lut.shape) != (256, 256):
+            raise ValueError(f"a product table must have shape (256, 256), got {tuple(lut.shape)}")
+        return lut, None, signed
+    table = validate_table(np.asarray(lut), "lut")
+    return table, table, signed
+
+
+def _prepare(x: Any, w: Any, lut: TableLike, stride: Any, padding: PaddingArg, dilation: Any,
+             groups: int, pad_code: int, signed: Optional[bool], impl: str):
+    check_integer_codes(x, "x")
+    check_integer_codes(w, "w")
+    if len(np.shape(x)) != 4:
+        raise ValueError(f"x must be NHWC (rank 4), got shape {tuple(np.shape(x))}")
+    if len(np.shape(w)) != 4:
+        raise ValueError(f"w must be HWIO (rank 4), got shape {tuple(np.shape(w))}")
+    n, h, wd, c = np.shape(x)
+    kh, kw, cg, o = np.shape(w)
+    if not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if c % groups or o % groups:
+        raise ValueError(f"in_channels {c} and out_channels {o} must both be divisible by groups {groups}")
+    if cg * groups != c:
+        raise ValueError(f"w has {cg} input channels per group but x has {c} channels and groups={groups} "
+                         f"(expected w.shape[2] == {c // groups})")
+    table, concrete, signed = _resolve_table(lut, signed)
+    if signed is None:  # infer from the codes when the table is a bare array
+        lows = [int(np.min(a)) for a in (x, w) if not _is_traced(a) and np.size(a)]
+        signed = bool(lows) and min(lows) < 0
+    check_code_range(x, signed, "x")
+    check_code_range(w, signed, "w")
+    lo, hi = (-128, 127) if signed else (0, 255)
+    if not lo <= int(pad_code) <= hi:
+        raise ValueError(f"pad_code {pad_code} outside [{lo}, {hi}]")
+    stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    pads = normalize_padding(padding, (h, wd), (kh, kw), stride_p, dilation_p)
+    spec = ConvSpec(stride_p, dilation_p, int(groups))
+    padded_shape = (n, h + sum(pads[0]), wd + sum(pads[1]), c)
+    spec.output_hw(padded_shape[1:3], (kh, kw))  # raises when the kernel does not fit
+    traced = _is_traced(x, w, table)
+    problem = Problem(padded_shape, (kh, kw, cg, o), spec, concrete, traced)
+    if impl == "auto":
+        kernel, _ = choose(problem)
+    else:
+        kernel = get_kernel(impl)
+        if traced and not kernel.jittable:
+            raise ValueError(f"impl={impl!r} runs on concrete arrays only; use a jittable impl inside jit")
+        why_not = kernel.supports(problem)
+        if why_not:
+            raise ValueError(f"impl={impl!r} cannot run this call: {why_not}")
+    return kernel, problem, table, pads
+
+
+def conv2d(x: Any, w: Any, lut: TableLike, *, stride: Any = 1, padding: PaddingArg = 0, dilation: Any = 1,
+           groups: int = 1, pad_code: int = 0, signed: Optional[bool] = None, impl: str = "auto") -> jax.Array:
+    """LUT convolution of integer codes: int32 accumulators ``sum lut[w_byte, x_byte]``.
+
+    x: (N, H, W, C) integer codes; w: (KH, KW, C // groups, O) integer codes; lut: a `Multiplier` or a
+    (256, 256) int32 table indexed ``[w_byte, x_byte]``. Padded positions hold ``pad_code`` and pass
+    through the table like any other operand. ``impl``: "auto" or one of `implementations()`.
+    """
+    kernel, problem, table, pads = _prepare(x, w, lut, stride, padding, dilation, groups, pad_code,
+                                            signed, impl)
+    pad_width = ((0, 0), pads[0], pads[1], (0, 0))
+    if kernel.jittable:
+        xp = jnp.pad(jnp.asarray(x, jnp.int32), pad_width, constant_values=int(pad_code))
+        return kernel.fn(xp, jnp.asarray(w, jnp.int32), table, problem.spec)
+    xp = np.pad(np.asarray(x, np.int32), pad_width, constant_values=int(pad_code))
+    return jnp.asarray(kernel.fn(xp, np.asarray(w, np.int32), np.asarray(table), problem.spec))
+
+
+def dense(x: Any, w: Any, lut: TableLike, *, signed: Optional[bool] = None, impl: str = "auto") -> jax.Array:
+    """LUT matrix product of integer codes: x (N, I), w (I, O) -> int32 (N, O)."""
+    if len(np.shape(x)) != 2 or len(np.shape(w)) != 2:
+        raise ValueError(f"dense expects x (N, I) and w (I, O), got {np.shape(x)} and {np.shape(w)}")
+    if np.shape(x)[1] != np.shape(w)[0]:
+        raise ValueError(f"x has {np.shape(x)[1]} features but w expects {np.shape(w)[0]}")
+    out = conv2d(x[:, None, None, :], w[None, None], lut, signed=signed, impl=impl)
+    return out[:, 0, 0, :]
+
+
+def explain(x_shape: tuple[int, ...], w_shape: tuple[int, ...], lut: TableLike, *, stride: Any = 1,
+            padding: PaddingArg = 0, dilation: Any = 1, groups: int = 1, traced: bool = False) -> str:
+    """Which kernel ``impl="auto"`` would use for such a call, and why."""
+    table = lut.table if isinstance(lut, Multiplier) else validate_table(np.asarray(lut))
+    n, h, wd, c = x_shape
+    kh, kw, cg, o = w_shape
+    stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    pads = normalize_padding(padding, (h, wd), (kh, kw), stride_p, dilation_p)
+    problem = Problem((n, h + sum(pads[0]), wd + sum(pads[1]), c), tuple(w_shape),
+                      ConvSpec(stride_p, dilation_p, groups), table, traced)
+    return choose(problem)[1]

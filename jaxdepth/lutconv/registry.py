@@ -1,0 +1,91 @@
+"""Kernel registry and automatic selection.
+
+A kernel computes the normalised problem of `spec` (VALID convolution of int32 codes, padding already
+applied) and returns int32 accumulators. Kernels register with a priority and a ``supports`` check;
+``impl="auto"`` picks the highest-priority kernel that supports the call, and `explain` says which and
+why. A GPU kernel (e.g. Pallas) would register here the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .spec import ConvSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """What a kernel is asked to do: shapes, spec, the table (None when traced) and tracing state."""
+
+    x_shape: tuple[int, ...]
+    w_shape: tuple[int, ...]
+    spec: ConvSpec
+    table: Optional[np.ndarray]
+    traced: bool
+
+    @property
+    def macs(self) -> int:
+        n, h, w, _ = self.x_shape
+        kh, kw, cg, o = self.w_shape
+        ho, wo = self.spec.output_hw((h, w), (kh, kw))
+        return n * ho * wo * o * kh * kw * cg
+
+
+KernelFn = Callable[[Any, Any, Any, ConvSpec], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """A LUT convolution implementation.
+
+    ``supports(problem)`` returns None when the kernel can run the problem, else the reason it cannot.
+    ``jittable`` kernels accept traced inputs (inside `jax.jit`). ``priority`` orders ``impl="auto"``.
+    """
+
+    name: str
+    fn: KernelFn
+    description: str
+    jittable: bool
+    priority: int
+    supports: Callable[[Problem], Optional[str]] = lambda p: None
+
+
+_KERNELS: dict[str, Kernel] = {}
+
+
+def register_kernel(kernel: Kernel) -> None:
+    """Add (or replace) a kernel under ``kernel.name``."""
+    _KERNELS[kernel.name] = kernel
+
+
+def implementations() -> list[str]:
+    """Names accepted by ``impl=``, fastest-preferred first (``auto`` picks among these)."""
+    return [k.name for k in sorted(_KERNELS.values(), key=lambda k: -k.priority)]
+
+
+def get_kernel(name: str) -> Kernel:
+    if name not in _KERNELS:
+        raise ValueError(f"unknown LUT convolution impl {name!r}; available: auto, "
+                         f"{', '.join(implementations())}")
+    return _KERNELS[name]
+
+
+def choose(problem: Problem) -> tuple[Kernel, str]:
+    """The kernel ``impl="auto"`` uses for ``problem`` and a one-line reason."""
+    skipped = []
+    for kernel in sorted(_KERNELS.values(), key=lambda k: -k.priority):
+        if kernel.name in ("loop", "vectorized"):
+            continue  # reference implementations are never chosen automatically
+        if problem.traced and not kernel.jittable:
+            skipped.append(f"{kernel.name}: not usable on traced inputs")
+            continue
+        why_not = kernel.supports(problem)
+        if why_not is None:
+            reason = f"{kernel.name}: {kernel.description}"
+            if skipped:
+                reason += " (skipped " + "; ".join(skipped) + ")"
+            return kernel, reason
+        skipped.append(f"{kernel.name}: {why_not}")
+    raise RuntimeError("no LUT convolution kernel supports this call: " + "; ".join(skipped))

@@ -1,0 +1,112 @@
+"""Argument checking and normalisation shared by every LUT convolution kernel.
+
+The front end (`jaxdepth.lutconv.conv2d`) validates the call, pads the input explicitly with the pad
+code, and hands every kernel the same normalised problem: a VALID convolution of int32 codes with
+``stride``, ``dilation`` and ``groups`` (a `ConvSpec`). Kernels therefore never see padding.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+Pair = tuple[int, int]
+PaddingArg = Union[int, Sequence[int], Sequence[Sequence[int]], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+    """A normalised VALID convolution: strides, dilations and feature groups."""
+
+    stride: Pair = (1, 1)
+    dilation: Pair = (1, 1)
+    groups: int = 1
+
+    def output_hw(self, in_hw: Pair, kernel_hw: Pair) -> Pair:
+        """Output height and width of a VALID convolution of an (already padded) input."""
+        out = []
+        for size, k, s, d in zip(in_hw, kernel_hw, self.stride, self.dilation):
+            span = d * (k - 1) + 1
+            if size < span:
+                raise ValueError(f"input size {in_hw} (after padding) is smaller than the dilated "
+                                 f"kernel {kernel_hw} with dilation {self.dilation}")
+            out.append((size - span) // s + 1)
+        return out[0], out[1]
+
+
+def as_pair(value: Any, what: str) -> Pair:
+    """An int or a pair of positive ints -> (int, int)."""
+    if isinstance(value, (int, np.integer)):
+        pair = (int(value), int(value))
+    else:
+        try:
+            a, b = value
+            pair = (int(a), int(b))
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}") from None
+    if min(pair) < 1:
+        raise ValueError(f"{what} must be positive, got {value!r}")
+    return pair
+
+
+def normalize_padding(padding: PaddingArg, in_hw: Pair, kernel_hw: Pair, stride: Pair,
+                      dilation: Pair) -> tuple[Pair, Pair]:
+    """Any accepted padding form -> ((top, bottom), (left, right)).
+
+    Forms: int, (ph, pw), ((top, bottom), (left, right)), "VALID", "SAME" (TensorFlow / XLA rule:
+    output = ceil(in / stride), the extra row or column at the bottom / right).
+    """
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode == "VALID":
+            return (0, 0), (0, 0)
+        if mode != "SAME":
+            raise ValueError(f"padding string must be 'SAME' or 'VALID', got {padding!r}")
+        pads = []
+        for size, k, s, d in zip(in_hw, kernel_hw, stride, dilation):
+            out = -(-size // s)
+            total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        return pads[0], pads[1]
+    if isinstance(padding, (int, np.integer)):
+        p = int(padding)
+        result = ((p, p), (p, p))
+    else:
+        items = list(padding)
+        if len(items) != 2:
+            raise ValueError(f"padding must be int, pair, ((top, bottom), (left, right)), 'SAME' or "
+                             f"'VALID'; got {padding!r}")
+        if all(isinstance(v, (int, np.integer)) for v in items):
+            result = ((int(items[0]),) * 2, (int(items[1]),) * 2)
+        else:
+            try:
+                result = tuple((int(a), int(b)) for a, b in items)
+            except (TypeError, ValueError):
+                raise ValueError(f"cannot read padding {padding!r}") from None
+    if min(min(p) for p in result) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding!r}")
+    return result  # type: ignore[return-value]
+
+
+def check_integer_codes(arr: Any, what: str) -> None:
+    """Raise a clear error unless ``arr`` has an integer dtype."""
+    dtype = np.dtype(getattr(arr, "dtype", np.asarray(arr).dtype))
+    if dtype.kind not in "iu":
+        raise TypeError(f"{what} must hold integer codes (int8/uint8/int32...), got dtype {dtype}; "
+                        "quantize first (jaxdepth.quant)")
+
+
+def check_code_range(arr: Any, signed: bool, what: str) -> None:
+    """Codes must be in [-128, 127] for signed tables and [0, 255] for unsigned ones (concrete only)."""
+    try:
+        a = np.asarray(arr)
+    except Exception:  # a tracer inside jit: the range cannot be checked here
+        return
+    if a.size == 0:
+        return
+    lo, hi = (-128, 127) if signed else (0, 255)
+    amin, amax = int(a.min()), int(a.max())
+    if amin < lo or amax > hi:
+        kind = "signed" if signed else "unsigned"
+        raise ValueError(f"{what} codes span [{amin}, {amax}], outside [{lo}, {hi}] of a {kind} table")
