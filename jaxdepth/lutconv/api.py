@@ -56,14 +56,14 @@ def _prepare(x: Any, w: Any, lut: TableLike, stride: Any, padding: PaddingArg, d
     check_code_range(x, signed, "x")
     check_code_range(w, signed, "w")
     lo, hi = (-128, 127) if signed else (0, 255)
-    if not lo <= int(pad_code) <= hi:
+    if not _is_traced(pad_code) and not lo <= int(pad_code) <= hi:
         raise ValueError(f"pad_code {pad_code} outside [{lo}, {hi}]")
     stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     pads = normalize_padding(padding, (h, wd), (kh, kw), stride_p, dilation_p)
     spec = ConvSpec(stride_p, dilation_p, int(groups))
     padded_shape = (n, h + sum(pads[0]), wd + sum(pads[1]), c)
     spec.output_hw(padded_shape[1:3], (kh, kw))  # raises when the kernel does not fit
-    traced = _is_traced(x, w, table)
+    traced = _is_traced(x, w, table, pad_code)
     problem = Problem(padded_shape, (kh, kw, cg, o), spec, concrete, traced)
     if impl == "auto":
         kernel, _ = choose(problem)
@@ -78,18 +78,19 @@ def _prepare(x: Any, w: Any, lut: TableLike, stride: Any, padding: PaddingArg, d
 
 
 def conv2d(x: Any, w: Any, lut: TableLike, *, stride: Any = 1, padding: PaddingArg = 0, dilation: Any = 1,
-           groups: int = 1, pad_code: int = 0, signed: Optional[bool] = None, impl: str = "auto") -> jax.Array:
+           groups: int = 1, pad_code: Any = 0, signed: Optional[bool] = None, impl: str = "auto") -> jax.Array:
     """LUT convolution of integer codes: int32 accumulators ``sum lut[w_byte, x_byte]``.
 
     x: (N, H, W, C) integer codes; w: (KH, KW, C // groups, O) integer codes; lut: a `Multiplier` or a
     (256, 256) int32 table indexed ``[w_byte, x_byte]``. Padded positions hold ``pad_code`` and pass
-    through the table like any other operand. ``impl``: "auto" or one of `implementations()`.
+    through the table like any other operand (``pad_code`` may be traced inside jit).
+    ``impl``: "auto" or one of `implementations()`.
     """
     kernel, problem, table, pads = _prepare(x, w, lut, stride, padding, dilation, groups, pad_code,
                                             signed, impl)
     pad_width = ((0, 0), pads[0], pads[1], (0, 0))
     if kernel.jittable:
-        xp = jnp.pad(jnp.asarray(x, jnp.int32), pad_width, constant_values=int(pad_code))
+        xp = jnp.pad(jnp.asarray(x, jnp.int32), pad_width, constant_values=jnp.asarray(pad_code, jnp.int32))
         return kernel.fn(xp, jnp.asarray(w, jnp.int32), table, problem.spec)
     xp = np.pad(np.asarray(x, np.int32), pad_width, constant_values=int(pad_code))
     return jnp.asarray(kernel.fn(xp, np.asarray(w, np.int32), np.asarray(table), problem.spec))

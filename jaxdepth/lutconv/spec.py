@@ -91,7 +91,7 @@ def normalize_padding(padding: PaddingArg, in_hw: Pair, kernel_hw: Pair, stride:
 
 def check_integer_codes(arr: Any, what: str) -> None:
     """Raise a clear error unless ``arr`` has an integer dtype."""
-    dtype = np.dtype(getattr(arr, "dtype", np.asarray(arr).dtype))
+    dtype = np.dtype(arr.dtype if hasattr(arr, "dtype") else np.asarray(arr).dtype)
     if dtype.kind not in "iu":
         raise TypeError(f"{what} must hold integer codes (int8/uint8/int32...), got dtype {dtype}; "
                         "quantize first (jaxdepth.quant)")
