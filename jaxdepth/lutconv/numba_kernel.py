@@ -1,0 +1,239 @@
+"""Compiled CPU kernels (numba, both cores) for the normalised LUT convolution of `spec`.
+
+Two algorithms, both bit-exact for any table (int32 accumulation, as the definition):
+
+``direct``  (output-stationary column gather). For each input byte ``x`` the table column
+            ``lut[:, x]`` is 256 contiguous ints (1 KiB, stays in L1); every output channel adds
+            ``column[w_byte]``: one L1 load per multiply-accumulate, vectorised over output channels
+            (AVX-512 gathers with a constant index vector per tap and channel). Depthwise layers
+            (one input channel per group) vectorise over channels instead, gathering from the table.
+            Handles every stride, dilation and grouping; best for few output channels per group.
+
+``wstat``   (weight-stationary product rows, stride 1). For a tile of input positions and a chunk of
+            input channels, precompute ``T[c, v, pos] = lut[v, x[c, pos]]`` for every weight byte ``v``
+            that channel ``c`` actually uses (at most 256 per input element, not per multiply). Each
+            output channel then adds whole rows ``T[c, w[kh, kw, c, o], pos + tap offset]``:
+            contiguous vector adds instead of scattered lookups, the table cost amortised over all
+            output channels and taps. Best when a group has many output channels.
+
+Both are plain host functions on numpy arrays; `numba_conv` / `wstat_conv` wrap them for JAX with
+`jax.pure_callback` (int32 result), so they run inside `jax.jit` with traced inputs and tables.
+"""
+from __future__ import annotations
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .spec import ConvSpec
+
+_LOCK = threading.Lock()  # one kernel at a time: each one already uses every core
+_OUTPUTS_PER_TILE = 128   # wstat: output positions per spatial tile (rows x cols)
+_COLS_PER_TILE = 160      # wstat: at most this many output columns per tile
+_T_BUDGET = 1 << 20       # wstat: bytes of precomputed product rows per channel chunk (fits L2)
+
+
+# ----------------------------------------------------------------------------------------------
+# direct: output-stationary column gather
+# ----------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
+def _direct(xb, wb, lut_t, sh, sw, dh, dw, groups, out):  # pragma: no cover - compiled
+    """xb (N,H,W,C) uint8; wb (KH,KW,Cg,O) uint8; lut_t[x, w] = lut[w, x]; out (N,Ho,Wo,O) int32."""
+    n_batch, _, _, _ = xb.shape
+    kh_n, kw_n, cg, n_out = wb.shape
+    _, ho, wo, _ = out.shape
+    og = n_out // groups
+    for r in prange(n_batch * ho):
+        n = r // ho
+        i = r % ho
+        acc = np.empty(n_out, dtype=np.int32)
+        for j in range(wo):
+            acc[:] = 0
+            for kh in range(kh_n):
+                row = i * sh + kh * dh
+                for kw in range(kw_n):
+                    col = j * sw + kw * dw
+                    for g in range(groups):
+                        for c in range(cg):
+                            column = lut_t[xb[n, row, col, g * cg + c]]
+                            wrow = wb[kh, kw, c]
+                            for o in range(np.uint64(g * og), np.uint64((g + 1) * og)):
+                                acc[o] += column[wrow[o]]
+            out[n, i, j, :] = acc
+
+
+@njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
+def _depthwise(xb, wb, lut_flat, sh, sw, dh, dw, mult, out):  # pragma: no cover - compiled
+    """groups == C: output channel o reads input channel o // mult. wb (KH,KW,1,O) uint8 as int32*256."""
+    n_batch, _, _, _ = xb.shape
+    kh_n, kw_n, _, n_out = wb.shape
+    _, ho, wo, _ = out.shape
+    for r in prange(n_batch * ho):
+        n = r // ho
+        i = r % ho
+        acc = np.empty(n_out, dtype=np.int32)
+        for j in range(wo):
+            acc[:] = 0
+            for kh in range(kh_n):
+                row = i * sh + kh * dh
+                for kw in range(kw_n):
+                    xrow = xb[n, row, j * sw + kw * dw]
+                    wrow = wb[kh, kw, 0]
+                    if mult == 1:
+                        for o in range(np.uint64(n_out)):
+                            acc[o] += lut_flat[np.uint64(wrow[o]) + xrow[o]]
+                    else:
+                        for o in range(np.uint64(n_out)):
+                            acc[o] += lut_flat[np.uint64(wrow[o]) + xrow[o // np.uint64(mult)]]
+            out[n, i, j, :] = acc
+
+
+def direct_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """The ``direct`` kernel on concrete arrays (int32 result)."""
+    xb = np.ascontiguousarray(np.asarray(x) & 0xFF, dtype=np.uint8)
+    wb = np.asarray(w) & 0xFF
+    lut = np.asarray(lut, dtype=np.int32)
+    kh_n, kw_n, cg, n_out = wb.shape
+    ho, wo = spec.output_hw(xb.shape[1:3], (kh_n, kw_n))
+    out = np.empty((xb.shape[0], ho, wo, n_out), dtype=np.int32)
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    with _LOCK:
+        if cg == 1 and spec.groups == xb.shape[3] and spec.groups > 1:
+            w256 = np.ascontiguousarray(wb.astype(np.int32) * 256)
+            _depthwise(xb, w256, np.ascontiguousarray(lut.reshape(-1)), sh, sw, dh, dw,
+                       n_out // spec.groups, out)
+        else:
+            _direct(xb, np.ascontiguousarray(wb, dtype=np.uint8), np.ascontiguousarray(lut.T),
+                    sh, sw, dh, dw, spec.groups, out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# wstat: weight-stationary product rows (stride 1)
+# ----------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
+def _wstat(xc, wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk, out):  # pragma: no cover
+    """One group, stride 1. xc (N,C,H,W) uint8; wt (O,C,KH,KW) uint8 weight bytes; slot[c, v]: row of
+    byte v in T for channel c; used[c, s]: the byte of row s; n_used[c]; lut[w, x] int32;
+    out (N,O,Ho,Wo) int32 (overwritten). Spatial tiles of rows x cols outputs run in parallel."""
+    n_batch, channels, _, _ = xc.shape
+    n_out, _, kh_n, kw_n = wt.shape
+    _, _, ho, wo = out.shape
+    row_tiles = (ho + rows - 1) // rows
+    col_tiles = (wo + cols - 1) // cols
+    r_in = rows + (kh_n - 1) * dh
+    c_in = cols + (kw_n - 1) * dw
+    vmax = 0
+    for c in range(channels):
+        vmax = max(vmax, n_used[c])
+    for t in prange(n_batch * row_tiles * col_tiles):
+        n = t // (row_tiles * col_tiles)
+        i0 = (t // col_tiles) % row_tiles * rows
+        j0 = t % col_tiles * cols
+        nr = min(rows, ho - i0)
+        nc = min(cols, wo - j0)
+        nr_in = nr + (kh_n - 1) * dh
+        nc_in = nc + (kw_n - 1) * dw
+        plane = r_in * c_in
+        table = np.empty(chunk * vmax * plane, dtype=np.int32)
+        acc = np.zeros(n_out * rows * cols, dtype=np.int32)
+        for c0 in range(0, channels, chunk):
+            c1 = min(c0 + chunk, channels)
+            for c in range(c0, c1):  # product rows of this channel chunk
+                for s in range(n_used[c]):
+                    lrow = lut[used[c, s]]
+                    for rr in range(nr_in):
+                        xrow = xc[n, c, i0 + rr, j0:j0 + nc_in]
+                        tb = np.uint64(((c - c0) * vmax + s) * plane + rr * c_in)
+                        for q in range(np.uint64(nc_in)):
+                            table[tb + q] = lrow[xrow[q]]
+            for o in range(n_out):  # every output channel adds whole rows
+                for c in range(c0, c1):
+                    for kh in range(kh_n):
+                        for kw in range(kw_n):
+                            tb = ((c - c0) * vmax + slot[c, wt[o, c, kh, kw]]) * plane + kh * dh * c_in + kw * dw
+                            for r in range(nr):
+                                ab = np.uint64((o * rows + r) * cols)
+                                trb = np.uint64(tb + r * c_in)
+                                for q in range(np.uint64(nc)):
+                                    acc[ab + q] += table[trb + q]
+        for o in range(n_out):
+            for r in range(nr):
+                for q in range(nc):
+                    out[n, o, i0 + r, j0 + q] = acc[(o * rows + r) * cols + q]
+
+
+def _tiles(ho: int, wo: int, n_batch: int) -> tuple[int, int]:
+    """(rows, cols) of a wstat spatial tile: ~100-150 outputs and a tile count every thread shares."""
+    threads = numba.get_num_threads()
+    col_tiles = -(-wo // _COLS_PER_TILE)
+    if n_batch * ho < threads:  # too few rows to share: split the columns further
+        col_tiles = -(-col_tiles // threads) * threads
+    cols = -(-wo // col_tiles)
+    rows = max(1, min(ho, _OUTPUTS_PER_TILE // cols))
+    while rows > 1 and n_batch * -(-ho // rows) * col_tiles < 2 * threads:
+        rows -= 1
+    return rows, cols
+
+
+@njit(cache=True, boundscheck=False)
+def _weight_prep(wb):  # pragma: no cover - compiled
+    """wb (KH,KW,Cg,Og) weight bytes -> wt (Og,Cg,KH,KW); per input channel the bytes it uses:
+    slot[c, v] (row of byte v), used[c, s] (byte of row s), n_used[c]."""
+    kh_n, kw_n, channels, n_out = wb.shape
+    wt = np.empty((n_out, channels, kh_n, kw_n), dtype=np.uint8)
+    present = np.zeros((channels, 256), dtype=np.bool_)
+    for kh in range(kh_n):
+        for kw in range(kw_n):
+            for c in range(channels):
+                for o in range(n_out):
+                    v = wb[kh, kw, c, o]
+                    wt[o, c, kh, kw] = v
+                    present[c, v] = True
+    slot = np.zeros((channels, 256), dtype=np.int32)
+    used = np.zeros((channels, 256), dtype=np.uint8)
+    n_used = np.zeros(channels, dtype=np.int32)
+    for c in range(channels):
+        k = 0
+        for v in range(256):
+            if present[c, v]:
+                slot[c, v] = k
+                used[c, k] = v
+                k += 1
+        n_used[c] = k
+    return wt, slot, used, n_used
+
+
+def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """The ``wstat`` kernel on concrete arrays (int32 result). Stride must be 1 unless the kernel is 1x1."""
+    x = np.asarray(x)
+    wb = (np.asarray(w) & 0xFF).astype(np.uint8)
+    lut = np.ascontiguousarray(lut, dtype=np.int32)
+    kh_n, kw_n, cg, n_out = wb.shape
+    n_batch, _, _, channels = x.shape
+    ho, wo = spec.output_hw(x.shape[1:3], (kh_n, kw_n))
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    if kh_n == kw_n == 1:  # 1x1: subsample for the stride, then positions are a flat axis
+        x = x[:, :(ho - 1) * sh + 1:sh, :(wo - 1) * sw + 1:sw, :].reshape(n_batch, 1, ho * wo, channels)
+        fh, fw = 1, ho * wo
+    elif (sh, sw) != (1, 1):
+        raise ValueError("wstat needs stride 1 (or a 1x1 kernel)")
+    else:
+        fh, fw = ho, wo
+    xc = np.empty((n_batch, channels, x.shape[1], x.shape[2]), dtype=np.uint8)
+    xc[...] = np.moveaxis(x, 3, 1) & 0xFF
+    rows, cols = _tiles(fh, fw, n_batch)
+    og = n_out // spec.groups
+    out = np.empty((n_batch, n_out, fh, fw), dtype=np.int32)
+    for g in range(spec.groups):
+        wt, slot, used, n_used = _weight_prep(np.ascontiguousarray(wb[:, :, :, g * og:(g + 1) * og]))
+        plane = (rows + (kh_n - 1) * dh) * (cols + (kw_n - 1) * dw) * 4 * max(1, int(n_used.max()))
+        chunk = int(max(1, min(cg, _T_BUDGET // plane)))
+        with _LOCK:
+            _wstat(xc[:, g * cg:(g + 1) * cg], wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk,
+                   out[:, g * og:(g + 1) * og])
+    return np.ascontiguousarray(np.moveaxis(out, 1, 3)).reshape(n_batch, ho, wo, n_out)
