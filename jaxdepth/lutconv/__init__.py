@@ -4,9 +4,9 @@
     >>> acc = lutconv.conv2d(x_codes, w_codes, multipliers.get("mul8s_1L2J"), padding=1)
 
 Implementations (``impl=``) are listed by `implementations()`; ``"auto"`` picks the fastest one that
-supports the call, and `explain` says which and why.
+supports the call (a cost model per kernel), and `explain` says which and why.
 """
-from . import gather_kernel, numpy_kernels
+from . import gather_kernel, lowrank, numba_kernel, numpy_kernels
 from .api import conv2d, dense, explain
 from .registry import Kernel, Problem, choose, implementations, register_kernel
 from .spec import ConvSpec
@@ -18,7 +18,21 @@ register_kernel(Kernel("vectorized", numpy_kernels.vectorized_conv,
                        "v2: NumPy, one vectorised lookup per output channel", jittable=False, priority=1))
 register_kernel(Kernel("gather", gather_kernel.gather_conv,
                        "pure XLA: im2col + flat-table gather + int32 sum, lax.map over output channels",
-                       jittable=True, priority=10))
+                       jittable=True, priority=10, estimate=gather_kernel.estimate))
+register_kernel(Kernel("direct", numba_kernel.direct_conv,
+                       "numba, both cores: per input byte the table column lut[:, x] (L1), every output "
+                       "channel adds column[w_byte]; depthwise: vectorised over channels",
+                       jittable=True, priority=20, estimate=numba_kernel.estimate_direct))
+register_kernel(Kernel("wstat", numba_kernel.wstat_conv,
+                       "numba, both cores, weight-stationary: product rows T[c, v, pos] = lut[v, x] built "
+                       "once per input element, output channels add contiguous rows",
+                       jittable=True, priority=30, supports=numba_kernel.wstat_supports,
+                       estimate=numba_kernel.estimate_wstat))
+register_kernel(Kernel("lowrank", lowrank.lowrank_conv,
+                       "native XLA float32 convolution per exact integer outer-product term of the table, "
+                       "reduction chunked so every partial sum is exact, int32 total",
+                       jittable=True, priority=40,
+                       supports=lambda p: lowrank.supports(p.table, p.w_shape), estimate=lowrank.estimate))
 
 __all__ = ["ConvSpec", "Kernel", "Problem", "choose", "conv2d", "dense", "explain", "implementations",
            "register_kernel"]

@@ -11,6 +11,13 @@ import jax.numpy as jnp
 from .spec import ConvSpec
 
 
+RATE = 4e8  # multiply-accumulates per second (XLA gather on CPU), for impl="auto"
+
+
+def estimate(problem) -> float:
+    return problem.macs / RATE
+
+
 def im2col(x: jax.Array, kernel_hw: tuple[int, int], spec: ConvSpec) -> jax.Array:
     """(N, H, W, C) -> (N, Ho, Wo, KH*KW, C) with strided, dilated slices (tap-major)."""
     (kh_n, kw_n), (sh, sw), (dh, dw) = kernel_hw, spec.stride, spec.dilation

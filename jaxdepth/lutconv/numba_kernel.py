@@ -237,3 +237,89 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) ->
             _wstat(xc[:, g * cg:(g + 1) * cg], wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk,
                    out[:, g * og:(g + 1) * og])
     return np.ascontiguousarray(np.moveaxis(out, 1, 3)).reshape(n_batch, ho, wo, n_out)
+
+
+# ----------------------------------------------------------------------------------------------
+# JAX entry points: direct call on concrete arrays, jax.pure_callback under tracing
+# ----------------------------------------------------------------------------------------------
+def _batched_host(host, spec: ConvSpec):
+    """Host callback for pure_callback(vmap_method="expand_dims"): leading vmap axes of x are merged
+    into the batch when w and the table are shared, else looped over."""
+
+    def run(x: np.ndarray, w: np.ndarray, lut: np.ndarray) -> np.ndarray:
+        lead = np.broadcast_shapes(x.shape[:-4], w.shape[:-4], lut.shape[:-2])
+        if not lead:
+            return host(x, w, lut, spec)
+        if all(d == 1 for d in w.shape[:-4] + lut.shape[:-2]):
+            flat = np.broadcast_to(x, lead + x.shape[-4:]).reshape((-1,) + x.shape[-3:])
+            out = host(flat, w.reshape(w.shape[-4:]), lut.reshape(lut.shape[-2:]), spec)
+            return out.reshape(lead + (x.shape[-4],) + out.shape[1:])
+        xs = np.broadcast_to(x, lead + x.shape[-4:]).reshape((-1,) + x.shape[-4:])
+        ws = np.broadcast_to(w, lead + w.shape[-4:]).reshape((-1,) + w.shape[-4:])
+        ls = np.broadcast_to(lut, lead + lut.shape[-2:]).reshape((-1, 256, 256))
+        outs = [host(a, b, c, spec) for a, b, c in zip(xs, ws, ls)]
+        return np.stack(outs).reshape(lead + outs[0].shape)
+
+    return run
+
+
+def as_jax_kernel(host):
+    """Wrap a host kernel ``host(x, w, lut, spec) -> int32 ndarray`` as a jittable kernel function."""
+
+    def kernel(x, w, lut, spec: ConvSpec):
+        if not any(isinstance(a, jax.core.Tracer) for a in (x, w, lut)):
+            return jnp.asarray(host(np.asarray(x), np.asarray(w), np.asarray(lut), spec))
+        ho, wo = spec.output_hw(tuple(x.shape[1:3]), tuple(w.shape[:2]))
+        result = jax.ShapeDtypeStruct((x.shape[0], ho, wo, w.shape[3]), jnp.int32)
+        return jax.pure_callback(_batched_host(host, spec), result, jnp.asarray(x, jnp.int32),
+                                 jnp.asarray(w, jnp.int32), jnp.asarray(lut, jnp.int32),
+                                 vmap_method="expand_dims")
+
+    kernel.__name__ = host.__name__.replace("_host", "_conv")
+    kernel.__doc__ = f"jittable wrapper (jax.pure_callback) of `{host.__name__}`"
+    return kernel
+
+
+direct_conv = as_jax_kernel(direct_host)
+wstat_conv = as_jax_kernel(wstat_host)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cost model for impl="auto" (rates measured on 2 cores of the development machine, see bench/)
+# ----------------------------------------------------------------------------------------------
+RATE_DIRECT = 1.6e9      # multiply-accumulates per second, direct column gather
+RATE_DEPTHWISE = 1.0e9   # multiply-accumulates per second, depthwise direct
+RATE_ROW_ADD = 9e9       # wstat: int32 row-add elements per second
+RATE_BUILD = 3e9         # wstat: product-row entries built per second
+CALL_OVERHEAD = 1e-4     # seconds per call
+
+
+def is_depthwise(problem) -> bool:
+    return problem.w_shape[2] == 1 and problem.spec.groups == problem.x_shape[3] > 1
+
+
+def estimate_direct(problem) -> float:
+    rate = RATE_DEPTHWISE if is_depthwise(problem) else RATE_DIRECT
+    return problem.macs / rate + CALL_OVERHEAD
+
+
+def wstat_supports(problem) -> str | None:
+    kh_n, kw_n, _, n_out = problem.w_shape
+    if (kh_n, kw_n) != (1, 1) and problem.spec.stride != (1, 1):
+        return "needs stride 1 (or a 1x1 kernel)"
+    if n_out // problem.spec.groups < 8:
+        return "fewer than 8 output channels per group share the product rows"
+    return None
+
+
+def estimate_wstat(problem) -> float:
+    n_batch, _, _, channels = problem.x_shape
+    kh_n, kw_n, _, n_out = problem.w_shape
+    (dh, dw), og = problem.spec.dilation, n_out // problem.spec.groups
+    ho, wo = problem.spec.output_hw(problem.x_shape[1:3], (kh_n, kw_n))
+    fh, fw = (1, ho * wo) if (kh_n, kw_n) == (1, 1) else (ho, wo)
+    rows, cols = _tiles(fh, fw, n_batch)
+    tiles = n_batch * -(-fh // rows) * -(-fw // cols)
+    halo = (rows + (kh_n - 1) * dh) * (cols + (kw_n - 1) * dw)
+    build = tiles * halo * channels * min(256, og * kh_n * kw_n)
+    return problem.macs / RATE_ROW_ADD + build / RATE_BUILD + CALL_OVERHEAD * problem.spec.groups

@@ -1,9 +1,11 @@
 """Kernel registry and automatic selection.
 
 A kernel computes the normalised problem of `spec` (VALID convolution of int32 codes, padding already
-applied) and returns int32 accumulators. Kernels register with a priority and a ``supports`` check;
-``impl="auto"`` picks the highest-priority kernel that supports the call, and `explain` says which and
-why. A GPU kernel (e.g. Pallas) would register here the same way.
+applied) and returns int32 accumulators. Kernels register with a priority, a ``supports`` check and an
+optional ``estimate`` (predicted seconds from the shape, a small cost model calibrated on this CPU);
+``impl="auto"`` picks, among the kernels that support the call, the one with the lowest estimate (ties
+and kernels without an estimate: highest priority), and `explain` says which and why, with the
+estimates. A GPU kernel (e.g. Pallas) would register here the same way.
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ class Kernel:
     """A LUT convolution implementation.
 
     ``supports(problem)`` returns None when the kernel can run the problem, else the reason it cannot.
-    ``jittable`` kernels accept traced inputs (inside `jax.jit`). ``priority`` orders ``impl="auto"``.
+    ``jittable`` kernels accept traced inputs (inside `jax.jit`). ``estimate(problem)`` predicts the
+    seconds the kernel needs (None: unknown); ``impl="auto"`` takes the lowest estimate, then ``priority``.
     """
 
     name: str
@@ -50,6 +53,7 @@ class Kernel:
     jittable: bool
     priority: int
     supports: Callable[[Problem], Optional[str]] = lambda p: None
+    estimate: Callable[[Problem], Optional[float]] = lambda p: None
 
 
 _KERNELS: dict[str, Kernel] = {}
@@ -74,7 +78,7 @@ def get_kernel(name: str) -> Kernel:
 
 def choose(problem: Problem) -> tuple[Kernel, str]:
     """The kernel ``impl="auto"`` uses for ``problem`` and a one-line reason."""
-    skipped = []
+    skipped, candidates = [], []
     for kernel in sorted(_KERNELS.values(), key=lambda k: -k.priority):
         if kernel.name in ("loop", "vectorized"):
             continue  # reference implementations are never chosen automatically
@@ -82,10 +86,19 @@ def choose(problem: Problem) -> tuple[Kernel, str]:
             skipped.append(f"{kernel.name}: not usable on traced inputs")
             continue
         why_not = kernel.supports(problem)
-        if why_not is None:
-            reason = f"{kernel.name}: {kernel.description}"
-            if skipped:
-                reason += " (skipped " + "; ".join(skipped) + ")"
-            return kernel, reason
-        skipped.append(f"{kernel.name}: {why_not}")
-    raise RuntimeError("no LUT convolution kernel supports this call: " + "; ".join(skipped))
+        if why_not is not None:
+            skipped.append(f"{kernel.name}: {why_not}")
+            continue
+        est = kernel.estimate(problem)
+        candidates.append((float("inf") if est is None else est, -kernel.priority, kernel))
+    if not candidates:
+        raise RuntimeError("no LUT convolution kernel supports this call: " + "; ".join(skipped))
+    candidates.sort(key=lambda c: c[:2])
+    kernel = candidates[0][2]
+    reason = f"{kernel.name}: {kernel.description}"
+    estimates = [f"{k.name} {e * 1e3:.3g} ms" for e, _, k in candidates if e != float("inf")]
+    if estimates:
+        reason += " [estimated: " + ", ".join(estimates) + "]"
+    if skipped:
+        reason += " (skipped " + "; ".join(skipped) + ")"
+    return kernel, reason
