@@ -8,7 +8,7 @@ table whose error a few outer products reproduce. Then
 
 and each term is an ordinary convolution of small integers. `decompose` finds such a factorisation with
 exact integer arithmetic (row reduction over the integers: the basis rows generate every table row with
-integer coefficients) and verifies ``A @ B == lut`` exactly before it is used.
+integer coefficients; LLL then shortens the basis so the factors stay small) and verifies ``A @ B == lut`` exactly before it is used.
 
 Exactness of the float convolutions: a term is evaluated in float32, whose integers are exact below
 2^24. The reduction (KH*KW*Cg products per output) is split into channel chunks so that
@@ -60,17 +60,47 @@ def _integer_row_basis(table: np.ndarray, max_rank: int) -> Optional[np.ndarray]
     return np.array(basis, dtype=np.int64).reshape(len(basis), table.shape[1])
 
 
+def _lll(basis: np.ndarray, delta: float = 0.99) -> np.ndarray:
+    """LLL-reduce the rows of an integer basis (exact integer row operations, float Gram-Schmidt):
+    the same lattice spanned by shorter rows, so the factorisation has small entries."""
+    b = [row.copy() for row in basis]
+    k = 1
+    while k < len(b):
+        for j in range(k - 1, -1, -1):  # size reduction
+            ortho, mu = _gram_schmidt(b)
+            q = int(round(mu[k, j]))
+            if q:
+                b[k] = b[k] - q * b[j]
+        ortho, mu = _gram_schmidt(b)
+        norms = np.einsum("ij,ij->i", ortho, ortho)
+        if norms[k] >= (delta - mu[k, k - 1] ** 2) * norms[k - 1]:
+            k += 1
+        else:
+            b[k], b[k - 1] = b[k - 1], b[k]
+            k = max(k - 1, 1)
+    return np.array(b, dtype=np.int64)
+
+
+def _gram_schmidt(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    vecs = np.array(rows, dtype=np.float64)
+    ortho = np.zeros_like(vecs)
+    mu = np.eye(len(rows))
+    for i, v in enumerate(vecs):
+        ortho[i] = v
+        for j in range(i):
+            mu[i, j] = v @ ortho[j] / (ortho[j] @ ortho[j])
+            ortho[i] = ortho[i] - mu[i, j] * ortho[j]
+    return ortho, mu
+
+
 def _coefficients(table: np.ndarray, basis: np.ndarray) -> Optional[np.ndarray]:
-    """Integer A with A @ basis == table (basis in echelon form), or None."""
-    rest = table.astype(np.int64)
-    coef = np.zeros((table.shape[0], basis.shape[0]), dtype=np.int64)
-    for s, row in enumerate(basis):
-        piv = int(np.nonzero(row)[0][0])
-        if np.any(rest[:, piv] % row[piv]):
-            return None
-        coef[:, s] = rest[:, piv] // row[piv]
-        rest = rest - coef[:, s:s + 1] * row[None, :]
-    return coef if not np.any(rest) else None
+    """Integer A with A @ basis == table (basis rows independent), verified exactly, or None."""
+    gram = basis.astype(np.float64) @ basis.T.astype(np.float64)
+    coef = np.rint(np.linalg.solve(gram, basis.astype(np.float64) @ table.T.astype(np.float64)).T)
+    if not np.all(np.abs(coef) < 2.0**52):
+        return None
+    coef = coef.astype(np.int64)
+    return coef if np.array_equal(coef @ basis, table.astype(np.int64)) else None
 
 
 def decompose(table: np.ndarray, max_terms: int = MAX_TERMS) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -93,6 +123,7 @@ def _decompose(table: np.ndarray, max_terms: int) -> Optional[tuple[np.ndarray, 
     if basis.shape[0] == 0:  # the zero table: one zero term
         coef, basis = np.zeros((256, 1), dtype=np.int64), np.zeros((1, 256), dtype=np.int64)
     else:
+        basis = _lll(basis)
         coef = _coefficients(table, basis)
     if coef is None or not np.array_equal(coef @ basis, table.astype(np.int64)):
         return None  # never use an unverified factorisation

@@ -1,0 +1,329 @@
+"""Every LUT convolution implementation against an independent integer reference (written here, not
+taken from the library), on a matrix of shapes, paddings, groupings and tables; inside jax.jit; and the
+exact tables against XLA's own integer convolution."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdepth import lutconv, multipliers
+from jaxdepth.lutconv import lowrank, registry
+
+# ---------------------------------------------------------------------------------------------------
+# Independent reference: explicit padding, one strided window per tap, numpy fancy indexing, int64 sums
+# wrapped to int32 at the end (the definition accumulates in int32).
+# ---------------------------------------------------------------------------------------------------
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _ref_pads(padding, hw, khw, stride, dilation):
+    if padding == "VALID":
+        return [(0, 0), (0, 0)]
+    if padding == "SAME":
+        pads = []
+        for size, k, s, d in zip(hw, khw, stride, dilation):
+            out = (size + s - 1) // s
+            need = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+            pads.append((need // 2, need - need // 2))
+        return pads
+    if isinstance(padding, int):
+        return [(padding, padding)] * 2
+    if isinstance(padding[0], int):
+        return [(padding[0], padding[0]), (padding[1], padding[1])]
+    return [tuple(p) for p in padding]
+
+
+def reference_conv(x, w, table, *, stride=1, padding=0, dilation=1, groups=1, pad_code=0):
+    x, w, table = np.asarray(x, np.int64), np.asarray(w, np.int64), np.asarray(table, np.int64)
+    n, h, wd, c = x.shape
+    kh_n, kw_n, cg, n_out = w.shape
+    stride, dilation = _pair(stride), _pair(dilation)
+    (pt, pb), (pl, pr) = _ref_pads(padding, (h, wd), (kh_n, kw_n), stride, dilation)
+    xp = np.full((n, h + pt + pb, wd + pl + pr, c), pad_code, dtype=np.int64)
+    xp[:, pt:pt + h, pl:pl + wd, :] = x
+    ho = (xp.shape[1] - (kh_n - 1) * dilation[0] - 1) // stride[0] + 1
+    wo = (xp.shape[2] - (kw_n - 1) * dilation[1] - 1) // stride[1] + 1
+    out = np.zeros((n, ho, wo, n_out), dtype=np.int64)
+    per_group = n_out // groups
+    for kh in range(kh_n):
+        for kw in range(kw_n):
+            r0, c0 = kh * dilation[0], kw * dilation[1]
+            window = xp[:, r0:r0 + (ho - 1) * stride[0] + 1:stride[0],
+                        c0:c0 + (wo - 1) * stride[1] + 1:stride[1], :] & 0xFF
+            for o in range(n_out):
+                g = o // per_group
+                wbytes = w[kh, kw, :, o] & 0xFF
+                out[..., o] += table[wbytes, window[..., g * cg:(g + 1) * cg]].sum(axis=-1)
+    return ((out + 2**31) % 2**32 - 2**31).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------
+def _values(signed):
+    b = np.arange(256)
+    return np.where(b >= 128, b - 256, b) if signed else b
+
+
+def _random_table(signed, seed=7):
+    rng = np.random.default_rng(seed)
+    v = _values(signed)
+    return (np.outer(v, v) + rng.integers(-300, 300, (256, 256))).astype(np.int32)
+
+
+def _truncated(signed, kw, kx):
+    v = _values(signed)
+    return np.outer((v >> kw) << kw, (v >> kx) << kx).astype(np.int32)
+
+
+def _broken_array(h):
+    """Unsigned broken-array multiplier: partial-product bits of weight i+j < h dropped."""
+    v = np.arange(256)
+    t = np.zeros((256, 256), np.int64)
+    for i in range(8):
+        for j in range(8):
+            if i + j >= h:
+                t += np.outer((v >> i) & 1, (v >> j) & 1) << (i + j)
+    return t.astype(np.int32)
+
+
+TABLES = {  # name -> (table, signed)
+    "mul8s_1KVA": (multipliers.get("mul8s_1KVA").table, True),      # non-commutative, low rank
+    "mul8u_2AC": (multipliers.get("mul8u_2AC").table, False),       # non-commutative, full rank
+    "mul8u_2AC.T": (multipliers.get("mul8u_2AC").table.T.copy(), False),
+    "random_s8": (_random_table(True), True),                       # full rank, signed
+    "exact_s8": (multipliers.get("exact_s8").table, True),
+    "trunc_u8": (_truncated(False, 3, 2), False),
+    "bam_u8": (_broken_array(6), False),
+}
+
+# (x shape NHWC, w shape HWIO, stride, padding, dilation, groups, pad_code)
+CASES = [
+    ((2, 7, 6, 4), (3, 3, 4, 5), 1, 1, 1, 1, 0),                 # standard, batch 2, odd sizes
+    ((1, 9, 8, 6), (3, 3, 6, 4), 2, "SAME", 1, 1, 3),            # stride 2, SAME, pad code
+    ((1, 8, 9, 3), (3, 2, 3, 4), (1, 2), ((2, 0), (1, 3)), 2, 1, -2),  # asymmetric everything
+    ((2, 6, 7, 6), (3, 3, 1, 6), 1, (1, 1), 1, 6, 0),            # depthwise
+    ((1, 9, 9, 4), (3, 3, 1, 8), 2, 1, 1, 4, 1),                 # depthwise, multiplier 2, stride 2
+    ((1, 7, 7, 6), (3, 3, 2, 9), 1, "VALID", (2, 1), 3, 0),      # grouped, dilation
+    ((2, 5, 6, 8), (1, 1, 8, 12), 1, 0, 1, 1, 0),                # pointwise
+    ((1, 7, 5, 8), (1, 1, 4, 16), 2, 0, 1, 2, 0),                # pointwise, grouped, stride 2
+    ((1, 5, 4, 40), (2, 2, 40, 20), 1, "SAME", 1, 1, 5),         # even kernel, SAME, more channels
+]
+
+IMPLS = [name for name in lutconv.implementations() if name != "loop"]
+
+
+def _codes(rng, shape, signed):
+    lo, hi = (-128, 128) if signed else (0, 256)
+    return rng.integers(lo, hi, shape).astype(np.int32)
+
+
+def _unsupported(impl, x, w, table, case):
+    """The reason ``impl`` cannot run the case (None when it can)."""
+    _, _, stride, padding, dilation, groups, _ = case
+    kernel = registry.get_kernel(impl)
+    sp = lutconv.ConvSpec(_pair(stride), _pair(dilation), groups)
+    pads = _ref_pads(padding, x.shape[1:3], w.shape[:2], _pair(stride), _pair(dilation))
+    xs = (x.shape[0], x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1]), x.shape[3])
+    return kernel.supports(registry.Problem(xs, w.shape, sp, table, False))
+
+
+def _run(impl, x, w, table, signed, case, **kw):
+    _, _, stride, padding, dilation, groups, pad_code = case
+    return np.asarray(lutconv.conv2d(x, w, table, stride=stride, padding=padding, dilation=dilation,
+                                     groups=groups, pad_code=pad_code, signed=signed, impl=impl, **kw))
+
+
+@pytest.mark.parametrize("table_name", list(TABLES))
+@pytest.mark.parametrize("case_index", range(len(CASES)))
+def test_every_impl_matches_reference(table_name, case_index):
+    table, signed = TABLES[table_name]
+    case = CASES[case_index]
+    case = case[:6] + (case[6] if signed else case[6] & 0xFF,)  # the pad code as the table's operand
+    rng = np.random.default_rng(case_index * 31 + len(table_name))
+    x = _codes(rng, case[0], signed)
+    w = _codes(rng, case[1], signed)
+    if case_index == 0:  # few distinct weight bytes per channel: exercises wstat's row selection
+        w = rng.choice(np.array([3, 100, 7] if not signed else [-128, 0, 127]), case[1]).astype(np.int32)
+    expected = reference_conv(x, w, table, stride=case[2], padding=case[3], dilation=case[4],
+                              groups=case[5], pad_code=case[6])
+    ran = []
+    for impl in IMPLS + ["auto"]:
+        if impl != "auto" and _unsupported(impl, x, w, table, case):
+            with pytest.raises(ValueError, match="cannot run"):
+                _run(impl, x, w, table, signed, case)
+            continue
+        got = _run(impl, x, w, table, signed, case)
+        assert got.dtype == np.int32 and got.shape == expected.shape, impl
+        np.testing.assert_array_equal(got, expected, err_msg=f"impl={impl}")
+        ran.append(impl)
+    assert {"direct", "gather", "vectorized"} <= set(ran)
+
+
+def test_loop_matches_reference_on_a_tiny_case():
+    table, signed = TABLES["mul8u_2AC"]
+    rng = np.random.default_rng(3)
+    x, w = _codes(rng, (2, 4, 5, 2), signed), _codes(rng, (2, 3, 1, 4), signed)
+    got = lutconv.conv2d(x, w, table, padding=((1, 0), (0, 2)), groups=2, dilation=(1, 2), pad_code=9,
+                         impl="loop")
+    want = reference_conv(x, w, table, padding=((1, 0), (0, 2)), groups=2, dilation=(1, 2), pad_code=9)
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.parametrize("impl", ["direct", "wstat", "gather", "auto"])
+def test_inside_jit_with_traced_inputs_and_table(impl):
+    table, signed = TABLES["random_s8"]
+    rng = np.random.default_rng(11)
+    x, w = _codes(rng, (2, 6, 7, 8), signed), _codes(rng, (3, 3, 8, 10), signed)
+
+    @jax.jit
+    def f(x, w, t):
+        return lutconv.conv2d(x, w, t, padding="SAME", signed=True, impl=impl)
+
+    got = f(jnp.asarray(x, jnp.int8), jnp.asarray(w, jnp.int8), jnp.asarray(table))
+    np.testing.assert_array_equal(np.asarray(got), reference_conv(x, w, table, padding="SAME"))
+
+
+@pytest.mark.parametrize("table_name", ["exact_s8", "mul8s_1KVA"])
+def test_lowrank_inside_jit_with_traced_codes(table_name):
+    table, signed = TABLES[table_name]
+    rng = np.random.default_rng(12)
+    x, w = _codes(rng, (1, 6, 5, 7), signed), _codes(rng, (3, 3, 7, 6), signed)
+    f = jax.jit(lambda x, w: lutconv.conv2d(x, w, table, padding=1, signed=signed, impl="lowrank"))
+    np.testing.assert_array_equal(np.asarray(f(x, w)), reference_conv(x, w, table, padding=1))
+
+
+@pytest.mark.parametrize("impl", ["direct", "wstat"])
+def test_vmap_over_images_matches_batched_call(impl):
+    table, signed = TABLES["mul8u_2AC"]
+    rng = np.random.default_rng(13)
+    xs, w = _codes(rng, (3, 2, 5, 6, 4), signed), _codes(rng, (3, 3, 4, 9), signed)
+    f = jax.jit(jax.vmap(lambda x: lutconv.conv2d(x, w, table, padding=1, impl=impl)))
+    got = np.asarray(f(xs))
+    for k in range(3):
+        np.testing.assert_array_equal(got[k], reference_conv(xs[k], w, table, padding=1))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_exact_tables_match_xla_integer_convolution(signed):
+    rng = np.random.default_rng(14)
+    table = multipliers.exact(signed).table
+    x, w = _codes(rng, (2, 9, 8, 6), signed), _codes(rng, (3, 3, 3, 8), signed)
+    want = {stride: jax.lax.conv_general_dilated(
+        jnp.asarray(x), jnp.asarray(w), stride, ((1, 2), (0, 1)), rhs_dilation=(1, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2,
+        preferred_element_type=jnp.int32) for stride in [(2, 1), (1, 1)]}
+    for impl in IMPLS + ["auto"]:
+        for stride in want:
+            if impl == "wstat" and stride != (1, 1):
+                continue  # wstat needs stride 1 for 3x3 kernels
+            got = lutconv.conv2d(x, w, table, stride=stride, padding=((1, 2), (0, 1)), dilation=(1, 2),
+                                 groups=2, signed=signed, impl=impl)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want[stride]), err_msg=impl)
+
+
+def test_lowrank_chunks_long_reductions_exactly():
+    """Sums far beyond 2^24 (float32's exact range): 2600 products of magnitude ~2^14 per output."""
+    table = multipliers.exact(True).table
+    rng = np.random.default_rng(15)
+    x = rng.choice(np.array([-128, -127, 127, 125]), (1, 3, 2, 2600)).astype(np.int32)
+    w = rng.choice(np.array([-128, -127, 127, 126]), (1, 1, 2600, 3)).astype(np.int32)
+    w[..., 0] = np.where(x[0, 0, 0] < 0, -128, 127)  # one output whose sum is nearly 2600 * 2^14
+    got = lutconv.conv2d(x, w, table, signed=True, impl="lowrank")
+    np.testing.assert_array_equal(np.asarray(got), reference_conv(x, w, table))
+    assert int(np.abs(np.asarray(got)).max()) > 2**25
+
+
+# ---------------------------------------------------------------------------------------------------
+# Low-rank detection
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,rank_at_most", [("exact_s8", 1), ("trunc_u8", 1), ("bam_u8", 8)])
+def test_decompose_finds_exact_integer_factorisations(name, rank_at_most):
+    table, _ = TABLES[name]
+    a, b = lowrank.decompose(table)
+    assert a.shape[1] <= rank_at_most and a.dtype.kind == "i" and b.dtype.kind == "i"
+    np.testing.assert_array_equal(a @ b, table)
+
+
+def test_decompose_random_integer_low_rank_and_full_rank():
+    rng = np.random.default_rng(16)
+    low = (rng.integers(-40, 40, (256, 3)) @ rng.integers(-40, 40, (3, 256))).astype(np.int32)
+    a, b = lowrank.decompose(low)
+    assert a.shape[1] == 3
+    np.testing.assert_array_equal(a @ b, low)
+    # an exact product plus an error that two outer products reproduce
+    error = rng.integers(-9, 10, (256, 2)) @ rng.integers(-9, 10, (2, 256))
+    a, b = lowrank.decompose(TABLES["exact_s8"][0] + error)
+    assert a.shape[1] == 3
+    np.testing.assert_array_equal(a @ b, TABLES["exact_s8"][0] + error)
+    assert lowrank.decompose(TABLES["mul8u_2AC"][0]) is None
+    assert lowrank.decompose(TABLES["random_s8"][0]) is None
+
+
+def test_auto_choice_is_inspectable_and_sensible():
+    exact = multipliers.exact(True)
+    approx = multipliers.get("mul8u_2AC")
+    assert lutconv.explain((1, 15, 20, 64), (1, 1, 64, 64), exact).startswith("lowrank")
+    assert lutconv.explain((1, 15, 20, 256), (1, 1, 256, 512), approx).startswith("wstat")
+    why = lutconv.explain((1, 20, 20, 32), (3, 3, 1, 32), approx, padding=1, groups=32)
+    assert why.startswith("direct") and "wstat" in why
+    why = lutconv.explain((1, 20, 20, 32), (3, 3, 32, 32), approx, padding=1, stride=2)
+    assert why.startswith("direct") and "wstat: needs stride 1" in why
+    traced = lutconv.explain((1, 8, 8, 8), (3, 3, 8, 8), exact, traced=True)
+    assert "loop" not in traced.split(":")[0] and "vectorized" not in traced.split(":")[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------------
+def _ok():
+    return np.zeros((1, 5, 5, 4), np.int32), np.zeros((3, 3, 4, 6), np.int32)
+
+
+@pytest.mark.parametrize("mutate,error,match", [
+    (lambda x, w, t: (x, np.zeros((3, 3, 3, 6), np.int32), t, {}), ValueError, "input channels"),
+    (lambda x, w, t: (x, np.zeros((3, 3, 2, 6), np.int32), t, {"groups": 3}), ValueError, "divisible"),
+    (lambda x, w, t: (x, w, t, {"groups": 0}), ValueError, "groups"),
+    (lambda x, w, t: (x[0], w, t, {}), ValueError, "rank 4"),
+    (lambda x, w, t: (x, w[0], t, {}), ValueError, "rank 4"),
+    (lambda x, w, t: (x + 200, w, t, {"signed": True}), ValueError, "outside"),
+    (lambda x, w, t: (x - 1, w, t, {"signed": False}), ValueError, "outside"),
+    (lambda x, w, t: (x, w, t, {"signed": False, "pad_code": -1}), ValueError, "pad_code"),
+    (lambda x, w, t: (x.astype(np.float32), w, t, {}), TypeError, "integer"),
+    (lambda x, w, t: (x, w.astype(np.float64), t, {}), TypeError, "integer"),
+    (lambda x, w, t: (x, w, t[:255], {}), ValueError, "256"),
+    (lambda x, w, t: (x, w, t, {"impl": "nope"}), ValueError, "unknown"),
+    (lambda x, w, t: (x, w, t, {"stride": 0}), ValueError, "positive"),
+    (lambda x, w, t: (x, w, t, {"padding": "FULL"}), ValueError, "SAME"),
+    (lambda x, w, t: (x[:, :2], w, t, {}), ValueError, "smaller"),
+])
+def test_bad_input_raises_clear_errors(mutate, error, match):
+    x, w = _ok()
+    x, w, t, kw = mutate(x, w, multipliers.exact(True).table)
+    with pytest.raises(error, match=match):
+        lutconv.conv2d(x, w, t, **kw)
+
+
+def test_signedness_contradiction_and_lowrank_on_full_rank_table_raise():
+    x, w = _ok()
+    with pytest.raises(ValueError, match="contradicts"):
+        lutconv.conv2d(x, w, multipliers.get("mul8u_2AC"), signed=True)
+    with pytest.raises(ValueError, match="cannot run"):
+        lutconv.conv2d(x, w, multipliers.get("mul8u_2AC"), impl="lowrank")
+    with pytest.raises(ValueError, match="stride"):
+        lutconv.conv2d(np.zeros((1, 9, 9, 4), np.int32), w, multipliers.get("mul8u_2AC"), stride=2,
+                       impl="wstat")
+
+
+def test_dense_matches_reference():
+    table, signed = TABLES["mul8u_2AC.T"]
+    rng = np.random.default_rng(17)
+    x, w = _codes(rng, (3, 40), signed), _codes(rng, (40, 7), signed)
+    want = table[(w & 0xFF).T[None, :, :], (x & 0xFF)[:, None, :]].sum(-1)
+    for impl in ["auto", "direct", "wstat", "gather"]:
+        np.testing.assert_array_equal(np.asarray(lutconv.dense(x, w, table, impl=impl)), want)
