@@ -1,0 +1,245 @@
+"""One convolution / dense layer type whose arithmetic comes from the plan.
+
+`QConv` (standard, depthwise, pointwise) and `QDense` run as
+
+* float: ``lax.conv_general_dilated`` in float32 (exact reference arithmetic);
+* quantized: integer codes through a multiplier's product table with `jaxdepth.quant` semantics
+  (``"int8"`` = the exact signed table, which the fast kernels run natively; any other multiplier through
+  its LUT with the `jaxdepth.lutconv` kernel ``impl="auto"`` picks).
+
+A `QConv` may own the BatchNorm that follows it (``norm=True``). In float mode it is applied as a separate
+op (batch statistics when ``train=True``, running statistics otherwise). In the quantized modes it is
+folded into the convolution, as accelerators do: ``w' = w * g / sqrt(v + eps)`` per output channel,
+``b' = (b - m) * g / sqrt(v + eps) + beta`` with the running statistics; the folded weights are then
+quantized per output channel. (BatchNorms that do not follow a convolution -- DenseNet's pre-activation
+``norm1`` / ``transition.norm`` / ``norm5`` -- stay float per-channel affine ops.)
+
+Quantized layers read their input quantization (per-tensor ``x_scale``, ``x_zero_point``) from the
+``"quant"`` variable collection, which `jaxdepth.models.calibrate` fills. Gradients of quantized layers use
+the straight-through estimator: the forward value is the table result, bit for bit; the backward pass is
+the exact float layer's (so approximation-aware fine-tuning works).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import quant
+from .plan import FLOAT_PLAN, Arithmetic, LayerInfo, Plan, record
+
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1           # PyTorch convention: running = (1 - m) * running + m * batch
+CALIB_SAMPLE = 1 << 16      # values per layer kept for percentile / MSE calibration
+
+
+def kernel_initializer(kind: str, fan_in: int):
+    """Flax initializer for a conv kernel: "torch" (PyTorch default), "he_fan_in" / "he_fan_out" (kaiming
+    normal, torchvision's DenseNet / MobileNetV2 choice)."""
+    if kind == "torch":
+        return torch_default_uniform(fan_in)
+    if kind in ("he_fan_in", "he_fan_out"):
+        return nn.initializers.variance_scaling(2.0, kind[3:], "normal")
+    raise ValueError(f"unknown kernel init {kind!r}")
+
+
+def numpy_init(kind: str, shape: tuple[int, ...], fan_in: int, rng: np.random.Generator) -> np.ndarray:
+    """The same distributions drawn with NumPy (fast: no per-shape XLA compilation), for `init_variables`."""
+    if kind == "torch":
+        bound = 1.0 / np.sqrt(max(fan_in, 1))
+        return rng.uniform(-bound, bound, shape).astype(np.float32)
+    if kind in ("he_fan_in", "he_fan_out"):
+        receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        fan = receptive * (shape[-2] if kind == "he_fan_in" else shape[-1])
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / fan)).astype(np.float32)
+    raise ValueError(f"unknown kernel init {kind!r}")
+
+
+def torch_default_uniform(fan_in: int):
+    """PyTorch's default Conv2d / Linear init bound 1/sqrt(fan_in) (kaiming_uniform with a=sqrt(5))."""
+    bound = 1.0 / np.sqrt(max(fan_in, 1))
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm2d with PyTorch semantics (eps 1e-5, momentum 0.1, unbiased running variance)."""
+
+    features: int
+    eps: float = BN_EPS
+    momentum: float = BN_MOMENTUM
+
+    def setup(self) -> None:
+        self.scale = self.param("scale", nn.initializers.ones, (self.features,))
+        self.bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        self.mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,))
+        self.var = self.variable("batch_stats", "var", jnp.ones, (self.features,))
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axes)
+            var = jnp.mean(jnp.square(x - mean), axes)
+            if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
+                n = x.size // x.shape[-1]
+                unbiased = var * (n / max(n - 1, 1))
+                m = self.momentum
+                self.mean.value = (1 - m) * self.mean.value + m * jax.lax.stop_gradient(mean)
+                self.var.value = (1 - m) * self.var.value + m * jax.lax.stop_gradient(unbiased)
+        else:
+            mean, var = self.mean.value, self.var.value
+        mul = self.scale * jax.lax.rsqrt(var + self.eps)
+        return (x - mean) * mul + self.bias
+
+    def fold(self) -> tuple[jax.Array, jax.Array]:
+        """(mul, add) with ``bn(y) == y * mul + add`` under the running statistics."""
+        mul = self.scale * jax.lax.rsqrt(self.var.value + self.eps)
+        return mul, self.bias - self.mean.value * mul
+
+
+# ---- the quantized forward with a straight-through backward ----------------------------------------------------
+def _exact_conv(x, w, b, cfg):
+    _, _, stride, padding, groups = cfg
+    y = jax.lax.conv_general_dilated(x, w, (stride, stride), ((padding, padding), (padding, padding)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    return y + b
+
+
+def _lut_conv(x, w, b, x_scale, x_zero, cfg):
+    multiplier, impl, stride, padding, groups = cfg
+    qp = quant.QParams(x_scale, x_zero, multiplier.signed)
+    return quant.lut_conv2d(x, w, b, multiplier, qp, stride=stride, padding=padding, groups=groups, impl=impl)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def ste_lut_conv(x, w, b, x_scale, x_zero, cfg):
+    """LUT convolution forward (bit-exact), exact-convolution gradient (straight-through estimator).
+
+    ``cfg = (multiplier, impl, stride, padding, groups)``.
+    """
+    return _lut_conv(x, w, b, x_scale, x_zero, cfg)
+
+
+def _ste_fwd(x, w, b, x_scale, x_zero, cfg):
+    return _lut_conv(x, w, b, x_scale, x_zero, cfg), (x, w, b, x_scale, x_zero)
+
+
+def _ste_bwd(cfg, res, g):
+    x, w, b, x_scale, x_zero = res
+    _, vjp = jax.vjp(lambda x, w, b: _exact_conv(x, w, b, cfg), x, w, b)
+    dx, dw, db = vjp(g)
+    zero_cot = np.zeros(np.shape(x_zero), dtype=jax.dtypes.float0)
+    return dx, dw, db, jnp.zeros_like(x_scale), zero_cot
+
+
+ste_lut_conv.defvjp(_ste_fwd, _ste_bwd)
+
+
+def layer_name(module: nn.Module) -> str:
+    return ".".join(str(p) for p in module.scope.path)
+
+
+class _Quantized:
+    """Calibration observation and input quantization parameters shared by QConv and QDense."""
+
+    def _observe(self, x: jax.Array) -> None:
+        """During calibration, record the input's range (and a sample of its values)."""
+        if self.is_mutable_collection("calib") and not self.is_initializing():
+            self.sow("calib", "min", jnp.min(x))
+            self.sow("calib", "max", jnp.max(x))
+            if self.is_mutable_collection("calib_sample"):
+                flat = x.reshape(-1)
+                step = max(1, flat.size // CALIB_SAMPLE)
+                self.sow("calib_sample", "values", flat[::step])
+
+    def _input_qparams(self) -> tuple[jax.Array, jax.Array]:
+        if not self.has_variable("quant", "x_scale"):
+            raise ValueError(
+                f"layer {layer_name(self)} is quantized by the plan but the variables have no 'quant' entry for "
+                f"it: run jaxdepth.models.calibrate(model, variables, images) first (or load a calibrated "
+                f"checkpoint)")
+        return (self.get_variable("quant", "x_scale"), self.get_variable("quant", "x_zero_point"))
+
+
+class QConv(_Quantized, nn.Module):
+    """Conv2d (NHWC, HWIO kernel, symmetric explicit padding) + optional following BatchNorm."""
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    use_bias: bool = False
+    norm: bool = False
+    plan: Plan = FLOAT_PLAN
+    init: str = "torch"     # kernel init: "torch" (PyTorch Conv2d default), "he_fan_in", "he_fan_out"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, return_pre_norm: bool = False):
+        c_in = x.shape[-1]
+        if c_in % self.groups or self.features % self.groups:
+            raise ValueError(f"{layer_name(self)}: channels {c_in} -> {self.features} not divisible by "
+                             f"groups {self.groups}")
+        k = self.kernel_size
+        fan_in = k * k * c_in // self.groups
+        kernel = self.param("kernel", kernel_initializer(self.init, fan_in),
+                            (k, k, c_in // self.groups, self.features))
+        bias = (self.param("bias", torch_default_uniform(fan_in), (self.features,)) if self.use_bias
+                else jnp.zeros((self.features,), jnp.float32))
+        bn = BatchNorm(self.features, name="bn") if self.norm else None
+        name = layer_name(self)
+        arith = self.plan.resolve(name)
+        kind = ("depthwise" if self.groups > 1 and self.groups == c_in else
+                "pointwise" if k == 1 and self.groups == 1 else "conv")
+        record(LayerInfo(name, kind, tuple(x.shape), tuple(kernel.shape), self.stride, self.padding, self.groups,
+                         arith, self.norm, self.init, self.use_bias))
+        self._observe(x)
+        cfg = (arith.multiplier, arith.impl, self.stride, self.padding, self.groups)
+        if arith.is_float or (self.is_initializing() and not self.has_variable("quant", "x_scale")):
+            y = _exact_conv(x, kernel, bias, cfg)
+            pre = y
+            if bn is not None:
+                y = bn(y, train)
+            return (y, pre) if return_pre_norm else y
+        if bn is not None:  # fold the BatchNorm (running statistics) into the convolution
+            mul, add = bn.fold()
+            kernel = kernel * mul
+            bias = bias * mul + add
+        x_scale, x_zero = self._input_qparams()
+        y = ste_lut_conv(x, kernel, bias, x_scale, x_zero, cfg)
+        return (y, None) if return_pre_norm else y
+
+
+
+class QDense(_Quantized, nn.Module):
+    """Dense layer (N, I) @ (I, O) with the plan's arithmetic (computed as a 1x1 convolution)."""
+
+    features: int
+    use_bias: bool = True
+    plan: Plan = FLOAT_PLAN
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 2:
+            raise ValueError(f"QDense expects (N, I) inputs, got {x.shape}")
+        fan_in = x.shape[-1]
+        kernel = self.param("kernel", torch_default_uniform(fan_in), (fan_in, self.features))
+        bias = (self.param("bias", torch_default_uniform(fan_in), (self.features,)) if self.use_bias
+                else jnp.zeros((self.features,), jnp.float32))
+        name = layer_name(self)
+        arith = self.plan.resolve(name)
+        x4, w4 = x[:, None, None, :], kernel[None, None]
+        record(LayerInfo(name, "dense", tuple(x4.shape), tuple(w4.shape), 1, 0, 1, arith, False, "torch",
+                         self.use_bias))
+        self._observe(x)
+        cfg = (arith.multiplier, arith.impl, 1, 0, 1)
+        if arith.is_float or (self.is_initializing() and not self.has_variable("quant", "x_scale")):
+            return x @ kernel + bias
+        x_scale, x_zero = self._input_qparams()
+        return ste_lut_conv(x4, w4, bias, x_scale, x_zero, cfg)[:, 0, 0, :]

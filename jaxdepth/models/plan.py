@@ -1,0 +1,233 @@
+"""Per-layer arithmetic plans: layer-name glob patterns -> "float", "int8" or a multiplier.
+
+    >>> plan = Plan.make({"decoder.up1.convA": "mul8s_1L2J", "decoder.*": "mul8s_1KV8", "encoder.*": "int8"})
+    >>> plan.resolve("decoder.up2.convB").name
+    'mul8s_1KV8'
+
+Rules are tried in order and the first match wins; unmatched layers use ``default`` ("float").
+A rule's value is ``"float"``, ``"int8"`` (the exact signed table, which the fast kernels run natively),
+any name `jaxdepth.multipliers.get` accepts, a `Multiplier`, or ``{"multiplier": name, "impl": kernel}``
+to force a `jaxdepth.lutconv` kernel (``impl="auto"`` otherwise).
+Layer names are the Flax module paths joined by dots, e.g. ``encoder.denseblock3.denselayer7.conv2``,
+``encoder.block4.depthwise``, ``decoder.up1.convA``; `describe` lists them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import functools
+import json
+from typing import Any, Iterable, Mapping, Optional, Union
+
+from ..multipliers import Multiplier, get as get_multiplier
+
+FLOAT = "float"
+
+
+@functools.lru_cache(maxsize=None)
+def _multiplier(name: str) -> Multiplier:
+    return get_multiplier(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arithmetic:
+    """How one layer multiplies: exact float, or integer codes through ``multiplier``'s table."""
+
+    multiplier: Optional[Multiplier] = None     # None = float
+    impl: str = "auto"
+    label: str = FLOAT                          # what the plan said ("float", "int8", a circuit name)
+
+    @property
+    def is_float(self) -> bool:
+        return self.multiplier is None
+
+    def __hash__(self) -> int:
+        return hash((self.label, self.impl, id(self.multiplier)))
+
+
+FLOAT_ARITH = Arithmetic()
+
+RuleValue = Union[str, Multiplier, Mapping[str, Any]]
+
+
+def _arith(value: RuleValue) -> Arithmetic:
+    if isinstance(value, Arithmetic):
+        return value
+    if isinstance(value, Multiplier):
+        return Arithmetic(value, "auto", value.name)
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"multiplier", "impl"}
+        if unknown or "multiplier" not in value:
+            raise ValueError(f"a plan rule dict needs 'multiplier' (and optional 'impl'), got {dict(value)}")
+        inner = _arith(value["multiplier"])
+        if inner.is_float:
+            return inner
+        return dataclasses.replace(inner, impl=str(value.get("impl", "auto")))
+    if not isinstance(value, str):
+        raise TypeError(f"plan value must be 'float', a multiplier name, a Multiplier or a dict, got {value!r}")
+    key = value.strip()
+    if key.lower() in ("float", "fp32", "none"):
+        return FLOAT_ARITH
+    return Arithmetic(_multiplier(key), "auto", key)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Multiplier):
+        return value.name
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Ordered (pattern, arithmetic) rules; hashable, so it can be a Flax module attribute."""
+
+    rules: tuple[tuple[str, Arithmetic], ...] = ()
+    default: Arithmetic = FLOAT_ARITH
+    source: str = '{"rules": {}, "default": "float"}'   # the plan as JSON, for saving and printing
+
+    @classmethod
+    def make(cls, plan: Union[None, "Plan", Mapping[str, RuleValue], Iterable[tuple[str, RuleValue]], str] = None,
+             default: RuleValue = FLOAT) -> "Plan":
+        """A plan from a dict (insertion order = priority), a list of pairs, a JSON string or a plan."""
+        if isinstance(plan, Plan):
+            return plan
+        if plan is None:
+            plan = {}
+        if isinstance(plan, str):
+            plan = json.loads(plan)
+        pairs = list(plan.items()) if isinstance(plan, Mapping) else [tuple(p) for p in plan]
+        rules = []
+        for pattern, value in pairs:
+            if not isinstance(pattern, str) or not pattern:
+                raise ValueError(f"plan patterns must be non-empty strings, got {pattern!r}")
+            rules.append((pattern, _arith(value)))
+        source = json.dumps({"rules": {p: _jsonable(v) for p, v in pairs}, "default": _jsonable(default)})
+        return cls(tuple(rules), _arith(default), source)
+
+    def resolve(self, layer: str) -> Arithmetic:
+        for pattern, arith in self.rules:
+            if fnmatch.fnmatchcase(layer, pattern):
+                return arith
+        return self.default
+
+    @property
+    def is_float(self) -> bool:
+        return self.default.is_float and all(a.is_float for _, a in self.rules)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"rules": {pattern: value}, "default": value}``; `Plan.from_json` inverts it."""
+        return json.loads(self.source)
+
+    @classmethod
+    def from_json(cls, data: Union[str, Mapping[str, Any], None]) -> "Plan":
+        if data is None:
+            return FLOAT_PLAN
+        if isinstance(data, str):
+            data = json.loads(data)
+        if "rules" in data and set(data) <= {"rules", "default"}:
+            return cls.make(data["rules"], data.get("default", FLOAT))
+        return cls.make(data)
+
+    def unused_patterns(self, layers: Iterable[str]) -> list[str]:
+        layers = list(layers)
+        return [p for p, _ in self.rules if not any(fnmatch.fnmatchcase(n, p) for n in layers)]
+
+
+FLOAT_PLAN = Plan()
+
+
+# ---- describing a model: every QConv / QDense with its arithmetic --------------------------------------------
+@dataclasses.dataclass
+class LayerInfo:
+    name: str
+    kind: str                 # "conv", "depthwise", "pointwise", "dense"
+    x_shape: tuple[int, ...]  # NHWC input
+    w_shape: tuple[int, ...]  # HWIO
+    stride: int
+    padding: int
+    groups: int
+    arith: Arithmetic
+    folded_bn: bool
+    init: str = "torch"       # kernel initializer kind (see layers.kernel_initializer)
+    use_bias: bool = False
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        kh, kw = self.w_shape[:2]
+        h, w = self.x_shape[1:3]
+        return ((h + 2 * self.padding - kh) // self.stride + 1, (w + 2 * self.padding - kw) // self.stride + 1)
+
+    @property
+    def macs(self) -> int:
+        kh, kw, cg, o = self.w_shape
+        ho, wo = self.out_hw
+        return self.x_shape[0] * ho * wo * kh * kw * cg * o
+
+    def kernel(self) -> str:
+        if self.arith.is_float:
+            return "xla conv (float32)"
+        from .. import lutconv
+        if self.arith.impl != "auto":
+            return f"{self.arith.impl} (forced by the plan)"
+        try:
+            return lutconv.explain(self.x_shape, self.w_shape, self.arith.multiplier, stride=self.stride,
+                                   padding=self.padding, groups=self.groups, traced=True)
+        except Exception as e:  # explain must never break a listing
+            return f"? ({e})"
+
+
+_RECORDER: list[list[LayerInfo]] = []
+
+
+def record(info: LayerInfo) -> None:
+    """Called by QConv / QDense while tracing; a no-op unless `describe` is listening."""
+    if _RECORDER:
+        _RECORDER[-1].append(info)
+
+
+def describe(model: Any, input_shape: tuple[int, ...] = (1, 480, 640, 3), *, return_shapes: bool = False):
+    """Every multiplying layer of ``model`` for an NHWC input of ``input_shape`` (traced, nothing computed).
+
+    With ``return_shapes=True`` also returns the abstract variables (``jax.eval_shape`` of ``model.init``).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    _RECORDER.append([])
+    try:
+        x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+        shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+        infos = _RECORDER[-1]
+    finally:
+        _RECORDER.pop()
+    # modules may be traced more than once (e.g. init + apply); keep the first record of each name
+    seen, out = set(), []
+    for info in infos:
+        if info.name not in seen:
+            seen.add(info.name)
+            out.append(info)
+    return (out, shapes) if return_shapes else out
+
+
+def format_table(infos: list[LayerInfo], kernels: bool = True) -> str:
+    """The resolved plan as a text table: layer, kind, shape, MACs, multiplier, kernel."""
+    rows = [("layer", "kind", "in -> out (NHWC), kernel", "MACs", "multiplier", "kernel")]
+    total, by_mult = 0, {}
+    for i in infos:
+        ho, wo = i.out_hw
+        kh, kw, cg, o = i.w_shape
+        shape = f"{i.x_shape[1]}x{i.x_shape[2]}x{i.x_shape[3]} -> {ho}x{wo}x{o}, {kh}x{kw}"
+        if i.stride != 1:
+            shape += f"/{i.stride}"
+        mult = i.arith.label + (" +BN" if i.folded_bn and not i.arith.is_float else "")
+        rows.append((i.name, i.kind, shape, f"{i.macs / 1e6:,.1f}M", mult, i.kernel() if kernels else ""))
+        total += i.macs
+        by_mult[i.arith.label] = by_mult.get(i.arith.label, 0) + i.macs
+    widths = [max(len(r[c]) for r in rows) for c in range(6)]
+    lines = ["  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    summary = ", ".join(f"{k}: {v / 1e9:.3f} G ({100 * v / max(total, 1):.1f}%)" for k, v in by_mult.items())
+    lines.append(f"{len(infos)} layers, {total / 1e9:.3f} GMACs total; {summary}")
+    return "\n".join(lines)

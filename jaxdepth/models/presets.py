@@ -1,0 +1,199 @@
+"""The ONE registry of DenseDepth presets, shared by the Flax models, the converter and the CLI.
+
+A `Preset` is plain config data: which encoder (and its hyper-parameters), which encoder features feed
+the decoder (indices into DenseDepth's feature list ``[x, out(features.0), out(features.1), ...]``), how
+wide the decoder is, and the quirks that differ between the published code bases (``conv2`` padding,
+whether ``leakyreluA`` is applied, whether the bottleneck is taken after ``norm5`` + ReLU).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+#: torchvision DenseNet: name -> (growth_rate, block_config, num_init_features)
+DENSENET_CONFIGS: dict[str, tuple[int, tuple[int, ...], int]] = {
+    "densenet121": (32, (6, 12, 24, 16), 64),
+    "densenet161": (48, (6, 12, 36, 24), 96),
+    "densenet169": (32, (6, 12, 32, 32), 64),
+    "densenet201": (32, (6, 12, 48, 32), 64),
+}
+
+#: torchvision MobileNetV2 inverted residual setting: (expand ratio t, channels c, repeats n, stride s)
+MOBILENETV2_SETTING: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+)
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
+    """torchvision's ``_make_divisible``: round channels to a multiple of ``divisor`` (at most -10%)."""
+    min_value = divisor if min_value is None else min_value
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+@dataclasses.dataclass(frozen=True)
+class UpBlock:
+    """One decoder block: upsample to ``features[skip]``'s size, concat it, convA + convB."""
+
+    name: str           # "up1", ... (the PyTorch attribute name, also the Flax module name)
+    skip: int           # index into the encoder feature list
+    divisor: int        # output channels = decoder features // divisor
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A DenseDepth variant. Hashable, so it can be a Flax module attribute."""
+
+    name: str
+    encoder: str                                  # "densenet" | "mobilenetv2"
+    up_blocks: tuple[UpBlock, ...]
+    bottleneck: int                               # index of the decoder input in the feature list
+    bottleneck_relu: bool                         # apply ReLU to it before conv2
+    decoder_width: float                          # decoder features = int(bottleneck channels * width)
+    conv2_padding: int                            # padding of the 1x1 conv2 (1 in some published code)
+    leakyrelu_a: bool                             # whether LeakyReLU(0.2) follows convA
+    # DenseNet encoder
+    growth_rate: int = 32
+    block_config: tuple[int, ...] = (6, 12, 24, 16)
+    num_init_features: int = 64
+    bn_size: int = 4
+    # MobileNetV2 encoder
+    width_mult: float = 1.0
+    round_nearest: int = 8
+    # Native input (H, W) of the trained network; predict resizes inputs to it. None: any size.
+    input_size: Optional[tuple[int, int]] = None
+    description: str = ""
+
+    # -- derived quantities -------------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        return self.encoder
+
+    def feature_channels(self) -> list[int]:
+        """Channels of every entry of the encoder feature list (index 0 = the RGB input)."""
+        if self.encoder == "densenet":
+            chans = [3]
+            c = self.num_init_features
+            chans += [c, c, c, c]                     # conv0, norm0, relu0, pool0
+            for i, n in enumerate(self.block_config):
+                c = c + n * self.growth_rate
+                chans.append(c)                        # denseblock
+                if i != len(self.block_config) - 1:
+                    c = c // 2
+                    chans.append(c)                    # transition
+            chans.append(c)                            # norm5
+            return chans
+        if self.encoder == "mobilenetv2":
+            chans = [3, self.mobilenet_stem_channels()]
+            for _, c_out, _, _ in self.mobilenet_blocks():
+                chans.append(c_out)
+            chans.append(self.mobilenet_last_channels())
+            return chans
+        raise ValueError(f"unknown encoder kind {self.encoder!r}")
+
+    def mobilenet_stem_channels(self) -> int:
+        return make_divisible(32 * self.width_mult, self.round_nearest)
+
+    def mobilenet_last_channels(self) -> int:
+        return make_divisible(1280 * max(1.0, self.width_mult), self.round_nearest)
+
+    def mobilenet_blocks(self) -> list[tuple[int, int, int, int]]:
+        """(in channels, out channels, stride, expand ratio) of inverted residuals features.1 .. features.17."""
+        out, c_in = [], self.mobilenet_stem_channels()
+        for t, c, n, s in MOBILENETV2_SETTING:
+            c_out = make_divisible(c * self.width_mult, self.round_nearest)
+            for i in range(n):
+                out.append((c_in, c_out, s if i == 0 else 1, t))
+                c_in = c_out
+        return out
+
+    def decoder_features(self) -> int:
+        return int(self.feature_channels()[self.bottleneck] * self.decoder_width)
+
+    def decoder_channels(self) -> list[tuple[str, int, int]]:
+        """(block name, input channels, output channels) of every up block, in order."""
+        feats = self.feature_channels()
+        out, prev = [], self.decoder_features()
+        for blk in self.up_blocks:
+            c_out = self.decoder_features() // blk.divisor
+            out.append((blk.name, prev + feats[blk.skip], c_out))
+            prev = c_out
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preset":
+        d = dict(d)
+        d["up_blocks"] = tuple(UpBlock(**b) if isinstance(b, dict) else UpBlock(*b) for b in d["up_blocks"])
+        for key in ("block_config", "input_size"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown preset fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **overrides: Any) -> "Preset":
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = set(overrides) - fields
+        if unknown:
+            raise TypeError(f"unknown preset setting(s) {sorted(unknown)}; known: {sorted(fields)}")
+        return dataclasses.replace(self, **overrides)
+
+
+_DENSENET_UP = (UpBlock("up1", 8, 2), UpBlock("up2", 6, 4), UpBlock("up3", 4, 8), UpBlock("up4", 3, 16))
+_MOBILENET_UP = (UpBlock("up0", 18, 2), UpBlock("up1", 15, 2), UpBlock("up2", 9, 4), UpBlock("up3", 6, 8),
+                 UpBlock("up4", 4, 8), UpBlock("up5", 2, 16))
+
+
+def _densenet(name: str, **kw: Any) -> Preset:
+    growth, blocks, init = DENSENET_CONFIGS[name]
+    base = dict(name=name, encoder="densenet", up_blocks=_DENSENET_UP, bottleneck=12, bottleneck_relu=True,
+                decoder_width=1.0, conv2_padding=0, leakyrelu_a=False, growth_rate=growth, block_config=blocks,
+                num_init_features=init, input_size=(480, 640))
+    base.update(kw)
+    return Preset(**base)
+
+
+PRESETS: dict[str, Preset] = {
+    "densenet161": _densenet(
+        "densenet161", bottleneck=11, bottleneck_relu=False, decoder_width=0.5, conv2_padding=1, leakyrelu_a=True,
+        description="DenseDepth 2019 code: DenseNet-161, bottleneck = denseblock4 output (no norm5/ReLU), "
+                    "conv2 padding 1, leakyreluA applied"),
+    "densenet169": _densenet(
+        "densenet169", description="DenseDepth current code: DenseNet-169, bottleneck = ReLU(norm5), "
+                                   "conv2 padding 0, leakyreluA not applied"),
+    "densenet121": _densenet("densenet121", description="DenseNet-121 encoder, densenet169 decoder settings"),
+    "densenet201": _densenet("densenet201", description="DenseNet-201 encoder, densenet169 decoder settings"),
+    "mobilenetv2": Preset(
+        name="mobilenetv2", encoder="mobilenetv2", up_blocks=_MOBILENET_UP, bottleneck=19, bottleneck_relu=False,
+        decoder_width=0.6, conv2_padding=1, leakyrelu_a=True, input_size=(480, 640),
+        description="alinstein/Depth_estimation: MobileNetV2 encoder, six up blocks, ReLU6"),
+    "mobilenetv2_lite": Preset(
+        name="mobilenetv2_lite", encoder="mobilenetv2", up_blocks=_MOBILENET_UP, bottleneck=19,
+        bottleneck_relu=False, decoder_width=0.25, conv2_padding=1, leakyrelu_a=True, width_mult=0.5,
+        input_size=(240, 320),
+        description="project default: MobileNetV2 x0.5 encoder, decoder width 0.25 (~2.9M params), 240x320"),
+}
+
+
+def list_presets() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(preset: "str | Preset", **overrides: Any) -> Preset:
+    """A registered preset by name (or a `Preset` passed through), with settings overridden."""
+    if isinstance(preset, Preset):
+        p = preset
+    elif isinstance(preset, str):
+        if preset not in PRESETS:
+            raise KeyError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        p = PRESETS[preset]
+    else:
+        raise TypeError(f"preset must be a name or a Preset, got {type(preset).__name__}")
+    return p.replace(**overrides) if overrides else p

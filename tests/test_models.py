@@ -1,0 +1,69 @@
+"""Flax DenseDepth models: presets, shapes, training-mode BatchNorm, checkpoints (no PyTorch needed)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdepth import models
+from jaxdepth.io import checkpoint
+
+
+@pytest.fixture(scope="module")
+def lite():
+    model = models.build("mobilenetv2_lite")
+    return model, models.init_variables(model, 0)
+
+
+def test_registry_and_lite_budget(lite):
+    assert {"densenet121", "densenet161", "densenet169", "densenet201", "mobilenetv2",
+            "mobilenetv2_lite"} <= set(models.list_presets())
+    model, variables = lite
+    assert models.count_params(variables) <= 3_000_000
+    assert model.preset.input_size == (240, 320)
+    with pytest.raises(KeyError, match="known"):
+        models.build("densenet999")
+    with pytest.raises(TypeError, match="unknown preset setting"):
+        models.build("densenet169", conv2_pad=1)
+
+
+def test_forward_shapes_and_feature_list(lite):
+    model, variables = lite
+    x = jax.random.uniform(jax.random.key(1), (2, 64, 96, 3))
+    raw = jax.jit(model.apply)(variables, x)
+    assert raw.shape == (2, 32, 48, 1) and bool(jnp.all(jnp.isfinite(raw)))
+    feats = model.apply(variables, x, method="features")
+    assert [f.shape[-1] for f in feats] == model.preset.feature_channels()
+    assert feats[2].shape[1:3] == (32, 48) and feats[19].shape[1:3] == (2, 3)
+
+
+def test_densenet_feature_channels_match_preset():
+    preset = models.get_preset("densenet121")
+    enc = models.make_encoder(preset)
+    shapes = jax.eval_shape(lambda x: enc.init_with_output(jax.random.key(0), x)[0],
+                            jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    assert [s.shape[-1] for s in shapes] == preset.feature_channels()
+    assert preset.feature_channels()[11] == 1024 and len(shapes) == 13
+
+
+def test_to_metres():
+    raw = jnp.array([0.0, 0.5, 1.0, 10.0, 200.0, -1.0])
+    np.testing.assert_allclose(models.to_metres(raw), [10.0, 10.0, 10.0, 1.0, 0.1, 0.1])
+
+
+def test_train_mode_uses_and_updates_batch_stats(lite):
+    model, variables = lite
+    x = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3))
+    raw, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    stem_mean = updates["batch_stats"]["encoder"]["stem"]["bn"]["mean"]
+    assert not np.allclose(stem_mean, variables["batch_stats"]["encoder"]["stem"]["bn"]["mean"])
+    assert not np.allclose(raw, model.apply(variables, x))
+
+
+def test_checkpoint_roundtrip(lite, tmp_path):
+    model, variables = lite
+    checkpoint.save(tmp_path / "ck", "mobilenetv2_lite", variables, extra={"steps": 3})
+    model2, variables2, info = checkpoint.load(tmp_path / "ck")
+    assert model2.preset == model.preset and info["extra"] == {"steps": 3}
+    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(variables2)):
+        np.testing.assert_array_equal(a, b)
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(variables2)
