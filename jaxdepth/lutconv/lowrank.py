@@ -157,7 +157,7 @@ def supports(table: Optional[np.ndarray], w_shape: tuple[int, ...]) -> Optional[
     return None
 
 
-RATE_XLA = 15e9          # float32 XLA convolution, multiply-accumulates per second (groups == 1)
+RATE_XLA = 25e9          # float32 XLA convolution, multiply-accumulates per second (groups == 1)
 RATE_XLA_GROUPED = 2e8   # XLA's grouped / depthwise float convolution on CPU is far slower
 
 

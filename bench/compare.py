@@ -1,0 +1,226 @@
+"""Side-by-side LUT convolution benchmark: the seed's v1/v2, pure XLA gather, the fast kernels, exact float.
+
+Layers (batch 1 unless --batch): the seed's DenseNet-161 decoder ``conv2`` (1x15x20x2208, 1104 1x1 filters)
+and ``up1.convA`` (1x30x40x1488, 552 3x3 filters, padding 1), MobileNetV2 depthwise 3x3 layers
+(1x120x160x144, groups 144, stride 1 and 2), then whole networks at 480x640 as the sum over their layer
+shapes (bench/layer_shapes.py) with impl="auto" and an arbitrary (full-rank, non-commutative) table.
+
+Per implementation: seconds per layer (median of --repeats), time per output value (the seed's unit),
+GMAC/s, speed-up over the seed's figures (v2: 83 ms per conv2 output value, ~327 s per up1.convA output
+channel; other layers at the v2 rate of 26,600 multiplications/s) and the ratio to the exact float32 XLA
+convolution measured in the same run. ``loop`` and ``vectorized`` (and ``gather`` on big layers) run on
+a slice of output channels and are extrapolated: marked "extrapolated".
+
+    python bench/compare.py --quick          # a short run
+    python bench/compare.py                   # everything, results in bench/results/
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numba
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from layer_shapes import NETWORKS, Layer  # noqa: E402
+
+from jaxdepth import lutconv, multipliers  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SEED_V2_PER_MAC = 0.083 / 2208            # seconds per multiplication of the seed's v2 (conv2 figure)
+SEED_PER_OUTPUT = {"conv2": 0.083,         # measured by the seed, seconds per output value
+                   "up1.convA": 327.0 / 1200}
+
+LAYERS = {
+    "conv2": Layer("conv2", (1, 15, 20, 2208), (1, 1, 2208, 1104)),
+    "up1.convA": Layer("up1.convA", (1, 30, 40, 1488), (3, 3, 1488, 552), padding=1),
+    "dw3x3_s1": Layer("dw3x3_s1", (1, 120, 160, 144), (3, 3, 1, 144), padding=1, groups=144),
+    "dw3x3_s2": Layer("dw3x3_s2", (1, 120, 160, 144), (3, 3, 1, 144), stride=2, padding=1, groups=144),
+}
+SLICED = {"loop": 2, "vectorized": 16}    # output channels actually run by the slow references
+GATHER_FULL_LIMIT = 2e9                     # gather runs on a slice above this many MACs
+
+
+def codes(layer: Layer, signed: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lo, hi = (-128, 128) if signed else (0, 256)
+    return (rng.integers(lo, hi, layer.x_shape).astype(np.int8 if signed else np.uint8),
+            rng.integers(lo, hi, layer.w_shape).astype(np.int8 if signed else np.uint8))
+
+
+def timed(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile / warm up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def lut_call(layer: Layer, impl: str, table, signed: bool, x, w):
+    kw = dict(stride=layer.stride, padding=layer.padding, groups=layer.groups, signed=signed, impl=impl)
+    if impl in ("loop", "vectorized"):
+        return lambda: lutconv.conv2d(x, w, table, **kw)
+    f = jax.jit(lambda a, b: lutconv.conv2d(a, b, table, **kw))
+    xa, wa = jnp.asarray(x), jnp.asarray(w)
+    return lambda: f(xa, wa)
+
+
+def float_call(layer: Layer, x, w):
+    f = jax.jit(lambda a, b: jax.lax.conv_general_dilated(
+        a, b, (layer.stride,) * 2, [(layer.padding,) * 2] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=layer.groups))
+    xa, wa = jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)
+    return lambda: f(xa, wa)
+
+
+def bench_layer(key: str, layer: Layer, table_name: str, impls: list[str], repeats: int) -> list[dict]:
+    mult = multipliers.get(table_name)
+    x, w = codes(layer, mult.signed)
+    t_float = timed(float_call(layer, x, w), repeats)
+    rows = [_row(key, layer, "exact float32 (XLA)", "-", t_float, t_float, False)]
+    for impl in impls:
+        if impl not in ("auto", "loop", "vectorized") and _why_not(impl, layer, mult.table):
+            continue
+        o = layer.w_shape[3]
+        sliced = SLICED.get(impl) or (o if impl != "gather" or layer.macs < GATHER_FULL_LIMIT else 32)
+        sliced = max(layer.groups, min(o, sliced - sliced % layer.groups)) if layer.groups > 1 else min(o, sliced)
+        sub = Layer(layer.name, layer.x_shape, layer.w_shape[:3] + (sliced,), layer.stride, layer.padding,
+                    layer.groups if layer.groups == 1 else layer.groups)
+        if layer.groups > 1 and sliced < o:  # depthwise slices: fewer channels in and out
+            sub = Layer(layer.name, layer.x_shape[:3] + (sliced,), layer.w_shape[:3] + (sliced,),
+                        layer.stride, layer.padding, sliced)
+        xs, ws = x[..., :sub.x_shape[3]], w[..., :sliced]
+        reps = 1 if impl in ("loop", "vectorized") else repeats
+        if impl == "loop":  # a few output positions too
+            xs = xs[:, :layer.w_shape[0] + 1, :layer.w_shape[1] + 1]
+            sub = Layer(sub.name, xs.shape, sub.w_shape, sub.stride, sub.padding, sub.groups)
+        t = timed(lut_call(sub, impl, mult, mult.signed, xs, ws), reps)
+        scale = layer.macs / sub.macs
+        rows.append(_row(key, layer, impl, table_name, t * scale, t_float, scale != 1))
+    choice = lutconv.explain(layer.x_shape, layer.w_shape, mult, stride=layer.stride, padding=layer.padding,
+                             groups=layer.groups).split(":")[0]
+    for r in rows:
+        r["auto_choice"] = choice
+    return rows
+
+
+def _why_not(impl: str, layer: Layer, table) -> str | None:
+    n, h, w, c = layer.x_shape
+    p = 2 * layer.padding
+    spec = lutconv.ConvSpec((layer.stride,) * 2, (1, 1), layer.groups)
+    problem = lutconv.Problem((n, h + p, w + p, c), layer.w_shape, spec, table, True)
+    return lutconv.registry.get_kernel(impl).supports(problem)
+
+
+def _row(key, layer, impl, table, seconds, t_float, extrapolated) -> dict:
+    outputs = layer.x_shape[0] * layer.out_hw[0] * layer.out_hw[1] * layer.w_shape[3]
+    seed = SEED_PER_OUTPUT.get(key, layer.macs * SEED_V2_PER_MAC / outputs) * outputs
+    return {"layer": key, "impl": impl, "table": table, "seconds": seconds,
+            "per_output_us": seconds / outputs * 1e6, "gmac_s": layer.macs / seconds / 1e9,
+            "speedup_vs_seed_v2": seed / seconds, "ratio_to_float": t_float / seconds,
+            "extrapolated": extrapolated, "macs": layer.macs}
+
+
+def bench_network(net: str, table_name: str, batch: int, repeats: int) -> dict:
+    mult = multipliers.get(table_name)
+    layers = [layer.batched(batch) for layer in NETWORKS[net]()]
+    total, t_float, per_kernel = 0.0, 0.0, {}
+    for layer in layers:
+        x, w = codes(layer, mult.signed, seed=1)
+        choice = lutconv.explain(layer.x_shape, layer.w_shape, mult, stride=layer.stride,
+                                 padding=layer.padding, groups=layer.groups).split(":")[0]
+        t = timed(lut_call(layer, "auto", mult, mult.signed, x, w), repeats)
+        total += t
+        t_float += timed(float_call(layer, x, w), repeats)
+        per_kernel[choice] = per_kernel.get(choice, 0.0) + t
+    macs = sum(layer.macs for layer in layers)
+    return {"network": net, "table": table_name, "batch": batch, "layers": len(layers), "gmac": macs / 1e9,
+            "seconds": total, "seconds_per_image": total / batch, "gmac_s": macs / total / 1e9,
+            "float_seconds": t_float, "ratio_to_float": t_float / total,
+            "seconds_by_kernel": per_kernel}
+
+
+def markdown(rows: list[dict], nets: list[dict], meta: dict) -> str:
+    out = [f"# LUT convolution benchmark ({meta['date']})", "",
+           f"Machine: {meta['machine']}, {meta['threads']} numba threads, jax {meta['jax']}. Medians of "
+           f"{meta['repeats']} runs. Seed v2 = 83 ms per conv2 output value.", "",
+           "| layer | impl | table | s/layer | us/output | GMAC/s | vs seed v2 | vs float | auto |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        ex = " (extrapolated)" if r["extrapolated"] else ""
+        out.append(f"| {r['layer']} | {r['impl']}{ex} | {r['table']} | {r['seconds']:.4g} | "
+                   f"{r['per_output_us']:.4g} | {r['gmac_s']:.3g} | {r['speedup_vs_seed_v2']:.3g}x | "
+                   f"{r['ratio_to_float']:.3g}x | {r['auto_choice']} |")
+    if nets:
+        out += ["", "| network (480x640) | table | batch | GMAC | s/image | GMAC/s | vs float | s by kernel |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for n in nets:
+            by = ", ".join(f"{k} {v:.2f}" for k, v in n["seconds_by_kernel"].items())
+            out.append(f"| {n['network']} | {n['table']} | {n['batch']} | {n['gmac']:.1f} | "
+                       f"{n['seconds_per_image']:.2f} | {n['gmac_s']:.2f} | {n['ratio_to_float']:.3g}x | {by} |")
+    out += ["", f"Peak resident memory of the run: {meta['peak_rss_gib']:.2f} GiB"]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short run: 2 repeats, conv2 and depthwise only, "
+                    "no whole networks")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    ap.add_argument("--layers", nargs="*", default=list(LAYERS), choices=list(LAYERS))
+    ap.add_argument("--impls", nargs="*", default=None, help="implementations (default: all)")
+    ap.add_argument("--table", default="mul8u_2AC", help="arbitrary-table benchmark multiplier")
+    ap.add_argument("--lowrank-tables", nargs="*", default=["exact_s8", "mul8s_1KVA"],
+                    help="tables benchmarked through the lowrank kernel as well")
+    ap.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=list(NETWORKS))
+    ap.add_argument("--batch", type=int, nargs="*", default=[1], help="network batch sizes")
+    ap.add_argument("--out", default=str(RESULTS), help="directory for JSON and markdown results")
+    ap.add_argument("--name", default="compare", help="result file stem")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.repeats, args.layers, args.networks = 2, ["conv2", "dw3x3_s1", "dw3x3_s2"], []
+    impls = args.impls or [i for i in ["loop", "vectorized", "gather", "direct", "wstat", "lowrank", "auto"]
+                           if i in lutconv.implementations() + ["auto"]]
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    rows = []
+    for key in args.layers:
+        rows += bench_layer(key, LAYERS[key], args.table, [i for i in impls if i != "lowrank"], args.repeats)
+        for t in args.lowrank_tables:
+            rows += [r for r in bench_layer(key, LAYERS[key], t, ["lowrank", "auto"], args.repeats)
+                     if r["impl"] != "exact float32 (XLA)"]
+        print("\n".join(f"{r['layer']:>10} {r['impl']:>22} {r['table']:>10} {r['seconds']:10.4g}s "
+                        f"{r['gmac_s']:8.3g} GMAC/s {r['ratio_to_float']:7.3g}x float"
+                        for r in rows if r["layer"] == key), flush=True)
+    nets = []
+    for net in args.networks:
+        for b in args.batch:
+            nets.append(bench_network(net, args.table, b, max(1, args.repeats // 3)))
+            print(nets[-1], flush=True)
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "threads": numba.get_num_threads(), "jax": jax.__version__, "repeats": args.repeats,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "argv": sys.argv[1:]}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "layers": rows, "networks": nets},
+                                                       indent=1))
+    (out / f"{args.name}.md").write_text(markdown(rows, nets, meta))
+    print(markdown(rows, nets, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
