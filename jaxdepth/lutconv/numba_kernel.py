@@ -6,7 +6,8 @@ Two algorithms, both bit-exact for any table (int32 accumulation, as the definit
             ``lut[:, x]`` is 256 contiguous ints (1 KiB, stays in L1); every output channel adds
             ``column[w_byte]``: one L1 load per multiply-accumulate, vectorised over output channels
             (AVX-512 gathers with a constant index vector per tap and channel). Depthwise layers
-            (one input channel per group) vectorise over channels instead, gathering from the table.
+            (one input channel per group) vectorise over channels instead, gathering from the flat
+            table at ``(x & 0xFF) + 256 * w``.
             Handles every stride, dilation and grouping; best for few output channels per group.
 
 ``wstat``   (weight-stationary product rows, stride 1). For a tile of input positions and a chunk of
@@ -29,6 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .simd import add16, gather16, gather_add16, table_gather_add16
 from .spec import ConvSpec
 
 _LOCK = threading.Lock()  # one kernel at a time: each one already uses every core
@@ -61,52 +63,58 @@ def _direct(xb, wb, lut_t, sh, sw, dh, dw, groups, out):  # pragma: no cover - c
                         for c in range(cg):
                             column = lut_t[xb[n, row, col, g * cg + c]]
                             wrow = wb[kh, kw, c]
-                            for o in range(np.uint64(g * og), np.uint64((g + 1) * og)):
+                            o = g * og
+                            while o + 16 <= (g + 1) * og:
+                                gather_add16(acc, o, column, wrow, o)
+                                o += 16
+                            for o in range(np.uint64(o), np.uint64((g + 1) * og)):
                                 acc[o] += column[wrow[o]]
             out[n, i, j, :] = acc
 
 
 @njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
-def _depthwise(xb, wb, lut_flat, sh, sw, dh, dw, mult, out):  # pragma: no cover - compiled
-    """groups == C: output channel o reads input channel o // mult. wb (KH,KW,1,O) uint8 as int32*256."""
-    n_batch, _, _, _ = xb.shape
-    kh_n, kw_n, _, n_out = wb.shape
+def _depthwise(x, w256, lut_flat, sh, sw, dh, dw, out):  # pragma: no cover - compiled
+    """groups == C == O (one input channel per group): x (N,H,W,C) int32 codes; w256 (KH,KW,1,C) int32
+    weight byte * 256; lut_flat = lut.ravel(); out (N,Ho,Wo,C). Vectorised over channels: 16 channels
+    per gather from the flat table at (x & 0xFF) + 256 * w."""
+    n_batch = x.shape[0]
+    kh_n, kw_n, _, channels = w256.shape
     _, ho, wo, _ = out.shape
     for r in prange(n_batch * ho):
         n = r // ho
         i = r % ho
-        acc = np.empty(n_out, dtype=np.int32)
+        acc = np.empty(channels, dtype=np.int32)
         for j in range(wo):
             acc[:] = 0
             for kh in range(kh_n):
-                row = i * sh + kh * dh
                 for kw in range(kw_n):
-                    xrow = xb[n, row, j * sw + kw * dw]
-                    wrow = wb[kh, kw, 0]
-                    if mult == 1:
-                        for o in range(np.uint64(n_out)):
-                            acc[o] += lut_flat[np.uint64(wrow[o]) + xrow[o]]
-                    else:
-                        for o in range(np.uint64(n_out)):
-                            acc[o] += lut_flat[np.uint64(wrow[o]) + xrow[o // np.uint64(mult)]]
+                    xrow = x[n, i * sh + kh * dh, j * sw + kw * dw]
+                    wrow = w256[kh, kw, 0]
+                    c = 0
+                    while c + 16 <= channels:
+                        table_gather_add16(acc, c, lut_flat, xrow, c, wrow, c)
+                        c += 16
+                    for c in range(c, channels):
+                        acc[c] += lut_flat[(xrow[c] & 0xFF) + wrow[c]]
             out[n, i, j, :] = acc
 
 
 def direct_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -> np.ndarray:
     """The ``direct`` kernel on concrete arrays (int32 result)."""
-    xb = np.ascontiguousarray(np.asarray(x) & 0xFF, dtype=np.uint8)
+    x = np.ascontiguousarray(x)
     wb = np.asarray(w) & 0xFF
     lut = np.asarray(lut, dtype=np.int32)
     kh_n, kw_n, cg, n_out = wb.shape
-    ho, wo = spec.output_hw(xb.shape[1:3], (kh_n, kw_n))
-    out = np.empty((xb.shape[0], ho, wo, n_out), dtype=np.int32)
+    ho, wo = spec.output_hw(x.shape[1:3], (kh_n, kw_n))
+    out = np.empty((x.shape[0], ho, wo, n_out), dtype=np.int32)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     with _LOCK:
-        if cg == 1 and spec.groups == xb.shape[3] and spec.groups > 1:
+        if cg == 1 and spec.groups == x.shape[3] == n_out > 1:
             w256 = np.ascontiguousarray(wb.astype(np.int32) * 256)
-            _depthwise(xb, w256, np.ascontiguousarray(lut.reshape(-1)), sh, sw, dh, dw,
-                       n_out // spec.groups, out)
+            _depthwise(np.ascontiguousarray(x, dtype=np.int32), w256, np.ascontiguousarray(lut).reshape(-1),
+                       sh, sw, dh, dw, out)
         else:
+            xb = np.ascontiguousarray(x & 0xFF, dtype=np.uint8)
             _direct(xb, np.ascontiguousarray(wb, dtype=np.uint8), np.ascontiguousarray(lut.T),
                     sh, sw, dh, dw, spec.groups, out)
     return out
@@ -147,19 +155,27 @@ def _wstat(xc, wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk, out):  # 
                 for s in range(n_used[c]):
                     lrow = lut[used[c, s]]
                     for rr in range(nr_in):
-                        xrow = xc[n, c, i0 + rr, j0:j0 + nc_in]
-                        tb = np.uint64(((c - c0) * vmax + s) * plane + rr * c_in)
-                        for q in range(np.uint64(nc_in)):
-                            table[tb + q] = lrow[xrow[q]]
+                        xrow = xc[n, c, i0 + rr]
+                        tb = ((c - c0) * vmax + s) * plane + rr * c_in
+                        q = 0
+                        while q + 16 <= nc_in:
+                            gather16(table, tb + q, lrow, xrow, j0 + q)
+                            q += 16
+                        for q in range(q, nc_in):
+                            table[tb + q] = lrow[xrow[j0 + q]]
             for o in range(n_out):  # every output channel adds whole rows
                 for c in range(c0, c1):
                     for kh in range(kh_n):
                         for kw in range(kw_n):
                             tb = ((c - c0) * vmax + slot[c, wt[o, c, kh, kw]]) * plane + kh * dh * c_in + kw * dw
                             for r in range(nr):
-                                ab = np.uint64((o * rows + r) * cols)
-                                trb = np.uint64(tb + r * c_in)
-                                for q in range(np.uint64(nc)):
+                                ab = (o * rows + r) * cols
+                                trb = tb + r * c_in
+                                q = 0
+                                while q + 16 <= nc:
+                                    add16(acc, ab + q, table, trb + q)
+                                    q += 16
+                                for q in range(q, nc):
                                     acc[ab + q] += table[trb + q]
         for o in range(n_out):
             for r in range(nr):

@@ -1,0 +1,124 @@
+"""16-lane table gathers for the numba kernels: one AVX-512 ``vpgatherdd`` where the CPU has it.
+
+LLVM does not vectorise ``dst[q] = row[idx[q]]`` by itself (it cannot prove the gathered row and the
+destination are disjoint), so the kernels call these helpers explicitly:
+
+    gather16(dst, doff, src, idx, ioff)       dst[doff:doff+16]  = src[idx[ioff:ioff+16]]
+    gather_add16(dst, doff, src, idx, ioff)   dst[doff:doff+16] += src[idx[ioff:ioff+16]]
+    table_gather_add16(dst, doff, table, x, xoff, w, woff)
+        dst[doff:doff+16] += table[(x[xoff:xoff+16] & 0xFF) + w[woff:woff+16]]   (x, w int32)
+
+dst, src, table are int32 arrays, idx a uint8 array (table bytes), offsets are element offsets into the
+flattened (C-contiguous) arrays. Without AVX-512 the same names are plain scalar loops, so the kernels
+compile and stay exact everywhere.
+"""
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+HAVE_AVX512 = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+def _gather_codegen(accumulate: bool):
+    def codegen(context, builder, signature, args):
+        dst_v, doff, src_v, idx_v, ioff = args
+        dst = context.make_array(signature.args[0])(context, builder, dst_v)
+        src = context.make_array(signature.args[2])(context, builder, src_v)
+        idx = context.make_array(signature.args[3])(context, builder, idx_v)
+        i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+        v16i8, v16i32 = ir.VectorType(i8, 16), ir.VectorType(i32, 16)
+        index = builder.load(builder.bitcast(builder.gep(idx.data, [ioff]), v16i8.as_pointer()), align=1)
+        fnty = ir.FunctionType(v16i32, [v16i32, src.data.type, v16i32, i16, i32])
+        gather = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.gather.dpi.512")
+        values = builder.call(gather, [ir.Constant(v16i32, None), src.data, builder.zext(index, v16i32),
+                                       ir.Constant(i16, 0xFFFF), ir.Constant(i32, 4)])
+        target = builder.bitcast(builder.gep(dst.data, [doff]), v16i32.as_pointer())
+        if accumulate:
+            values = builder.add(builder.load(target, align=4), values)
+        builder.store(values, target, align=4)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def _avx512_gather16(typingctx, dst, doff, src, idx, ioff):
+    return types.void(dst, doff, src, idx, ioff), _gather_codegen(False)
+
+
+@intrinsic
+def _avx512_gather_add16(typingctx, dst, doff, src, idx, ioff):
+    return types.void(dst, doff, src, idx, ioff), _gather_codegen(True)
+
+
+def _table_gather_codegen(context, builder, signature, args):
+    dst_v, doff, table_v, x_v, xoff, w_v, woff = args
+    dst = context.make_array(signature.args[0])(context, builder, dst_v)
+    table = context.make_array(signature.args[2])(context, builder, table_v)
+    xa = context.make_array(signature.args[3])(context, builder, x_v)
+    wa = context.make_array(signature.args[5])(context, builder, w_v)
+    i16, i32 = ir.IntType(16), ir.IntType(32)
+    v16i32 = ir.VectorType(i32, 16)
+    xv = builder.load(builder.bitcast(builder.gep(xa.data, [xoff]), v16i32.as_pointer()), align=4)
+    wv = builder.load(builder.bitcast(builder.gep(wa.data, [woff]), v16i32.as_pointer()), align=4)
+    index = builder.add(builder.and_(xv, ir.Constant(v16i32, [255] * 16)), wv)
+    fnty = ir.FunctionType(v16i32, [v16i32, table.data.type, v16i32, i16, i32])
+    gather = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.gather.dpi.512")
+    values = builder.call(gather, [ir.Constant(v16i32, None), table.data, index, ir.Constant(i16, 0xFFFF),
+                                   ir.Constant(i32, 4)])
+    target = builder.bitcast(builder.gep(dst.data, [doff]), v16i32.as_pointer())
+    builder.store(builder.add(builder.load(target, align=4), values), target, align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _avx512_table_gather_add16(typingctx, dst, doff, table, x, xoff, w, woff):
+    return types.void(dst, doff, table, x, xoff, w, woff), _table_gather_codegen
+
+
+@njit(inline="always", boundscheck=False)
+def _scalar_table_gather_add16(dst, doff, table, x, xoff, w, woff):  # pragma: no cover - compiled
+    for k in range(16):
+        dst[doff + k] += table[(x[xoff + k] & 0xFF) + w[woff + k]]
+
+
+def _add_codegen(context, builder, signature, args):
+    dst_v, doff, src_v, soff = args
+    dst = context.make_array(signature.args[0])(context, builder, dst_v)
+    src = context.make_array(signature.args[2])(context, builder, src_v)
+    v16i32 = ir.VectorType(ir.IntType(32), 16)
+    values = builder.load(builder.bitcast(builder.gep(src.data, [soff]), v16i32.as_pointer()), align=4)
+    target = builder.bitcast(builder.gep(dst.data, [doff]), v16i32.as_pointer())
+    builder.store(builder.add(builder.load(target, align=4), values), target, align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def add16(typingctx, dst, doff, src, soff):
+    """dst[doff:doff+16] += src[soff:soff+16] (int32, flat offsets): one unaligned vector add, no alias
+    checks (generic LLVM vector IR, any x86-64)."""
+    return types.void(dst, doff, src, soff), _add_codegen
+
+
+@njit(inline="always", boundscheck=False)
+def _scalar_gather16(dst, doff, src, idx, ioff):  # pragma: no cover - compiled
+    for k in range(16):
+        dst[doff + k] = src[idx[ioff + k]]
+
+
+@njit(inline="always", boundscheck=False)
+def _scalar_gather_add16(dst, doff, src, idx, ioff):  # pragma: no cover - compiled
+    for k in range(16):
+        dst[doff + k] += src[idx[ioff + k]]
+
+
+gather16 = _avx512_gather16 if HAVE_AVX512 else _scalar_gather16
+gather_add16 = _avx512_gather_add16 if HAVE_AVX512 else _scalar_gather_add16
+table_gather_add16 = _avx512_table_gather_add16 if HAVE_AVX512 else _scalar_table_gather_add16
+
+__all__ = ["HAVE_AVX512", "add16", "gather16", "gather_add16", "np", "table_gather_add16"]
