@@ -98,5 +98,5 @@ def load(path: Union[str, Path], plan: Any = None) -> tuple[Any, dict, dict]:
     preset = Preset.from_dict(info["preset"])
     model_plan = Plan.make(plan) if plan is not None else Plan.from_json(info.get("plan"))
     restored = ocp.StandardCheckpointer().restore(path / VARIABLES_DIR)
-    variables = {k: jax.tree_util.tree_map(jnp.asarray, dict(v)) for k, v in restored.items()}
+    variables = {k: jax.device_put(dict(v)) for k, v in restored.items()}
     return DenseDepth(preset, model_plan), variables, info

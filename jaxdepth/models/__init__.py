@@ -9,11 +9,12 @@
 Quantized / approximate inference: ``build(preset, plan={"decoder.*": "mul8s_1KV8", "encoder.*": "int8"})``,
 then ``variables = calibrate(model, variables, images)``; ``print(plan_table(model, (1, 480, 640, 3)))``.
 """
-from .densedepth import DenseDepth, build, count_params, init_variables, make_encoder, to_metres
+from .densedepth import (DenseDepth, build, compile_apply, count_params, init_variables, make_encoder,
+                         to_metres)
 from .layers import BatchNorm, QConv, QDense
 from .plan import FLOAT_PLAN, Arithmetic, LayerInfo, Plan, describe, format_table
 from .presets import PRESETS, Preset, UpBlock, get_preset, list_presets
 
 __all__ = ["Arithmetic", "BatchNorm", "DenseDepth", "FLOAT_PLAN", "LayerInfo", "PRESETS", "Plan", "Preset",
-           "QConv", "QDense", "UpBlock", "build", "count_params", "describe", "format_table", "get_preset",
+           "QConv", "QDense", "UpBlock", "build", "compile_apply", "count_params", "describe", "format_table", "get_preset",
            "init_variables", "list_presets", "make_encoder", "to_metres"]

@@ -1,0 +1,156 @@
+"""PyTorch -> Flax conversion against independent PyTorch reference models (random weights, non-trivial
+BatchNorm statistics): every preset matches PyTorch in float mode to 1e-4 of the output's scale."""
+import subprocess
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from jaxdepth import models  # noqa: E402
+from jaxdepth.convert import ConversionError, convert_file, convert_state_dict, load_state_dict  # noqa: E402
+from jaxdepth.convert import torch_reference as tr  # noqa: E402
+from jaxdepth.io import checkpoint  # noqa: E402
+
+H, W = 64, 96
+
+
+def _input(seed=0):
+    return np.random.default_rng(seed).random((1, H, W, 3), dtype=np.float32)
+
+
+def _torch_run(model, x):
+    with torch.no_grad():
+        out = model(torch.from_numpy(x).permute(0, 3, 1, 2))
+    if isinstance(out, list):
+        return [o.permute(0, 2, 3, 1).numpy() for o in out]
+    return out.permute(0, 2, 3, 1).numpy()
+
+
+def _torch_model(preset, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return tr.randomize_batchnorm(tr.DenseDepth(models.get_preset(preset, **overrides)), seed).eval()
+
+
+def _legacy(key):
+    """torchvision's current DenseNet names -> the old released ones (denselayer1.norm.1.weight)."""
+    import re
+    return re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", key)
+
+
+# (preset, how the checkpoint is saved)
+CASES = [("densenet161", "state_dict"), ("densenet169", "dataparallel"), ("densenet121", "legacy"),
+         ("densenet201", "wrapped"), ("mobilenetv2", "pickled_model"), ("mobilenetv2_lite", "state_dict")]
+
+
+@pytest.mark.parametrize("preset,how", CASES)
+def test_float_model_matches_pytorch(preset, how, tmp_path):
+    tm = _torch_model(preset)
+    sd = tm.state_dict()
+    src = tmp_path / "model.pth"
+    if how == "pickled_model":
+        torch.save(tm, src)
+    elif how == "dataparallel":
+        torch.save({f"module.{k}": v for k, v in sd.items()}, src)
+    elif how == "legacy":
+        torch.save({_legacy(k): v for k, v in sd.items()}, src)
+        assert any(".norm.1." in k for k in torch.load(src))
+    elif how == "wrapped":
+        torch.save({"state_dict": sd, "epoch": 3}, src)
+    else:
+        torch.save(sd, src)
+    report = convert_file(src, tmp_path / "ck")
+    assert report.preset.name == preset and report.layout == "full"
+    model, variables, info = checkpoint.load(tmp_path / "ck")
+    assert model.preset == models.get_preset(preset) and info["extra"]["layout"] == "full"
+    x = _input()
+    ref = _torch_run(tm, x)
+    out = np.asarray(models.compile_apply(model, variables, x.shape, fast_compile=True)(variables, x))
+    assert out.shape == ref.shape == (1, H // 2, W // 2, 1)
+    scale = float(np.abs(ref).max())
+    assert scale > 0
+    assert float(np.abs(out - ref).max()) <= 1e-4 * scale
+
+
+def test_torchvision_mobilenet_v2_width_half_encoder_alone(tmp_path):
+    """torchvision-style mobilenet_v2(width_mult=0.5) weights alone -> mobilenetv2_lite, encoder features equal."""
+    torch.manual_seed(1)
+    enc = tr.randomize_batchnorm(tr.mobilenet_v2(width_mult=0.5), 1).eval()
+    torch.save(enc.state_dict(), tmp_path / "mnv2.pth")
+    report = convert_file(tmp_path / "mnv2.pth", tmp_path / "ck")
+    assert report.preset.name == "mobilenetv2_lite" and report.decoder_initialised
+    model, variables, _ = checkpoint.load(tmp_path / "ck")
+    x = _input(1)
+    ref = _torch_run(tr.Encoder(enc), x)
+    feats = models.compile_apply(model, variables, x.shape, method="features", fast_compile=True)(variables, x)
+    assert len(feats) == len(ref) == 20
+    for i in (2, 4, 6, 9, 15, 18, 19):
+        scale = float(np.abs(ref[i]).max())
+        assert float(np.abs(np.asarray(feats[i]) - ref[i]).max()) <= 1e-4 * scale, i
+    assert np.isfinite(np.asarray(model.apply(variables, x))).all()   # the fresh decoder runs
+
+
+@pytest.fixture(scope="module")
+def lite_state_dict():
+    return {k: v.clone() for k, v in _torch_model("mobilenetv2_lite", 2).state_dict().items()}
+
+
+def test_missing_unexpected_and_misshaped_keys_are_listed(lite_state_dict):
+    sd = dict(lite_state_dict)
+    del sd["decoder.up2.convA.bias"]
+    sd["decoder.up9.convA.weight"] = torch.zeros(3, 3, 3, 3)
+    sd["encoder.original_model.features.3.conv.1.0.weight"] = torch.zeros(5, 1, 3, 3)
+    with pytest.raises(ConversionError) as err:
+        convert_state_dict(sd)
+    msg = str(err.value)
+    assert "missing keys (1)" in msg and "decoder.up2.convA.bias" in msg
+    assert "unexpected keys (1)" in msg and "decoder.up9.convA.weight" in msg
+    assert "mis-shaped keys (1)" in msg and "features.3.conv.1.0.weight: checkpoint (5, 1, 3, 3)" in msg
+    with pytest.raises(ConversionError, match="no key starts with"):
+        convert_state_dict({"foo.weight": torch.zeros(2)})
+
+
+def test_pickled_model_with_unimportable_class(tmp_path, lite_state_dict):
+    """A whole pickled model whose class cannot be imported any more still yields its tensors."""
+    mod = types.ModuleType("gone_module")
+    sys.modules["gone_module"] = mod
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = tr.DenseDepth("mobilenetv2_lite")
+
+    Model.__module__, Model.__qualname__ = "gone_module", "Model"
+    mod.Model = Model
+    m = Model()
+    m.inner.load_state_dict(lite_state_dict)
+    torch.save(m, tmp_path / "whole.pth")
+    del sys.modules["gone_module"]
+    sd = load_state_dict(tmp_path / "whole.pth")
+    assert set(sd) == {f"inner.{k}" for k in lite_state_dict}
+    np.testing.assert_array_equal(sd["inner.decoder.conv3.weight"], lite_state_dict["decoder.conv3.weight"].numpy())
+
+
+def test_cli_preset_override(tmp_path):
+    """--preset / --set: a conv2 padding the weights cannot show, converted faithfully."""
+    tm = _torch_model("mobilenetv2_lite", 3, conv2_padding=0, leakyrelu_a=False)
+    torch.save(tm.state_dict(), tmp_path / "m.pth")
+    help_text = subprocess.run([sys.executable, "-m", "jaxdepth.convert", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    assert "--preset" in help_text and "legacy" in help_text
+    res = subprocess.run([sys.executable, "-m", "jaxdepth.convert", str(tmp_path / "m.pth"), str(tmp_path / "ck"),
+                          "--preset", "mobilenetv2_lite", "--set", "conv2_padding=0", "--set", "leakyrelu_a=false"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    model, variables, _ = checkpoint.load(tmp_path / "ck")
+    assert model.preset.conv2_padding == 0 and not model.preset.leakyrelu_a
+    x = _input(3)
+    ref = _torch_run(tm, x)
+    out = np.asarray(models.compile_apply(model, variables, x.shape, fast_compile=True)(variables, x))
+    assert float(np.abs(out - ref).max()) <= 1e-4 * float(np.abs(ref).max())
+    bad = subprocess.run([sys.executable, "-m", "jaxdepth.convert", str(tmp_path / "m.pth"), str(tmp_path / "c2"),
+                          "--preset", "mobilenetv2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "mis-shaped keys" in bad.stderr
