@@ -137,20 +137,24 @@ def _row(key, layer, impl, table, seconds, t_float, extrapolated) -> dict:
 def bench_network(net: str, table_name: str, batch: int, repeats: int) -> dict:
     mult = multipliers.get(table_name)
     layers = [layer.batched(batch) for layer in NETWORKS[net]()]
-    total, t_float, per_kernel = 0.0, 0.0, {}
+    total, t_float, per_kernel, per_layer = 0.0, 0.0, {}, []
     for layer in layers:
         x, w = codes(layer, mult.signed, seed=1)
         choice = lutconv.explain(layer.x_shape, layer.w_shape, mult, stride=layer.stride,
                                  padding=layer.padding, groups=layer.groups).split(":")[0]
         t = timed(lut_call(layer, "auto", mult, mult.signed, x, w), repeats)
+        tf = timed(float_call(layer, x, w), repeats)
         total += t
-        t_float += timed(float_call(layer, x, w), repeats)
+        t_float += tf
+        per_layer.append({"name": layer.name, "x_shape": layer.x_shape, "w_shape": layer.w_shape,
+                          "stride": layer.stride, "groups": layer.groups, "kernel": choice, "seconds": t,
+                          "gmac_s": layer.macs / t / 1e9, "float_seconds": tf})
         per_kernel[choice] = per_kernel.get(choice, 0.0) + t
     macs = sum(layer.macs for layer in layers)
     return {"network": net, "table": table_name, "batch": batch, "layers": len(layers), "gmac": macs / 1e9,
             "seconds": total, "seconds_per_image": total / batch, "gmac_s": macs / total / 1e9,
             "float_seconds": t_float, "ratio_to_float": t_float / total,
-            "seconds_by_kernel": per_kernel}
+            "seconds_by_kernel": per_kernel, "per_layer": per_layer}
 
 
 def markdown(rows: list[dict], nets: list[dict], meta: dict) -> str:

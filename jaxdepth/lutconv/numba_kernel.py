@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import add16, gather16, gather_add16, table_gather_add16
+from .simd import gather16, gather_add16, rows_sum_add16, table_gather_add16
 from .spec import ConvSpec
 
 _LOCK = threading.Lock()  # one kernel at a time: each one already uses every core
@@ -125,16 +125,20 @@ def direct_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -
 # ----------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
 def _wstat(xc, wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk, out):  # pragma: no cover
-    """One group, stride 1. xc (N,C,H,W) uint8; wt (O,C,KH,KW) uint8 weight bytes; slot[c, v]: row of
-    byte v in T for channel c; used[c, s]: the byte of row s; n_used[c]; lut[w, x] int32;
-    out (N,O,Ho,Wo) int32 (overwritten). Spatial tiles of rows x cols outputs run in parallel."""
+    """One group, stride 1. xc (N,C,H,W+16) uint8 (16 spare zero columns); wt (O,C,KH,KW) uint8 weight
+    bytes; slot[c, v]: row of byte v in T for channel c; used[c, s]: the byte of row s; n_used[c];
+    lut[w, x] int32; out (N,O,Ho,Wo) int32 (overwritten). Spatial tiles of rows x cols outputs run in
+    parallel; rows of T and of the accumulators are padded to 16 lanes (padding lanes are discarded)."""
     n_batch, channels, _, _ = xc.shape
     n_out, _, kh_n, kw_n = wt.shape
     _, _, ho, wo = out.shape
+    taps = kh_n * kw_n
     row_tiles = (ho + rows - 1) // rows
     col_tiles = (wo + cols - 1) // cols
+    cols_pad = (cols + 15) // 16 * 16
     r_in = rows + (kh_n - 1) * dh
-    c_in = cols + (kw_n - 1) * dw
+    c_in = cols_pad + (kw_n - 1) * dw
+    plane = r_in * c_in
     vmax = 0
     for c in range(channels):
         vmax = max(vmax, n_used[c])
@@ -146,41 +150,37 @@ def _wstat(xc, wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk, out):  # 
         nc = min(cols, wo - j0)
         nr_in = nr + (kh_n - 1) * dh
         nc_in = nc + (kw_n - 1) * dw
-        plane = r_in * c_in
-        table = np.empty(chunk * vmax * plane, dtype=np.int32)
-        acc = np.zeros(n_out * rows * cols, dtype=np.int32)
+        table = np.empty(chunk * vmax * plane + 16, dtype=np.int32)
+        acc = np.zeros(n_out * rows * cols_pad, dtype=np.int32)
+        offs = np.empty(chunk * taps, dtype=np.int64)
         for c0 in range(0, channels, chunk):
             c1 = min(c0 + chunk, channels)
-            for c in range(c0, c1):  # product rows of this channel chunk
+            for c in range(c0, c1):  # product rows T[c, v, :] = lut[v, x[c, :]] of this channel chunk
                 for s in range(n_used[c]):
                     lrow = lut[used[c, s]]
                     for rr in range(nr_in):
                         xrow = xc[n, c, i0 + rr]
                         tb = ((c - c0) * vmax + s) * plane + rr * c_in
-                        q = 0
-                        while q + 16 <= nc_in:
+                        for q in range(0, nc_in, 16):  # may spill into the next (later built) row
                             gather16(table, tb + q, lrow, xrow, j0 + q)
-                            q += 16
-                        for q in range(q, nc_in):
-                            table[tb + q] = lrow[xrow[j0 + q]]
-            for o in range(n_out):  # every output channel adds whole rows
+            k_n = (c1 - c0) * taps
+            for o in range(n_out):  # every output channel sums whole rows, 16 lanes in a register
+                k = 0
                 for c in range(c0, c1):
+                    base = ((c - c0) * vmax) * plane
                     for kh in range(kh_n):
                         for kw in range(kw_n):
-                            tb = ((c - c0) * vmax + slot[c, wt[o, c, kh, kw]]) * plane + kh * dh * c_in + kw * dw
-                            for r in range(nr):
-                                ab = (o * rows + r) * cols
-                                trb = tb + r * c_in
-                                q = 0
-                                while q + 16 <= nc:
-                                    add16(acc, ab + q, table, trb + q)
-                                    q += 16
-                                for q in range(q, nc):
-                                    acc[ab + q] += table[trb + q]
+                            offs[k] = base + slot[c, wt[o, c, kh, kw]] * plane + kh * dh * c_in + kw * dw
+                            k += 1
+                for r in range(nr):
+                    ab = (o * rows + r) * cols_pad
+                    for q in range(0, nc, 16):
+                        rows_sum_add16(acc, ab + q, table, offs, k_n, r * c_in + q)
         for o in range(n_out):
             for r in range(nr):
+                ab = (o * rows + r) * cols_pad
                 for q in range(nc):
-                    out[n, o, i0 + r, j0 + q] = acc[(o * rows + r) * cols + q]
+                    out[n, o, i0 + r, j0 + q] = acc[ab + q]
 
 
 def _tiles(ho: int, wo: int, n_batch: int) -> tuple[int, int]:
@@ -240,14 +240,14 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) ->
         raise ValueError("wstat needs stride 1 (or a 1x1 kernel)")
     else:
         fh, fw = ho, wo
-    xc = np.empty((n_batch, channels, x.shape[1], x.shape[2]), dtype=np.uint8)
-    xc[...] = np.moveaxis(x, 3, 1) & 0xFF
+    xc = np.zeros((n_batch, channels, x.shape[1], x.shape[2] + 16), dtype=np.uint8)
+    xc[..., :x.shape[2]] = np.moveaxis(x, 3, 1) & 0xFF
     rows, cols = _tiles(fh, fw, n_batch)
     og = n_out // spec.groups
     out = np.empty((n_batch, n_out, fh, fw), dtype=np.int32)
     for g in range(spec.groups):
         wt, slot, used, n_used = _weight_prep(np.ascontiguousarray(wb[:, :, :, g * og:(g + 1) * og]))
-        plane = (rows + (kh_n - 1) * dh) * (cols + (kw_n - 1) * dw) * 4 * max(1, int(n_used.max()))
+        plane = (rows + (kh_n - 1) * dh) * (-(-cols // 16) * 16 + (kw_n - 1) * dw) * 4 * max(1, int(n_used.max()))
         chunk = int(max(1, min(cg, _T_BUDGET // plane)))
         with _LOCK:
             _wstat(xc[:, g * cg:(g + 1) * cg], wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk,

@@ -105,6 +105,29 @@ def add16(typingctx, dst, doff, src, soff):
     return types.void(dst, doff, src, soff), _add_codegen
 
 
+def _rows_sum_codegen(context, builder, signature, args):
+    dst_v, doff, table_v, offs_v, n, shift = args
+    dst = context.make_array(signature.args[0])(context, builder, dst_v)
+    table = context.make_array(signature.args[2])(context, builder, table_v)
+    offs = context.make_array(signature.args[3])(context, builder, offs_v)
+    v16i32 = ir.VectorType(ir.IntType(32), 16)
+    target = builder.bitcast(builder.gep(dst.data, [doff]), v16i32.as_pointer())
+    total = cgutils.alloca_once_value(builder, builder.load(target, align=4))  # promoted to a register
+    with cgutils.for_range(builder, n) as loop:
+        start = builder.add(builder.load(builder.gep(offs.data, [loop.index])), shift)
+        row = builder.load(builder.bitcast(builder.gep(table.data, [start]), v16i32.as_pointer()), align=4)
+        builder.store(builder.add(builder.load(total), row), total)
+    builder.store(builder.load(total), target, align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def rows_sum_add16(typingctx, dst, doff, table, offs, n, shift):
+    """dst[doff:doff+16] += sum_{k<n} table[offs[k] + shift : ... + 16] with the 16-lane sum held in a
+    register across the k loop (int32 table/dst, int64 offs)."""
+    return types.void(dst, doff, table, offs, n, shift), _rows_sum_codegen
+
+
 @njit(inline="always", boundscheck=False)
 def _scalar_gather16(dst, doff, src, idx, ioff):  # pragma: no cover - compiled
     for k in range(16):
@@ -121,4 +144,4 @@ gather16 = _avx512_gather16 if HAVE_AVX512 else _scalar_gather16
 gather_add16 = _avx512_gather_add16 if HAVE_AVX512 else _scalar_gather_add16
 table_gather_add16 = _avx512_table_gather_add16 if HAVE_AVX512 else _scalar_table_gather_add16
 
-__all__ = ["HAVE_AVX512", "add16", "gather16", "gather_add16", "np", "table_gather_add16"]
+__all__ = ["HAVE_AVX512", "add16", "rows_sum_add16", "gather16", "gather_add16", "np", "table_gather_add16"]
