@@ -157,7 +157,20 @@ def bench_network(net: str, table_name: str, batch: int, repeats: int) -> dict:
             "seconds_by_kernel": per_kernel, "per_layer": per_layer}
 
 
-def markdown(rows: list[dict], nets: list[dict], meta: dict) -> str:
+def bench_batches(key: str, table_name: str, batches: list[int], repeats: int) -> list[dict]:
+    """impl="auto" at several batch sizes: per-image seconds (batch > 1 runs the images in parallel)."""
+    mult = multipliers.get(table_name)
+    out = []
+    for b in batches:
+        layer = LAYERS[key].batched(b)
+        x, w = codes(layer, mult.signed, seed=2)
+        t = timed(lut_call(layer, "auto", mult, mult.signed, x, w), repeats)
+        out.append({"layer": key, "table": table_name, "batch": b, "seconds": t, "seconds_per_image": t / b,
+                    "gmac_s": layer.macs / t / 1e9})
+    return out
+
+
+def markdown(rows: list[dict], nets: list[dict], meta: dict, batches: list[dict] = ()) -> str:
     out = [f"# LUT convolution benchmark ({meta['date']})", "",
            f"Machine: {meta['machine']}, {meta['threads']} numba threads, jax {meta['jax']}. Medians of "
            f"{meta['repeats']} runs. Seed v2 = 83 ms per conv2 output value.", "",
@@ -175,6 +188,10 @@ def markdown(rows: list[dict], nets: list[dict], meta: dict) -> str:
             by = ", ".join(f"{k} {v:.2f}" for k, v in n["seconds_by_kernel"].items())
             out.append(f"| {n['network']} | {n['table']} | {n['batch']} | {n['gmac']:.1f} | "
                        f"{n['seconds_per_image']:.2f} | {n['gmac_s']:.2f} | {n['ratio_to_float']:.3g}x | {by} |")
+    if batches:
+        out += ["", "| layer | table | batch | s/batch | s/image | GMAC/s |", "| --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {b['layer']} | {b['table']} | {b['batch']} | {b['seconds']:.4g} | {b['seconds_per_image']:.4g} "
+                f"| {b['gmac_s']:.3g} |" for b in batches]
     out += ["", f"Peak resident memory of the run: {meta['peak_rss_gib']:.2f} GiB"]
     return "\n".join(out) + "\n"
 
@@ -208,6 +225,10 @@ def main(argv=None) -> int:
         print("\n".join(f"{r['layer']:>10} {r['impl']:>22} {r['table']:>10} {r['seconds']:10.4g}s "
                         f"{r['gmac_s']:8.3g} GMAC/s {r['ratio_to_float']:7.3g}x float"
                         for r in rows if r["layer"] == key), flush=True)
+    batches = []
+    for key in [k for k in ("conv2", "up1.convA") if k in args.layers and not args.quick]:
+        batches += bench_batches(key, args.table, [1, 2, 4], args.repeats)
+        print(batches[-3:], flush=True)
     nets = []
     for net in args.networks:
         for b in args.batch:
@@ -219,10 +240,10 @@ def main(argv=None) -> int:
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "argv": sys.argv[1:]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "layers": rows, "networks": nets},
-                                                       indent=1))
-    (out / f"{args.name}.md").write_text(markdown(rows, nets, meta))
-    print(markdown(rows, nets, meta))
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "layers": rows, "batches": batches,
+                                                       "networks": nets}, indent=1))
+    (out / f"{args.name}.md").write_text(markdown(rows, nets, meta, batches))
+    print(markdown(rows, nets, meta, batches))
     return 0
 
 

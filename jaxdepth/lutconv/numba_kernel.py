@@ -30,13 +30,13 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import gather16, gather_add16, rows_sum_add16, table_gather_add16
+from .simd import HAVE_AVX512, gather16, gather_add16, rows_sum_add16, table_gather_add16
 from .spec import ConvSpec
 
 _LOCK = threading.Lock()  # one kernel at a time: each one already uses every core
-_OUTPUTS_PER_TILE = 128   # wstat: output positions per spatial tile (rows x cols)
+_OUTPUTS_PER_TILE = 1280  # wstat: output positions per spatial tile (rows x cols)
 _COLS_PER_TILE = 160      # wstat: at most this many output columns per tile
-_T_BUDGET = 1 << 20       # wstat: bytes of precomputed product rows per channel chunk (fits L2)
+_T_BUDGET = 1 << 20       # wstat: bytes of precomputed product rows per channel chunk (~half of L2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,15 +184,16 @@ def _wstat(xc, wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk, out):  # 
 
 
 def _tiles(ho: int, wo: int, n_batch: int) -> tuple[int, int]:
-    """(rows, cols) of a wstat spatial tile: ~100-150 outputs and a tile count every thread shares."""
+    """(rows, cols) of a wstat spatial tile: up to ~1280 outputs (fewer halo rows to build, more rows
+    per product-row pass) while leaving at least two tiles per thread."""
     threads = numba.get_num_threads()
     col_tiles = -(-wo // _COLS_PER_TILE)
-    if n_batch * ho < threads:  # too few rows to share: split the columns further
-        col_tiles = -(-col_tiles // threads) * threads
+    if n_batch * ho < 2 * threads:  # too few rows to share: split the columns further
+        col_tiles = max(col_tiles, -(-2 * threads // max(1, n_batch * ho)))
     cols = -(-wo // col_tiles)
     rows = max(1, min(ho, _OUTPUTS_PER_TILE // cols))
     while rows > 1 and n_batch * -(-ho // rows) * col_tiles < 2 * threads:
-        rows -= 1
+        rows = max(1, rows // 2)
     return rows, cols
 
 
@@ -303,12 +304,16 @@ wstat_conv = as_jax_kernel(wstat_host)
 # ----------------------------------------------------------------------------------------------
 # Cost model for impl="auto" (rates measured on 2 cores of the development machine, see bench/)
 # ----------------------------------------------------------------------------------------------
-RATE_DIRECT = 1.6e9      # multiply-accumulates per second, direct column gather
-RATE_DEPTHWISE = 1.0e9   # multiply-accumulates per second, depthwise direct
-RATE_ROW_ADD = 9e9       # wstat: int32 row-add elements per second
+RATE_DIRECT = 3.3e9      # multiply-accumulates per second, direct column gather (AVX-512)
+RATE_DEPTHWISE = 0.8e9   # multiply-accumulates per second, depthwise direct
+RATE_ROW_ADD = 6e9       # wstat: int32 row-add elements per second
 RATE_BUILD = 3e9         # wstat: product-row entries built per second
+RATE_OFFSETS = 5e8       # wstat: row offsets computed per second (per tile, output channel, tap)
+POSITION_COST = 2e-8     # direct: seconds per output position (loop set-up, store)
 CALL_OVERHEAD = 1e-4     # seconds per call
 GROUP_OVERHEAD = 5e-4    # wstat: seconds per group (one compiled call each)
+if not HAVE_AVX512:      # scalar table loads instead of 16-lane gathers
+    RATE_DIRECT, RATE_DEPTHWISE, RATE_BUILD = 1.2e9, 0.4e9, 1.5e9
 
 
 def is_depthwise(problem) -> bool:
@@ -317,7 +322,9 @@ def is_depthwise(problem) -> bool:
 
 def estimate_direct(problem) -> float:
     rate = RATE_DEPTHWISE if is_depthwise(problem) else RATE_DIRECT
-    return problem.macs / rate + CALL_OVERHEAD
+    n_batch, _, _, _ = problem.x_shape
+    ho, wo = problem.spec.output_hw(problem.x_shape[1:3], problem.w_shape[:2])
+    return problem.macs / rate + n_batch * ho * wo * POSITION_COST + CALL_OVERHEAD
 
 
 def wstat_supports(problem) -> str | None:
@@ -337,4 +344,17 @@ def estimate_wstat(problem) -> float:
     tiles = n_batch * -(-fh // rows) * -(-fw // cols)
     halo = (rows + (kh_n - 1) * dh) * (cols + (kw_n - 1) * dw)
     build = tiles * halo * channels * min(256, og * kh_n * kw_n)
-    return problem.macs / RATE_ROW_ADD + build / RATE_BUILD + CALL_OVERHEAD + GROUP_OVERHEAD * (problem.spec.groups - 1)
+    offsets = tiles * n_out * channels // problem.spec.groups * kh_n * kw_n
+    padded = -(-cols // 16) * 16 / cols  # 16-lane rows
+    return (problem.macs * padded / RATE_ROW_ADD + build / RATE_BUILD + offsets / RATE_OFFSETS
+            + CALL_OVERHEAD + GROUP_OVERHEAD * (problem.spec.groups - 1))
+
+
+def warmup() -> None:
+    """Compile (or load from numba's on-disk cache) every kernel on tiny inputs, so the first real call
+    does not pay the compilation (a few seconds on a cold cache, milliseconds afterwards)."""
+    lut = np.zeros((256, 256), dtype=np.int32)
+    x = np.zeros((1, 4, 20, 2), dtype=np.int32)
+    direct_host(x, np.zeros((3, 3, 2, 2), np.int32), lut, ConvSpec())
+    direct_host(x, np.zeros((3, 3, 1, 2), np.int32), lut, ConvSpec(groups=2))
+    wstat_host(x, np.zeros((3, 3, 2, 2), np.int32), lut, ConvSpec())
