@@ -269,7 +269,7 @@ def test_auto_choice_is_inspectable_and_sensible():
     exact = multipliers.exact(True)
     approx = multipliers.get("mul8u_2AC")
     assert lutconv.explain((1, 15, 20, 64), (1, 1, 64, 64), exact).startswith("lowrank")
-    assert lutconv.explain((1, 15, 20, 256), (1, 1, 256, 512), approx).startswith("wstat")
+    assert lutconv.explain((1, 30, 40, 1488), (3, 3, 1488, 552), approx, padding=1).startswith("wstat")
     why = lutconv.explain((1, 20, 20, 32), (3, 3, 1, 32), approx, padding=1, groups=32)
     assert why.startswith("direct") and "wstat" in why
     why = lutconv.explain((1, 20, 20, 32), (3, 3, 32, 32), approx, padding=1, stride=2)
