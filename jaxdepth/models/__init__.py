@@ -12,9 +12,10 @@ then ``variables = calibrate(model, variables, images)``; ``print(plan_table(mod
 from .densedepth import (DenseDepth, build, compile_apply, count_params, init_variables, make_encoder,
                          to_metres)
 from .layers import BatchNorm, QConv, QDense
-from .plan import FLOAT_PLAN, Arithmetic, LayerInfo, Plan, describe, format_table
+from .calibrate import calibrate
+from .plan import FLOAT_PLAN, Arithmetic, LayerInfo, Plan, describe, format_table, plan_table
 from .presets import PRESETS, Preset, UpBlock, get_preset, list_presets
 
 __all__ = ["Arithmetic", "BatchNorm", "DenseDepth", "FLOAT_PLAN", "LayerInfo", "PRESETS", "Plan", "Preset",
-           "QConv", "QDense", "UpBlock", "build", "compile_apply", "count_params", "describe", "format_table", "get_preset",
-           "init_variables", "list_presets", "make_encoder", "to_metres"]
+           "QConv", "QDense", "UpBlock", "build", "calibrate", "compile_apply", "count_params", "describe", "format_table", "get_preset",
+           "init_variables", "list_presets", "make_encoder", "plan_table", "to_metres"]

@@ -66,7 +66,7 @@ def init_variables(model: nn.Module, rng: Any = 0, input_shape: tuple[int, ...] 
         rng = int(np.asarray(jax.random.key_data(rng)).ravel()[-1])
     gen = np.random.default_rng(int(rng))
     infos, shapes = describe(model, tuple(input_shape), return_shapes=True)
-    layers = {tuple(i.name.split(".")): i for i in infos}
+    layers = {i.path: i for i in infos}
 
     def leaf(path, sd):
         keys = tuple(getattr(k, "key", str(k)) for k in path)

@@ -24,10 +24,10 @@ class DenseLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         y = nn.relu(BatchNorm(x.shape[-1], name="norm1")(x, train))
-        y = QConv(self.bn_size * self.growth_rate, 1, norm=True, plan=self.plan, init="he_fan_in",
+        y = QConv(self.bn_size * self.growth_rate, 1, norm=True, plan=self.plan, weight_init="he_fan_in",
                   name="conv1")(y, train)                 # conv1 + norm2 (folded when quantized)
         y = nn.relu(y)
-        return QConv(self.growth_rate, 3, padding=1, plan=self.plan, init="he_fan_in", name="conv2")(y)
+        return QConv(self.growth_rate, 3, padding=1, plan=self.plan, weight_init="he_fan_in", name="conv2")(y)
 
 
 class DenseBlock(nn.Module):
@@ -52,7 +52,7 @@ class Transition(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         y = nn.relu(BatchNorm(x.shape[-1], name="norm")(x, train))
-        y = QConv(self.features, 1, plan=self.plan, init="he_fan_in", name="conv")(y)
+        y = QConv(self.features, 1, plan=self.plan, weight_init="he_fan_in", name="conv")(y)
         return nn.avg_pool(y, (2, 2), strides=(2, 2))
 
 
@@ -67,7 +67,7 @@ class DenseNetEncoder(nn.Module):
         p = self.preset
         feats = [x]
         y, pre = QConv(p.num_init_features, 7, stride=2, padding=3, norm=True, plan=self.plan,
-                       init="he_fan_in", name="conv0")(x, train, return_pre_norm=True)
+                       weight_init="he_fan_in", name="conv0")(x, train, return_pre_norm=True)
         feats += [y if pre is None else pre, y]               # conv0, norm0
         y = nn.relu(y)
         feats.append(y)                                       # relu0

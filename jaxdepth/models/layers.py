@@ -178,7 +178,7 @@ class QConv(_Quantized, nn.Module):
     use_bias: bool = False
     norm: bool = False
     plan: Plan = FLOAT_PLAN
-    init: str = "torch"     # kernel init: "torch" (PyTorch Conv2d default), "he_fan_in", "he_fan_out"
+    weight_init: str = "torch"   # kernel init: "torch" (PyTorch Conv2d default), "he_fan_in", "he_fan_out"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_pre_norm: bool = False):
@@ -188,7 +188,7 @@ class QConv(_Quantized, nn.Module):
                              f"groups {self.groups}")
         k = self.kernel_size
         fan_in = k * k * c_in // self.groups
-        kernel = self.param("kernel", kernel_initializer(self.init, fan_in),
+        kernel = self.param("kernel", kernel_initializer(self.weight_init, fan_in),
                             (k, k, c_in // self.groups, self.features))
         bias = (self.param("bias", torch_default_uniform(fan_in), (self.features,)) if self.use_bias
                 else jnp.zeros((self.features,), jnp.float32))
@@ -198,7 +198,7 @@ class QConv(_Quantized, nn.Module):
         kind = ("depthwise" if self.groups > 1 and self.groups == c_in else
                 "pointwise" if k == 1 and self.groups == 1 else "conv")
         record(LayerInfo(name, kind, tuple(x.shape), tuple(kernel.shape), self.stride, self.padding, self.groups,
-                         arith, self.norm, self.init, self.use_bias))
+                         arith, self.norm, self.weight_init, self.use_bias))
         self._observe(x)
         cfg = (arith.multiplier, arith.impl, self.stride, self.padding, self.groups)
         if arith.is_float or (self.is_initializing() and not self.has_variable("quant", "x_scale")):

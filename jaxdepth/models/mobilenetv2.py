@@ -28,10 +28,10 @@ class InvertedResidual(nn.Module):
         hidden = int(round(c_in * self.expand_ratio))
         y = x
         if self.expand_ratio != 1:
-            y = relu6(QConv(hidden, 1, norm=True, plan=self.plan, init="he_fan_out", name="expand")(y, train))
+            y = relu6(QConv(hidden, 1, norm=True, plan=self.plan, weight_init="he_fan_out", name="expand")(y, train))
         y = relu6(QConv(hidden, 3, stride=self.stride, padding=1, groups=hidden, norm=True, plan=self.plan,
-                        init="he_fan_out", name="depthwise")(y, train))
-        y = QConv(self.out_channels, 1, norm=True, plan=self.plan, init="he_fan_out", name="project")(y, train)
+                        weight_init="he_fan_out", name="depthwise")(y, train))
+        y = QConv(self.out_channels, 1, norm=True, plan=self.plan, weight_init="he_fan_out", name="project")(y, train)
         if self.stride == 1 and c_in == self.out_channels:
             y = x + y
         return y
@@ -48,12 +48,12 @@ class MobileNetV2Encoder(nn.Module):
         p = self.preset
         feats = [x]
         y = relu6(QConv(p.mobilenet_stem_channels(), 3, stride=2, padding=1, norm=True, plan=self.plan,
-                        init="he_fan_out", name="stem")(x, train))
+                        weight_init="he_fan_out", name="stem")(x, train))
         feats.append(y)
         for i, (_, c_out, stride, t) in enumerate(p.mobilenet_blocks()):
             y = InvertedResidual(c_out, stride, t, self.plan, name=f"block{i + 1}")(y, train)
             feats.append(y)
-        y = relu6(QConv(p.mobilenet_last_channels(), 1, norm=True, plan=self.plan, init="he_fan_out",
+        y = relu6(QConv(p.mobilenet_last_channels(), 1, norm=True, plan=self.plan, weight_init="he_fan_out",
                         name="head")(y, train))
         feats.append(y)
         return feats

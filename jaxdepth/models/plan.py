@@ -17,6 +17,7 @@ import dataclasses
 import fnmatch
 import functools
 import json
+import re
 from typing import Any, Iterable, Mapping, Optional, Union
 
 from ..multipliers import Multiplier, get as get_multiplier
@@ -154,6 +155,11 @@ class LayerInfo:
     use_bias: bool = False
 
     @property
+    def path(self) -> tuple[str, ...]:
+        """The Flax module path (``()`` for a layer applied on its own)."""
+        return tuple(p for p in self.name.split(".") if p)
+
+    @property
     def out_hw(self) -> tuple[int, int]:
         kh, kw = self.w_shape[:2]
         h, w = self.x_shape[1:3]
@@ -165,7 +171,16 @@ class LayerInfo:
         ho, wo = self.out_hw
         return self.x_shape[0] * ho * wo * kh * kw * cg * o
 
-    def kernel(self) -> str:
+    def kernel(self, verbose: bool = False) -> str:
+        """The kernel ``impl="auto"`` picks (with its estimated time; ``verbose``: lutconv.explain's reason)."""
+        text = self._explain()
+        if verbose or self.arith.is_float or self.arith.impl != "auto":
+            return text
+        name = text.split(":", 1)[0]
+        est = re.search(rf"estimated: {re.escape(name)} ([0-9.]+ \w+)", text)
+        return f"{name} (est. {est.group(1)})" if est else name
+
+    def _explain(self) -> str:
         if self.arith.is_float:
             return "xla conv (float32)"
         from .. import lutconv
@@ -211,7 +226,18 @@ def describe(model: Any, input_shape: tuple[int, ...] = (1, 480, 640, 3), *, ret
     return (out, shapes) if return_shapes else out
 
 
-def format_table(infos: list[LayerInfo], kernels: bool = True) -> str:
+def plan_table(model: Any, input_shape: tuple[int, ...] = (1, 480, 640, 3), kernels: bool = True,
+               verbose: bool = False) -> str:
+    """The model's resolved plan as a table (see `format_table`), plus the plan patterns that match nothing."""
+    infos = describe(model, input_shape)
+    table = format_table(infos, kernels, verbose)
+    unused = model.plan.unused_patterns(i.name for i in infos) if hasattr(model, "plan") else []
+    if unused:
+        table += "\nwarning: plan patterns matching no layer: " + ", ".join(unused)
+    return table
+
+
+def format_table(infos: list[LayerInfo], kernels: bool = True, verbose: bool = False) -> str:
     """The resolved plan as a text table: layer, kind, shape, MACs, multiplier, kernel."""
     rows = [("layer", "kind", "in -> out (NHWC), kernel", "MACs", "multiplier", "kernel")]
     total, by_mult = 0, {}
@@ -222,7 +248,7 @@ def format_table(infos: list[LayerInfo], kernels: bool = True) -> str:
         if i.stride != 1:
             shape += f"/{i.stride}"
         mult = i.arith.label + (" +BN" if i.folded_bn and not i.arith.is_float else "")
-        rows.append((i.name, i.kind, shape, f"{i.macs / 1e6:,.1f}M", mult, i.kernel() if kernels else ""))
+        rows.append((i.name, i.kind, shape, f"{i.macs / 1e6:,.1f}M", mult, i.kernel(verbose) if kernels else ""))
         total += i.macs
         by_mult[i.arith.label] = by_mult.get(i.arith.label, 0) + i.macs
     widths = [max(len(r[c]) for r in rows) for c in range(6)]

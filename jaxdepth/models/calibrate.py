@@ -1,0 +1,104 @@
+"""Calibration: fix every quantized layer's input quantization from sample images run through the float model.
+
+    >>> model = build("densenet161", plan={"decoder.*": "mul8s_1KV8", "encoder.*": "int8"})
+    >>> variables = calibrate(model, variables, images)          # adds variables["quant"]
+
+For each layer the plan quantizes, an `jaxdepth.quant.Observer` (``method`` = "minmax", "percentile" or
+"mse") sees the layer's input in the FLOAT model (every layer exact), and gives per-tensor ``QParams``
+(symmetric int8 for signed tables, affine uint8 for unsigned ones). They are stored as
+``variables["quant"][<layer path>] = {"x_scale", "x_zero_point"}`` and saved with checkpoints.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..quant import Observer
+from .plan import FLOAT_PLAN, describe
+
+
+def _batches(images: Union[np.ndarray, jax.Array, Iterable[Any]]) -> Iterable[Any]:
+    if isinstance(images, (np.ndarray, jax.Array)):
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4:
+            raise ValueError(f"calibration images must be (N, H, W, 3) or an iterable of such batches, got "
+                             f"shape {images.shape}")
+        return [images]
+    return images
+
+
+def _flatten(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], dict]:
+    """{module path: {"min": ..., "max": ..., ...}} from a nested collection."""
+    out: dict[tuple[str, ...], dict] = {}
+    leaves = {k: v for k, v in tree.items() if not isinstance(v, dict)}
+    if leaves:
+        out[prefix] = leaves
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, (*prefix, k)))
+    return out
+
+
+def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", *, layers: str = "plan",
+              fast_compile: bool = False, **observer_kwargs: Any) -> dict:
+    """``variables`` plus a ``"quant"`` collection of input QParams for the model's quantized layers.
+
+    ``images``: an (N, H, W, 3) array in [0, 1] or an iterable of such batches (one shape per call is best:
+    each new shape compiles once). ``layers="all"`` calibrates every layer, so the plan can be changed later
+    (``model.clone(plan=...)``) without calibrating again. ``fast_compile``: see `compile_apply`.
+    ``observer_kwargs`` go to `jaxdepth.quant.Observer` (e.g. ``percentile=99.9``).
+    """
+    from .densedepth import FAST_COMPILE_OPTIONS
+
+    float_model = model.clone(plan=FLOAT_PLAN)
+    base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    collections = ["calib"] + (["calib_sample"] if method != "minmax" else [])
+
+    def run(v, x):
+        _, state = float_model.apply(v, x, mutable=collections)
+        return state
+
+    compiled: dict[tuple[int, ...], Any] = {}
+
+    def observe(v, x):
+        if x.shape not in compiled:
+            lowered = jax.jit(run).lower(v, x)
+            compiled[x.shape] = lowered.compile(compiler_options=FAST_COMPILE_OPTIONS if fast_compile else None)
+        return compiled[x.shape](v, x)
+
+    observers: dict[tuple[str, ...], Observer] = {}
+    shape = None
+    for batch in _batches(images):
+        batch = jnp.asarray(batch, jnp.float32)
+        shape = shape or tuple(batch.shape)
+        state = jax.device_get(observe(base, batch))
+        samples = _flatten(dict(state.get("calib_sample", {})))
+        for path, stats in _flatten(dict(state["calib"])).items():
+            obs = observers.setdefault(path, Observer(method, **observer_kwargs))
+            lo = min(float(np.min(v)) for v in stats["min"])
+            hi = max(float(np.max(v)) for v in stats["max"])
+            obs.update(np.array([lo, hi], np.float32))
+            if path in samples:
+                for values in samples[path]["values"]:
+                    obs.update(values)
+    if shape is None:
+        raise ValueError("calibration got no images")
+    infos = {i.path: i for i in describe(model, shape)}
+    quant: dict = {}
+    for path, info in infos.items():
+        if layers != "all" and info.arith.is_float:
+            continue
+        signed = True if info.arith.is_float else info.arith.multiplier.signed
+        if path not in observers:
+            raise RuntimeError(f"layer {info.name} was not observed during calibration")
+        qp = observers[path].qparams(signed)
+        node = quant
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = {"x_scale": jnp.asarray(qp.scale, jnp.float32),
+                          "x_zero_point": jnp.asarray(qp.zero_point, jnp.int32)}
+    return {**base, "quant": quant}

@@ -1,0 +1,261 @@
+"""Quantized arithmetic of the Flax models: int8 / LUT layers against independent integer references,
+BatchNorm folding, calibration, the plan table, straight-through gradients and EvoApprox circuits."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdepth import models, multipliers, quant
+from jaxdepth.io import checkpoint
+from jaxdepth.models import Plan, QConv, QDense
+from jaxdepth.multipliers.metrics import errors
+
+torch = pytest.importorskip("torch")
+
+from jaxdepth.convert import convert_state_dict  # noqa: E402
+from jaxdepth.convert import torch_reference as tr  # noqa: E402
+
+
+def _codes(v, scale, signed=True, zero=0):
+    lo, hi = (-128, 127) if signed else (0, 255)
+    return np.clip(np.round(v / scale) + zero, lo, hi)
+
+
+def _torch_conv_f64(x_nhwc, w_hwio, stride, padding, groups, pad_value=0.0):
+    x = torch.from_numpy(np.asarray(x_nhwc, np.float64)).permute(0, 3, 1, 2)
+    x = torch.nn.functional.pad(x, (padding,) * 4, value=pad_value)
+    w = torch.from_numpy(np.asarray(w_hwio, np.float64)).permute(3, 2, 0, 1)
+    return torch.nn.functional.conv2d(x, w, stride=stride, groups=groups).permute(0, 2, 3, 1).numpy()
+
+
+def _fold(params, stats, eps=1e-5):
+    mul = np.asarray(params["bn"]["scale"], np.float64) / np.sqrt(np.asarray(stats["bn"]["var"], np.float64) + eps)
+    kernel = np.asarray(params["kernel"], np.float64) * mul
+    bias = np.asarray(params.get("bias", 0.0), np.float64) * mul + (
+        np.asarray(params["bn"]["bias"], np.float64) - np.asarray(stats["bn"]["mean"], np.float64) * mul)
+    return kernel, bias
+
+
+LAYERS = [  # (features, kernel, stride, padding, groups, bias, norm, multiplier, c_in)
+    (24, 3, 2, 1, 1, False, True, "int8", 16),        # standard conv + folded BatchNorm
+    (32, 3, 1, 1, 32, False, True, "int8", 32),       # depthwise + folded BatchNorm
+    (20, 1, 1, 1, 1, True, False, "int8", 40),        # pointwise with bias and padding (decoder conv2 style)
+    (12, 3, 1, 1, 1, True, False, "exact_u8", 8),     # unsigned affine arithmetic
+]
+
+
+@pytest.mark.parametrize("features,k,stride,padding,groups,bias,norm,mult,c_in", LAYERS)
+def test_qconv_matches_integer_reference(features, k, stride, padding, groups, bias, norm, mult, c_in):
+    rng = np.random.default_rng(features)
+    x = np.maximum(rng.normal(size=(2, 9, 11, c_in)), -0.3).astype(np.float32)
+    layer = QConv(features, k, stride=stride, padding=padding, groups=groups, use_bias=bias, norm=norm,
+                  plan=Plan.make({"*": mult}))
+    v = models.init_variables(layer, 0, x.shape)
+    if norm:  # non-trivial BatchNorm
+        v["params"]["bn"] = {"scale": jnp.asarray(rng.uniform(0.5, 1.5, features), jnp.float32),
+                             "bias": jnp.asarray(rng.normal(0, 0.2, features), jnp.float32)}
+        v["batch_stats"] = {"bn": {"mean": jnp.asarray(rng.normal(0, 0.2, features), jnp.float32),
+                                   "var": jnp.asarray(rng.uniform(0.5, 2, features), jnp.float32)}}
+        w, b = _fold(v["params"], v["batch_stats"])
+    else:
+        w, b = np.asarray(v["params"]["kernel"], np.float64), np.asarray(v["params"].get("bias", 0.0))
+    signed = mult == "int8"
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    if signed:
+        s_x, z_x = max(-lo, hi) / 127, 0
+        s_w, z_w = np.abs(w).max(axis=(0, 1, 2)) / 127, np.zeros(features)
+    else:
+        s_x = (hi - lo) / 255
+        z_x = int(np.clip(np.round(-lo / s_x), 0, 255))
+        w_lo, w_hi = np.minimum(w.min(axis=(0, 1, 2)), 0), np.maximum(w.max(axis=(0, 1, 2)), 0)
+        s_w = (w_hi - w_lo) / 255
+        z_w = np.clip(np.round(-w_lo / s_w), 0, 255)
+    v["quant"] = {"x_scale": jnp.float32(s_x), "x_zero_point": jnp.int32(z_x)}
+    xc = _codes(x, s_x, signed, z_x) - z_x                        # integer values the codes stand for
+    wc = _codes(w, s_w, signed, z_w) - z_w
+    acc = _torch_conv_f64(xc, wc, stride, padding, groups)       # exact integers (pads hold real 0)
+    ref = acc * (s_x * s_w) + b
+    out = np.asarray(jax.jit(layer.apply)(v, x))
+    float_out = _torch_conv_f64(x, w, stride, padding, groups) + b
+    scale = np.abs(float_out).max()
+    assert out.shape == ref.shape
+    assert np.abs(out - ref).max() <= 1e-5 * scale                # the integer semantics, BN folded
+    assert 0 < np.abs(out - float_out).max() <= 0.03 * scale       # and close to the float layer
+
+
+def test_qdense_float_and_int8():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 40)).astype(np.float32)
+    layer = QDense(7, plan=Plan.make({"*": "int8"}))
+    v = models.init_variables(layer, 1, x.shape)
+    w, b = np.asarray(v["params"]["kernel"], np.float64), np.asarray(v["params"]["bias"], np.float64)
+    lin = torch.nn.Linear(40, 7).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(w.T))
+        lin.bias.copy_(torch.from_numpy(b))
+        ref = lin(torch.from_numpy(x.astype(np.float64))).numpy()
+    np.testing.assert_allclose(QDense(7).apply(v, x), ref, rtol=1e-5, atol=1e-5)
+    s_x, s_w = np.abs(x).max() / 127, np.abs(w).max(axis=0) / 127
+    v["quant"] = {"x_scale": jnp.float32(s_x), "x_zero_point": jnp.int32(0)}
+    ref_q = (_codes(x, s_x) @ _codes(w, s_w)) * (s_x * s_w) + b
+    np.testing.assert_allclose(layer.apply(v, x), ref_q, rtol=1e-5, atol=1e-5)
+
+
+def test_ste_gradient_is_the_exact_layer_gradient():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(1, 8, 8, 6)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(1, 8, 8, 5)), jnp.float32)
+    lut_layer = QConv(5, 3, padding=1, use_bias=True, plan=Plan.make({"*": "mul8s_1L2J"}))
+    float_layer = QConv(5, 3, padding=1, use_bias=True)
+    v = models.init_variables(float_layer, 0, x.shape)
+    vq = {**v, "quant": {"x_scale": jnp.float32(float(jnp.abs(x).max()) / 127), "x_zero_point": jnp.int32(0)}}
+
+    def loss(params, x, layer, variables):
+        return jnp.sum(layer.apply({**variables, "params": params}, x) * g)
+
+    gq = jax.grad(loss, argnums=(0, 1))(v["params"], x, lut_layer, vq)
+    gf = jax.grad(loss, argnums=(0, 1))(v["params"], x, float_layer, v)
+    for a, b in zip(jax.tree_util.tree_leaves(gq), jax.tree_util.tree_leaves(gf)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(lut_layer.apply(vq, x), float_layer.apply(v, x), atol=1e-3)
+
+
+# ---- whole models -------------------------------------------------------------------------------------------
+def _converted(preset, seed=0):
+    torch.manual_seed(seed)
+    tm = tr.randomize_batchnorm(tr.DenseDepth(preset), seed).eval()
+    return convert_state_dict(tm.state_dict())[:2]
+
+
+@pytest.fixture(scope="module")
+def lite():
+    preset, variables = _converted("mobilenetv2_lite")
+    x = np.random.default_rng(0).random((1, 64, 96, 3), dtype=np.float32)
+    float_out = np.asarray(models.compile_apply(models.build(preset), variables, x.shape, fast_compile=True)(
+        variables, x))
+    return preset, variables, x, float_out
+
+
+def _run(preset, plan, variables, x, calibrated=None):
+    model = models.build(preset, plan=plan)
+    v = calibrated if calibrated is not None else models.calibrate(model, variables, x, fast_compile=True)
+    fn = models.compile_apply(model, v, x.shape, fast_compile=True)
+    return np.asarray(fn(v, x)), fn, v
+
+
+def _decode(preset, plan, variables, feats):
+    """The decoder alone (float encoder features in), under ``plan``."""
+    m = models.build(preset, plan=plan)
+    return np.asarray(jax.jit(lambda v, f: m.apply(v, f, method=lambda mod, f: mod.decoder(f)))(variables, feats))
+
+
+def test_int8_model_close_to_float_and_evoapprox_ordering(lite):
+    preset, variables, x, float_out = lite
+    calibrated = models.calibrate(models.build(preset), variables, x, layers="all", fast_compile=True)
+    int8, _, _ = _run(preset, {"*": "int8"}, variables, x, calibrated)
+    scale = np.abs(float_out).max()
+    # measured on this random-weight network: max |int8 - float| = 2.2% of max |float| (66 layers quantized)
+    assert 0 < np.abs(int8 - float_out).max() <= 0.05 * scale
+    # EvoApprox circuits in the decoder: the output moves away from the int8 output in the order of the
+    # circuits' mean absolute error (1KV8: MAE 1.25, 1L2J: MAE 53.3 of products up to 2^14)
+    feats = models.compile_apply(models.build(preset), variables, x.shape, method="features",
+                                 fast_compile=True)(variables, x)
+    dec = {name: _decode(preset, {"decoder.*": name}, calibrated, feats)
+           for name in ("int8", "mul8s_1KV8", "mul8s_1L2J")}
+    dev = {n: float(np.sqrt(np.mean((dec[n] - dec["int8"]) ** 2))) for n in ("mul8s_1KV8", "mul8s_1L2J")}
+    mae = {n: multipliers.metrics(multipliers.get(n))["MAE"] for n in dev}
+    assert mae["mul8s_1KV8"] < mae["mul8s_1L2J"]
+    assert 0 < dev["mul8s_1KV8"] < dev["mul8s_1L2J"]
+
+
+def test_uncalibrated_model_raises_and_plan_table(lite):
+    preset, variables, x, _ = lite
+    model = models.build(preset, plan={"decoder.up1.convA": "mul8s_1L2J", "decoder.*": "mul8s_1KV8",
+                                       "encoder.*": "int8", "nowhere.*": "int8"})
+    with pytest.raises(ValueError, match="calibrate"):
+        model.apply(variables, x)
+    table = models.plan_table(model, (1, 240, 320, 3))
+    rows = {line.split()[0]: line for line in table.splitlines()[2:-2]}
+    assert "mul8s_1L2J" in rows["decoder.up1.convA"] and "mul8s_1KV8" in rows["decoder.up1.convB"]
+    assert "int8 +BN" in rows["encoder.block3.depthwise"] and "depthwise" in rows["encoder.block3.depthwise"]
+    # decoder.conv2: 1x1 on the 8x10x1280 bottleneck, padding 1 -> 10x12 outputs, 320 channels
+    assert "49.2M" in rows["decoder.conv2"]
+    assert len(rows) == len(models.describe(model, (1, 240, 320, 3)))
+    assert "patterns matching no layer: nowhere.*" in table
+
+
+def test_calibration_methods_and_quantized_checkpoint(lite, tmp_path):
+    preset, variables, x, _ = lite
+    plan = {"decoder.*": "mul8s_1KV8"}
+    out, fn, calibrated = _run(preset, plan, variables, x)
+    model = models.build(preset, plan=plan)
+    assert set(calibrated["quant"]) == {"decoder"}
+    scales = {}
+    for method in ("percentile", "mse"):
+        vm = models.calibrate(model, variables, x, method=method, fast_compile=True)
+        scales[method] = float(vm["quant"]["decoder"]["up2"]["convA"]["x_scale"])
+    minmax = float(calibrated["quant"]["decoder"]["up2"]["convA"]["x_scale"])
+    assert scales["percentile"] <= minmax and scales["mse"] <= minmax
+    checkpoint.save(tmp_path / "q", preset, calibrated, plan=plan)
+    model2, v2, info = checkpoint.load(tmp_path / "q")
+    assert info["plan"]["rules"] == plan and model2.plan.resolve("decoder.up1.convA").label == "mul8s_1KV8"
+    assert model2 == model
+    np.testing.assert_array_equal(np.asarray(fn(v2, x)), out)
+
+
+def test_straight_through_finetuning_step_lowers_the_loss(lite):
+    preset, variables, x, float_out = lite
+    model = models.build(preset, plan={"decoder.*": "mul8s_1L2J"})
+    v = models.calibrate(model, variables, x, fast_compile=True)
+    target = jnp.asarray(float_out) * 1.2 + 0.01
+
+    def loss(params):
+        return jnp.mean((model.apply({**v, "params": params}, x) - target) ** 2)
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss)).lower(v["params"]).compile(
+        compiler_options=models.densedepth.FAST_COMPILE_OPTIONS)
+    before, grads = value_and_grad(v["params"])
+    gnorm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(grads)))
+    assert float(gnorm) > 0
+    params = jax.tree_util.tree_map(lambda p, g: p - 0.05 / float(gnorm) * float(before) * g, v["params"], grads)
+    after, _ = value_and_grad(params)
+    assert float(after) < float(before)
+
+
+def test_densenet161_decoder_conv2_exact_table_and_evoapprox():
+    """The DenseNet-161 decoder's conv2 (2208 -> 1104, padding 1): exact table == int8 bit for bit; an
+    EvoApprox circuit shifts every accumulator by exactly the sum of its table errors."""
+    preset, variables = _converted("densenet161", 4)
+    x = np.random.default_rng(4).random((1, 64, 96, 3), dtype=np.float32)
+    model = models.build(preset, plan={"decoder.conv2": "int8"})
+    v = models.calibrate(model, variables, x, fast_compile=True)
+    feats = models.compile_apply(model, v, x.shape, method="features", fast_compile=True)(v, x)
+
+    float_out = _decode(preset, None, v, feats)
+    int8 = _decode(preset, {"decoder.conv2": "int8"}, v, feats)
+    table = _decode(preset, {"decoder.conv2": {"multiplier": "exact_s8", "impl": "gather"}}, v, feats)
+    np.testing.assert_array_equal(table, int8)
+    # measured: max |int8 - float| = 0.5% of max |float| with only conv2 quantized
+    assert 0 < np.abs(int8 - float_out).max() <= 0.02 * np.abs(float_out).max()
+
+    # conv2 alone through mul8s_1L2J vs int8: delta acc == sum of e[w, x] over the (zero-padded) window
+    bottleneck = np.asarray(feats[preset.bottleneck])
+    conv_vars = {"params": v["params"]["decoder"]["conv2"], "quant": v["quant"]["decoder"]["conv2"]}
+    outs = {}
+    for name in ("int8", "mul8s_1L2J"):
+        layer = QConv(1104, 1, padding=1, use_bias=True, plan=Plan.make({"*": name}))
+        outs[name] = np.asarray(jax.jit(layer.apply)(conv_vars, bottleneck), np.float64)
+    x_qp = quant.QParams(conv_vars["quant"]["x_scale"], conv_vars["quant"]["x_zero_point"], True)
+    w = conv_vars["params"]["kernel"][0, 0]                             # (2208, 1104)
+    w_qp = quant.weight_qparams(w, True)
+    w_bytes = np.asarray(quant.quantize(w, w_qp), np.int64) & 0xFF          # the codes of jaxdepth.quant
+    x_codes = np.asarray(quant.quantize(bottleneck[0], x_qp), np.int64)
+    x_bytes = np.pad(x_codes, ((1, 1), (1, 1), (0, 0))) & 0xFF
+    s_x, s_w = float(x_qp.scale), np.asarray(w_qp.scale, np.float64)
+    err = errors(multipliers.get("mul8s_1L2J"))                          # e[w, x] = table - w * x
+    expected = np.stack([err[w_bytes, x_bytes[i, j][:, None]].sum(axis=0)
+                         for i in range(x_bytes.shape[0]) for j in range(x_bytes.shape[1])])
+    delta = ((outs["mul8s_1L2J"] - outs["int8"]) / (s_x * s_w)).reshape(expected.shape)
+    np.testing.assert_allclose(delta, expected, atol=0.5)
+    wce = multipliers.metrics(multipliers.get("mul8s_1L2J"))["WCE"]
+    assert np.abs(expected).max() <= 2208 * wce and np.abs(expected).max() > 0
