@@ -172,11 +172,6 @@ def estimate(problem) -> Optional[float]:
     return coef.shape[1] * problem.macs / rate + 2e-4 * calls
 
 
-def describe(table: np.ndarray) -> str:
-    fac = decompose(table)
-    return "not low-rank" if fac is None else f"exact sum of {fac[0].shape[1]} integer outer products"
-
-
 def lowrank_conv(x: jax.Array, w: jax.Array, lut: np.ndarray, spec: ConvSpec) -> jax.Array:
     """Jittable (x, w may be traced; the table must be concrete): int32 (N, Ho, Wo, O)."""
     fac = decompose(np.asarray(lut))

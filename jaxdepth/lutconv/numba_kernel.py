@@ -14,11 +14,14 @@ Two algorithms, both bit-exact for any table (int32 accumulation, as the definit
             input channels, precompute ``T[c, v, pos] = lut[v, x[c, pos]]`` for every weight byte ``v``
             that channel ``c`` actually uses (at most 256 per input element, not per multiply). Each
             output channel then adds whole rows ``T[c, w[kh, kw, c, o], pos + tap offset]``:
-            contiguous vector adds instead of scattered lookups, the table cost amortised over all
-            output channels and taps. Best when a group has many output channels.
+            contiguous 16-lane vector loads summed in a register over a chunk of channels and all
+            taps (one load per 16 multiply-accumulates), the table cost amortised over all output
+            channels and taps. Best when a group has many output channels.
 
-Both are plain host functions on numpy arrays; `numba_conv` / `wstat_conv` wrap them for JAX with
+The gathers and vector sums are explicit (`simd`: AVX-512 ``vpgatherdd``, scalar fallback elsewhere).
+Both are plain host functions on numpy arrays; `direct_conv` / `wstat_conv` wrap them for JAX with
 `jax.pure_callback` (int32 result), so they run inside `jax.jit` with traced inputs and tables.
+`impl="auto"` chooses between them (and the XLA kernels) with the cost model at the end of this file.
 """
 from __future__ import annotations
 
@@ -304,7 +307,7 @@ wstat_conv = as_jax_kernel(wstat_host)
 # ----------------------------------------------------------------------------------------------
 # Cost model for impl="auto" (rates measured on 2 cores of the development machine, see bench/)
 # ----------------------------------------------------------------------------------------------
-RATE_DIRECT = 3.3e9      # multiply-accumulates per second, direct column gather (AVX-512)
+RATE_DIRECT = 2.5e9      # multiply-accumulates per second, direct column gather (AVX-512)
 RATE_DEPTHWISE = 0.8e9   # multiply-accumulates per second, depthwise direct
 RATE_ROW_ADD = 6e9       # wstat: int32 row-add elements per second
 RATE_BUILD = 3e9         # wstat: product-row entries built per second

@@ -7,15 +7,16 @@ destination are disjoint), so the kernels call these helpers explicitly:
     gather_add16(dst, doff, src, idx, ioff)   dst[doff:doff+16] += src[idx[ioff:ioff+16]]
     table_gather_add16(dst, doff, table, x, xoff, w, woff)
         dst[doff:doff+16] += table[(x[xoff:xoff+16] & 0xFF) + w[woff:woff+16]]   (x, w int32)
+    rows_sum_add16(dst, doff, table, offs, n, shift)
+        dst[doff:doff+16] += sum_k table[offs[k] + shift : ... + 16]   (sum kept in a register)
 
 dst, src, table are int32 arrays, idx a uint8 array (table bytes), offsets are element offsets into the
 flattened (C-contiguous) arrays. Without AVX-512 the same names are plain scalar loops, so the kernels
-compile and stay exact everywhere.
+compile and stay exact everywhere (``rows_sum_add16`` is plain LLVM vector IR on every CPU).
 """
 from __future__ import annotations
 
 import llvmlite.binding as llvm
-import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -87,24 +88,6 @@ def _scalar_table_gather_add16(dst, doff, table, x, xoff, w, woff):  # pragma: n
         dst[doff + k] += table[(x[xoff + k] & 0xFF) + w[woff + k]]
 
 
-def _add_codegen(context, builder, signature, args):
-    dst_v, doff, src_v, soff = args
-    dst = context.make_array(signature.args[0])(context, builder, dst_v)
-    src = context.make_array(signature.args[2])(context, builder, src_v)
-    v16i32 = ir.VectorType(ir.IntType(32), 16)
-    values = builder.load(builder.bitcast(builder.gep(src.data, [soff]), v16i32.as_pointer()), align=4)
-    target = builder.bitcast(builder.gep(dst.data, [doff]), v16i32.as_pointer())
-    builder.store(builder.add(builder.load(target, align=4), values), target, align=4)
-    return context.get_dummy_value()
-
-
-@intrinsic
-def add16(typingctx, dst, doff, src, soff):
-    """dst[doff:doff+16] += src[soff:soff+16] (int32, flat offsets): one unaligned vector add, no alias
-    checks (generic LLVM vector IR, any x86-64)."""
-    return types.void(dst, doff, src, soff), _add_codegen
-
-
 def _rows_sum_codegen(context, builder, signature, args):
     dst_v, doff, table_v, offs_v, n, shift = args
     dst = context.make_array(signature.args[0])(context, builder, dst_v)
@@ -144,4 +127,4 @@ gather16 = _avx512_gather16 if HAVE_AVX512 else _scalar_gather16
 gather_add16 = _avx512_gather_add16 if HAVE_AVX512 else _scalar_gather_add16
 table_gather_add16 = _avx512_table_gather_add16 if HAVE_AVX512 else _scalar_table_gather_add16
 
-__all__ = ["HAVE_AVX512", "add16", "rows_sum_add16", "gather16", "gather_add16", "np", "table_gather_add16"]
+__all__ = ["HAVE_AVX512", "gather16", "gather_add16", "rows_sum_add16", "table_gather_add16"]
