@@ -29,9 +29,9 @@ def test_registry_and_lite_budget(lite):
 def test_forward_shapes_and_feature_list(lite):
     model, variables = lite
     x = jax.random.uniform(jax.random.key(1), (2, 64, 96, 3))
-    raw = jax.jit(model.apply)(variables, x)
+    raw = models.compile_apply(model, variables, x.shape, fast_compile=True)(variables, x)
     assert raw.shape == (2, 32, 48, 1) and bool(jnp.all(jnp.isfinite(raw)))
-    feats = model.apply(variables, x, method="features")
+    feats = jax.eval_shape(lambda v, x: model.apply(v, x, method="features"), variables, x)
     assert [f.shape[-1] for f in feats] == model.preset.feature_channels()
     assert feats[2].shape[1:3] == (32, 48) and feats[19].shape[1:3] == (2, 3)
 
@@ -53,10 +53,18 @@ def test_to_metres():
 def test_train_mode_uses_and_updates_batch_stats(lite):
     model, variables = lite
     x = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3))
-    raw, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    stem_mean = updates["batch_stats"]["encoder"]["stem"]["bn"]["mean"]
-    assert not np.allclose(stem_mean, variables["batch_stats"]["encoder"]["stem"]["bn"]["mean"])
-    assert not np.allclose(raw, model.apply(variables, x))
+    raw, updates = models.compile_apply(model, variables, x.shape, fast_compile=True, train=True,
+                                        mutable=["batch_stats"])(variables, x)
+    # PyTorch's update: running = 0.9 running + 0.1 batch statistic (unbiased variance)
+    stem = models.QConv(model.preset.mobilenet_stem_channels(), 3, stride=2, padding=1)
+    y = stem.apply({"params": {"kernel": variables["params"]["encoder"]["stem"]["kernel"]}}, x)
+    n = y.shape[0] * y.shape[1] * y.shape[2]
+    bs = variables["batch_stats"]["encoder"]["stem"]["bn"]
+    new = updates["batch_stats"]["encoder"]["stem"]["bn"]
+    np.testing.assert_allclose(new["mean"], 0.9 * bs["mean"] + 0.1 * y.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(new["var"], 0.9 * bs["var"] + 0.1 * y.var((0, 1, 2)) * n / (n - 1), rtol=1e-4,
+                               atol=1e-6)
+    assert raw.shape == (2, 32, 32, 1)
 
 
 def test_checkpoint_roundtrip(lite, tmp_path):

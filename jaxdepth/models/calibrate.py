@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..quant import Observer
-from .plan import FLOAT_PLAN, describe
+from .plan import FLOAT_PLAN, recording
 
 
 def _batches(images: Union[np.ndarray, jax.Array, Iterable[Any]]) -> Iterable[Any]:
@@ -63,18 +63,21 @@ def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", 
         return state
 
     compiled: dict[tuple[int, ...], Any] = {}
+    layer_infos: list = []
 
     def observe(v, x):
         if x.shape not in compiled:
-            lowered = jax.jit(run).lower(v, x)
+            with recording() as infos:
+                lowered = jax.jit(run).lower(v, x)
+            layer_infos[:] = layer_infos or infos
             compiled[x.shape] = lowered.compile(compiler_options=FAST_COMPILE_OPTIONS if fast_compile else None)
         return compiled[x.shape](v, x)
 
     observers: dict[tuple[str, ...], Observer] = {}
-    shape = None
+    seen_any = False
     for batch in _batches(images):
         batch = jnp.asarray(batch, jnp.float32)
-        shape = shape or tuple(batch.shape)
+        seen_any = True
         state = jax.device_get(observe(base, batch))
         samples = _flatten(dict(state.get("calib_sample", {})))
         for path, stats in _flatten(dict(state["calib"])).items():
@@ -85,14 +88,14 @@ def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", 
             if path in samples:
                 for values in samples[path]["values"]:
                     obs.update(values)
-    if shape is None:
+    if not seen_any:
         raise ValueError("calibration got no images")
-    infos = {i.path: i for i in describe(model, shape)}
     quant: dict = {}
-    for path, info in infos.items():
-        if layers != "all" and info.arith.is_float:
+    for info in layer_infos:
+        path, arith = info.path, model.plan.resolve(info.name)
+        if layers != "all" and arith.is_float:
             continue
-        signed = True if info.arith.is_float else info.arith.multiplier.signed
+        signed = True if arith.is_float else arith.multiplier.signed
         if path not in observers:
             raise RuntimeError(f"layer {info.name} was not observed during calibration")
         qp = observers[path].qparams(signed)

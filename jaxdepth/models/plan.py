@@ -13,6 +13,7 @@ Layer names are the Flax module paths joined by dots, e.g. ``encoder.denseblock3
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import functools
@@ -197,9 +198,24 @@ _RECORDER: list[list[LayerInfo]] = []
 
 
 def record(info: LayerInfo) -> None:
-    """Called by QConv / QDense while tracing; a no-op unless `describe` is listening."""
+    """Called by QConv / QDense while tracing; a no-op unless `describe` / `recording` is listening."""
     if _RECORDER:
         _RECORDER[-1].append(info)
+
+
+@contextlib.contextmanager
+def recording():
+    """Collect the `LayerInfo` of every QConv / QDense traced inside the block (first record per name)."""
+    _RECORDER.append([])
+    out: list[LayerInfo] = []
+    try:
+        yield out
+    finally:
+        seen = set()
+        for info in _RECORDER.pop():
+            if info.name not in seen:
+                seen.add(info.name)
+                out.append(info)
 
 
 def describe(model: Any, input_shape: tuple[int, ...] = (1, 480, 640, 3), *, return_shapes: bool = False):
@@ -210,20 +226,10 @@ def describe(model: Any, input_shape: tuple[int, ...] = (1, 480, 640, 3), *, ret
     import jax
     import jax.numpy as jnp
 
-    _RECORDER.append([])
-    try:
+    with recording() as infos:
         x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
         shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-        infos = _RECORDER[-1]
-    finally:
-        _RECORDER.pop()
-    # modules may be traced more than once (e.g. init + apply); keep the first record of each name
-    seen, out = set(), []
-    for info in infos:
-        if info.name not in seen:
-            seen.add(info.name)
-            out.append(info)
-    return (out, shapes) if return_shapes else out
+    return (infos, shapes) if return_shapes else infos
 
 
 def plan_table(model: Any, input_shape: tuple[int, ...] = (1, 480, 640, 3), kernels: bool = True,
