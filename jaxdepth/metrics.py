@@ -44,7 +44,8 @@ def valid_mask(gt: np.ndarray, min_depth: float = 1e-3, max_depth: Optional[floa
 def crop_mask(shape: tuple[int, ...], crop: Optional[tuple[int, int, int, int]]) -> np.ndarray:
     """Boolean (H, W) mask that is True inside ``crop`` = (row start, row end, col start, col end).
 
-    A crop given for 480x640 is scaled to other sizes. ``crop=None`` selects everything.
+    A crop that does not fit the map is taken as given for 480x640 and scaled to (H, W) (so the Eigen crop
+    works on half-resolution maps). ``crop=None`` selects everything.
     """
     h, w = shape[-2], shape[-1]
     m = np.zeros((h, w), bool)
@@ -52,7 +53,7 @@ def crop_mask(shape: tuple[int, ...], crop: Optional[tuple[int, int, int, int]])
         m[:] = True
         return m
     r0, r1, c0, c1 = (int(v) for v in crop)
-    if (h, w) != (480, 640) and r1 <= 480 and c1 <= 640:
+    if (r1 > h or c1 > w) and r1 <= 480 and c1 <= 640:
         sy, sx = h / 480, w / 640
         r0, r1, c0, c1 = int(round(r0 * sy)), int(round(r1 * sy)), int(round(c0 * sx)), int(round(c1 * sx))
     m[r0:r1, c0:c1] = True

@@ -1,0 +1,124 @@
+"""Evaluation protocol: flip averaging, upsampling, crop, fidelity; device sharding equals one device."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxdepth import metrics as M
+from jaxdepth.data import load
+from jaxdepth.evaluate import evaluate, make_predictor, upsample_depth
+
+ROOT = Path(__file__).parents[1]
+
+# A tiny stand-in with the DenseDepth signature: NHWC [0, 1] -> raw (N, H/2, W/2, 1), metres = 10 / raw.
+STANDIN = '''
+import flax.linen as nn, jax, jax.numpy as jnp
+class TinyDepth(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.avg_pool(jnp.tanh(x), (2, 2), (2, 2))
+        return 1.0 + 4.0 * nn.sigmoid(nn.Conv(1, (1, 3))(x))
+def tiny(seed=0):
+    m = TinyDepth()
+    return m, m.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 3)))
+'''
+exec(STANDIN)
+
+
+def _data(n=5, h=16, w=24):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    gt = rng.uniform(1, 9, (n, h, w)).astype(np.float32)
+    gt[0, :3] = 0
+    return rgb, gt
+
+
+def test_predictor_flip_average_matches_manual():
+    from jaxdepth.models import to_metres
+    model, variables = tiny()
+    rgb, _ = _data()
+    x = rgb.astype(np.float32) / 255
+    plain = np.asarray(to_metres(model.apply(variables, x)))[..., 0]
+    flipped = np.asarray(to_metres(model.apply(variables, x[:, :, ::-1])))[..., 0][:, :, ::-1]
+    got = make_predictor(model, variables, flip=True)(rgb)
+    np.testing.assert_allclose(got, 0.5 * (plain + flipped), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(make_predictor(model, variables, flip=False)(rgb), plain, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(plain, 0.5 * (plain + flipped))   # the flip really changes something
+
+
+def test_evaluate_matches_manual_protocol():
+    model, variables = tiny()
+    rgb, gt = _data()
+    crop = (2, 14, 3, 21)
+    predict = make_predictor(model, variables)
+    res = evaluate(predict, [(rgb[:3], gt[:3], crop), (rgb[3:], gt[3:], crop)], max_depth=None)
+    pred = upsample_depth(predict(rgb), gt.shape[1:])
+    assert pred.shape == gt.shape
+    want = M.compute(pred, gt, M.crop_mask(gt.shape, crop))
+    for k in (*M.METRICS, "psnr"):
+        assert res["accuracy"][k] == pytest.approx(want[k], rel=1e-6)
+    assert res["frames"] == 5
+
+
+def test_fidelity_against_reference():
+    model, variables = tiny(0)
+    _, other = tiny(1)
+    rgb, gt = _data()
+    exact = make_predictor(model, variables)
+    same = evaluate(exact, [(rgb, gt, None)], reference=exact)
+    assert same["fidelity"]["delta1"] == 1.0 and same["fidelity"]["psnr"] == float("inf")
+    assert same["reference_accuracy"]["rmse"] == pytest.approx(same["accuracy"]["rmse"])
+    diff = evaluate(make_predictor(model, other), [(rgb, gt, None)], reference=exact)
+    assert 0 < diff["fidelity"]["psnr"] < 200 and diff["fidelity"]["rmse"] > 0
+
+
+def test_upsample_constant_and_linear():
+    d = np.full((1, 3, 4), 2.5, np.float32)
+    np.testing.assert_allclose(upsample_depth(d, (6, 8)), 2.5)
+    ramp = np.tile(np.arange(4, dtype=np.float32), (1, 2, 1))
+    up = upsample_depth(ramp, (2, 8))
+    assert np.all(np.diff(up[0, 0]) >= 0) and up[0, 0, 0] == 0 and up[0, 0, -1] == 3
+
+
+SHARD_SCRIPT = STANDIN + '''
+import json, sys, numpy as np, jax
+from jaxdepth.evaluate import evaluate, make_predictor
+m, v = tiny()
+rng = np.random.default_rng(3)
+rgb = rng.integers(0, 256, (5, 16, 24, 3), dtype=np.uint8)   # 5 frames: the last batch of 3 is padded
+gt = rng.uniform(1, 9, (5, 16, 24)).astype(np.float32)
+p = make_predictor(m, v)
+r = evaluate(p, [(rgb[:2], gt[:2], None), (rgb[2:], gt[2:], None)])
+print(json.dumps({"devices": p.n_devices, "pred": p(rgb).tolist(), "acc": r["accuracy"]}))
+'''
+
+
+def _run(devices):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SHARD_SCRIPT], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_two_devices_equal_one_device():
+    one, two = _run(1), _run(2)
+    assert one["devices"] == 1 and two["devices"] == 2
+    np.testing.assert_allclose(np.array(two["pred"]), np.array(one["pred"]), rtol=1e-6, atol=1e-6)
+    for k in M.METRICS:
+        assert two["acc"][k] == pytest.approx(one["acc"][k], rel=1e-6)
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "nyu_v2_two_frames.npz").exists(),
+                    reason="shared data absent")
+def test_two_frames_through_protocol():
+    model, variables = tiny()
+    ds = load(str(ROOT.parent / "shared" / "data" / "nyu_v2_two_frames.npz"))
+    res = evaluate(make_predictor(model, variables, input_size=(48, 64)), ds, batch_size=2)
+    assert res["frames"] == 2
+    assert 0 < res["accuracy"]["pixels"] <= 2 * (459 - 20) * (615 - 24)
