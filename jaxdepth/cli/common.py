@@ -39,7 +39,7 @@ def load_model(spec: Optional[str]) -> tuple[Any, dict, dict]:
 
 def input_size(model: Any, info: dict) -> Optional[tuple[int, int]]:
     """The native (H, W) a checkpoint was trained at (preset ``input_size`` or ``extra.input_size``)."""
-    size = getattr(model.preset, "input_size", None) or (info.get("extra") or {}).get("input_size")
+    size = getattr(getattr(model, "preset", None), "input_size", None) or (info.get("extra") or {}).get("input_size")
     return tuple(int(v) for v in size) if size else None
 
 

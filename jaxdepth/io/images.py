@@ -46,13 +46,15 @@ def write_rgb(path: Union[str, Path], image: np.ndarray) -> Path:
 def find_images(inputs: Iterable[Union[str, Path]]) -> list[Path]:
     """Files given directly plus the image files (by extension, sorted) inside given folders.
 
-    Paths that do not exist are kept, so the caller reports them per file.
+    Inside folders, ``*_depth.*`` files are skipped (depth maps paired with RGB images, see
+    `jaxdepth.data.loaders`). Paths that do not exist are kept, so the caller reports them per file.
     """
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                          and not f.stem.endswith("_depth"))
         else:
             out.append(p)
     return out

@@ -1,0 +1,104 @@
+"""predict CLI: files written, per-image errors, unknown multipliers; a stand-in model keeps it fast."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxdepth import predict
+from jaxdepth.cli import common
+
+STANDIN = '''
+import flax.linen as nn, jax, jax.numpy as jnp
+class TinyDepth(nn.Module):
+    scale: float = 4.0
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.avg_pool(jnp.tanh(x), (2, 2), (2, 2))
+        return 1.0 + self.scale * nn.sigmoid(nn.Conv(1, (1, 3))(x))
+'''
+exec(STANDIN)
+
+
+class _Preset:
+    input_size = (32, 48)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    model = TinyDepth()
+    model.__dict__["preset"] = _Preset()
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+    monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
+    approx = TinyDepth(scale=3.0)
+    monkeypatch.setattr(common, "quantized", lambda m, v, plan, calib: (approx, variables))
+    return model
+
+
+def _images(tmp_path, n=2):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 60, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+def test_predict_writes_depth_and_png(tmp_path, tiny, capsys):
+    folder = _images(tmp_path)
+    out = tmp_path / "out"
+    assert predict.main([str(folder), "--out", str(out), "--no-progress"]) == 0
+    for i, h in ((0, 40), (1, 48)):
+        d = np.load(out / f"im{i}_depth.npy")
+        assert d.shape == (h, 60) and d.dtype == np.float32          # back at the input's size
+        assert 0.1 <= d.min() and d.max() <= 10
+        assert Image.open(out / f"im{i}_depth.png").size[0] > 100
+    assert str(out.resolve()) in capsys.readouterr().out
+
+
+def test_predict_with_multiplier_and_a_bad_image(tmp_path, tiny, capsys):
+    folder = _images(tmp_path)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    out = tmp_path / "out"
+    code = predict.main([str(folder), str(bad), str(tmp_path / "missing.jpg"), "--multiplier", "mul8s_1L2J",
+                         "--layers", "decoder.*", "--out", str(out), "--no-progress"])
+    assert code == 1                                                  # failures -> non-zero, others still done
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "missing.jpg" in err
+    exact, approx = np.load(out / "im0_exact_depth.npy"), np.load(out / "im0_depth.npy")
+    assert exact.shape == approx.shape == (40, 60) and not np.allclose(exact, approx)
+    assert (out / "im0_compare.png").exists() and (out / "im1_exact_depth.png").exists()
+
+
+def test_unknown_multiplier_is_a_clear_error(tmp_path, tiny, capsys):
+    folder = _images(tmp_path, 1)
+    assert predict.main([str(folder), "--multiplier", "mul8s_NOPE", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown multiplier" in capsys.readouterr().err
+
+
+def test_make_plan_and_table_file(tmp_path):
+    from jaxdepth import multipliers
+    assert common.make_plan(None) is None
+    assert common.make_plan("mul8s_1L2J", ["decoder.*", "encoder.conv0"]) == {"decoder.*": "mul8s_1L2J",
+                                                                              "encoder.conv0": "mul8s_1L2J"}
+    np.save(tmp_path / "mine.npy", multipliers.exact().table)
+    plan = common.make_plan(str(tmp_path / "mine.npy"))
+    assert plan["*"].signed and np.array_equal(plan["*"].table, multipliers.exact().table)
+    np.save(tmp_path / "bad.npy", np.zeros((3, 3)))
+    with pytest.raises(common.CliError, match="256x256"):
+        common.make_plan(str(tmp_path / "bad.npy"))
+
+
+def test_model_size_rule():
+    assert predict._model_size((120, 160), (480, 640)) == (120, 160)
+    assert predict._model_size(None, (470, 650)) == (448, 640)
+
+
+def test_help_runs():
+    with pytest.raises(SystemExit) as e:
+        predict.build_parser().parse_args(["--help"])
+    assert e.value.code == 0
