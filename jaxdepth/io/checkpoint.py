@@ -96,7 +96,14 @@ def load(path: Union[str, Path], plan: Any = None) -> tuple[Any, dict, dict]:
     path = Path(path).absolute()
     info = read_info(path)
     preset = Preset.from_dict(info["preset"])
-    model_plan = Plan.make(plan) if plan is not None else Plan.from_json(info.get("plan"))
+    if plan is not None:
+        model_plan = Plan.make(plan)
+    else:
+        try:
+            model_plan = Plan.from_json(info.get("plan"))
+        except KeyError as e:  # e.g. a table loaded from a file, saved by name only
+            raise ValueError(f"{path}: the stored plan {info.get('plan')} names a multiplier this installation "
+                             f"does not know ({e}); pass load(path, plan=...) to choose one") from None
     restored = ocp.StandardCheckpointer().restore(path / VARIABLES_DIR)
     variables = {k: jax.device_put(dict(v)) for k, v in restored.items()}
     return DenseDepth(preset, model_plan), variables, info
