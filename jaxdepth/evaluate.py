@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res = evaluate(predict, ds, reference=reference, batch_size=args.batch_size, limit=args.limit, mean=args.mean,
                    progress=not args.no_progress, keep=1 if args.out else 0)
     res["config"] = {"data": args.data, "format": ds.format, "model": args.model or "default",
-                     "preset": model.preset.name, "input_size": size, "multiplier": args.multiplier,
+                     "preset": getattr(getattr(model, "preset", None), "name", type(model).__name__), "input_size": size, "multiplier": args.multiplier,
                      "layers": args.layers if plan else None, "flip": not args.no_flip, "mean": args.mean,
                      "crop": ds.crop, "devices": getattr(exact, "n_devices", 1)}
     return res

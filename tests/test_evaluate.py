@@ -122,3 +122,28 @@ def test_two_frames_through_protocol():
     res = evaluate(make_predictor(model, variables, input_size=(48, 64)), ds, batch_size=2)
     assert res["frames"] == 2
     assert 0 < res["accuracy"]["pixels"] <= 2 * (459 - 20) * (615 - 24)
+
+
+def test_cli_with_multiplier_writes_json_and_plot(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from jaxdepth import evaluate as E
+    from jaxdepth.cli import common
+    model, variables = tiny(0)
+    approx, avars = tiny(1)
+    monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
+    monkeypatch.setattr(common, "quantized", lambda m, v, plan, calib: (approx, avars))
+    rgb, gt = _data(3, 16, 24)
+    for i in range(3):
+        Image.fromarray(rgb[i]).save(tmp_path / f"f{i}.png")
+        np.save(tmp_path / f"f{i}_depth.npy", gt[i])
+    out = tmp_path / "res"
+    assert E.main(["--data", str(tmp_path), "--multiplier", "mul8s_1L2J", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["frames"] == 3 and res["config"]["format"] == "folder"
+    assert 0 < res["fidelity"]["psnr"] < 200
+    assert (out / "metrics.png").exists() and (out / "example.png").exists()
+    text = capsys.readouterr().out
+    assert "approx vs exact" in text and "exact vs gt" in text
+    assert E.main(["--data", str(tmp_path / "nothing")]) == 2
+    assert E.main(["--data", str(tmp_path), "--multiplier", "no_such_mult"]) == 2
