@@ -561,46 +561,41 @@ def _items(scene: Scene):
     return items
 
 
-def _cast(scene: Scene, o, d):
-    """Nearest hit per ray: (t, primitive index or -1)."""
-    t_best = np.full(len(d), _FAR, np.float32)
-    idx = np.full(len(d), -1, np.int32)
+def _candidates(scene: Scene, o, d, limit: np.ndarray, skip_inside: bool = False):
+    """(primitive index, rays, t) for every primitive, testing grouped members only on the rays whose
+    group bound is hit before ``limit`` (read live, so a caller may lower it while iterating)."""
     for bound, members in _items(scene):
         sel = None
         if bound is not None:
-            sel = np.nonzero(bound.intersect(o, d) < t_best)[0]
-            if sel.size == 0:
-                continue
-        for k in members:
-            if sel is None:
-                t = scene.prims[k].intersect(o, d)
-                closer = t < t_best
-                t_best = np.where(closer, t, t_best)
-                idx = np.where(closer, k, idx)
-            else:
-                t = scene.prims[k].intersect(o[sel], d[sel])
-                closer = t < t_best[sel]
-                t_best[sel[closer]] = t[closer]
-                idx[sel[closer]] = k
-    return t_best, idx
-
-
-def _occluded(scene: Scene, o, d, dist) -> np.ndarray:
-    hit = np.zeros(len(d), bool)
-    for bound, members in _items(scene):
-        sel = None
-        if bound is not None:
-            sel = np.nonzero(bound.intersect(o, d) < dist)[0]
+            sel = np.nonzero(bound.intersect(o, d) < limit)[0]
             if sel.size == 0:
                 continue
         for k in members:
             prim = scene.prims[k]
-            if getattr(prim, "inside", False):
-                continue  # lights are inside the room shell
+            if skip_inside and getattr(prim, "inside", False):
+                continue
             if sel is None:
-                hit |= prim.intersect(o, d) < dist
+                yield k, np.arange(len(d)), prim.intersect(o, d)
             else:
-                hit[sel] |= prim.intersect(o[sel], d[sel]) < dist[sel]
+                yield k, sel, prim.intersect(o[sel], d[sel])
+
+
+def _cast(scene: Scene, o, d):
+    """Nearest hit per ray: (t, primitive index or -1)."""
+    t_best = np.full(len(d), _FAR, np.float32)
+    idx = np.full(len(d), -1, np.int32)
+    for k, rays, t in _candidates(scene, o, d, t_best):
+        closer = t < t_best[rays]
+        t_best[rays[closer]] = t[closer]
+        idx[rays[closer]] = k
+    return t_best, idx
+
+
+def _occluded(scene: Scene, o, d, dist) -> np.ndarray:
+    """Whether anything but the room shell (lights are inside it) lies within ``dist`` along each ray."""
+    hit = np.zeros(len(d), bool)
+    for _, rays, t in _candidates(scene, o, d, dist, skip_inside=True):
+        hit[rays[t < dist[rays]]] = True
     return hit
 
 
