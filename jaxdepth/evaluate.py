@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from .cli.common import input_size, load_model, make_plan, quantized
+    from .cli.common import exact_and_plan, input_size, load_model, make_plan, quantized
     from .data import load
     from .data.loaders import DataError
     plan = make_plan(args.multiplier, args.layers)
@@ -181,6 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from .cli.common import CliError
         raise CliError(str(e)) from None
     model, variables, info = load_model(args.model)
+    model, plan = exact_and_plan(model, plan)
     size = input_size(model, info)
     if info.get("random_weights"):
         print(f"warning: {args.model} has random weights (a preset name, not a checkpoint)", file=sys.stderr)

@@ -48,13 +48,15 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
     from tqdm import tqdm
 
     from . import viz
-    from .cli.common import input_size, load_model, make_plan, quantized
+    from .cli.common import exact_and_plan, input_size, load_model, make_plan, quantized
     from .data.transforms import resize_depth, resize_image
     from .evaluate import make_predictor
     from .io.images import ImageError, read_rgb
 
     plan = make_plan(multiplier, layers)      # fails early on unknown multipliers
     model, variables, info = load_model(model_spec)
+    model, plan = exact_and_plan(model, plan)
+    label = f"{multiplier} on {', '.join(layers)}" if multiplier else "stored plan"
     if info.get("random_weights"):
         log(f"warning: {model_spec} is a preset with random weights, not a trained checkpoint")
     native = input_size(model, info)
@@ -99,10 +101,9 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
                 files += [out / f"{stem}_exact_depth.npy",
                           viz.depth_png(exact_full, out / f"{stem}_exact_depth.png", title=f"{stem}: exact"),
                           viz.comparison(rgb, exact_full, main_depth, out / f"{stem}_compare.png",
-                                         titles=("input", "exact", f"{multiplier} on {', '.join(layers)}",
-                                                 "|difference| (m)"))]
+                                         titles=("input", "exact", label, "|difference| (m)"))]
             np.save(out / f"{stem}_depth.npy", main_depth.astype(np.float32))
-            title = f"{stem}" + (f": {multiplier}" if plan is not None else "")
+            title = f"{stem}" + (f": {label}" if plan is not None else "")
             files = [out / f"{stem}_depth.npy", viz.depth_png(main_depth, out / f"{stem}_depth.png", title=title)] + files
             res.outputs[name] = files
             bar.write(f"{name}: {res.seconds[name]:.2f} s (model{', exact + approximate' if plan else ''}"

@@ -102,3 +102,21 @@ def test_help_runs():
     with pytest.raises(SystemExit) as e:
         predict.build_parser().parse_args(["--help"])
     assert e.value.code == 0
+
+
+@pytest.mark.skipif(not (common.DEFAULT_MODEL / "jaxdepth.json").exists(), reason="bundled model absent")
+def test_no_arguments_runs_bundled_model_on_samples(tmp_path, monkeypatch, capsys):
+    """The real default model on the bundled synthetic samples: depth files at input size, sensible accuracy."""
+    from jaxdepth import metrics
+    from jaxdepth.data.loaders import read_depth
+    monkeypatch.chdir(tmp_path)
+    assert predict.main(["--no-progress"]) == 0
+    out = tmp_path / "outputs" / "predict"
+    assert str(out.resolve()) in capsys.readouterr().out
+    acc = metrics.Accumulator()
+    for gt_file in sorted(common.SAMPLES_DIR.glob("*_depth.png")):
+        pred = np.load(out / gt_file.name.replace(".png", ".npy"))
+        gt = read_depth(gt_file)
+        assert pred.shape == gt.shape == (240, 320)
+        acc.add(pred, gt)
+    assert acc.result()["delta1"] > 0.6

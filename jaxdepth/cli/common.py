@@ -99,3 +99,15 @@ def quantized(model: Any, variables: dict, plan: dict, calib_images: np.ndarray)
             pass
     base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     return qmodel, calibrate(qmodel, base, np.asarray(calib_images, np.float32))
+
+
+def exact_and_plan(model: Any, plan: Optional[dict]) -> tuple[Any, Any]:
+    """(the float model, the plan to compare against it): ``plan`` from --multiplier, else the checkpoint's
+    stored plan when it is not all-float (converted with ``--plan``), else None."""
+    stored = getattr(model, "plan", None)
+    if stored is None:
+        return model, plan
+    from ..models import FLOAT_PLAN
+    if plan is None and not stored.is_float:
+        plan = stored
+    return (model if stored.is_float else model.clone(plan=FLOAT_PLAN)), plan
