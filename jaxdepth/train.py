@@ -247,17 +247,19 @@ _APPLY_CACHE: dict[int, Callable] = {}
 
 
 def validate(model: Any, variables: dict, val: ArrayData, batch_size: int = 8) -> dict[str, float]:
-    """Metrics of the model's predictions (upsampled to the gt size, no flip) on ``val``."""
+    """Metrics of the model's predictions (input resized to the preset's native size, output upsampled to the
+    gt size, no flip) on ``val``."""
     from . import metrics
-    from .evaluate import upsample_depth
+    from .evaluate import resize_batch, upsample_depth
     from .models import to_metres
+    size = getattr(getattr(model, "preset", None), "input_size", None)
     if id(model) not in _APPLY_CACHE:
         _APPLY_CACHE[id(model)] = jax.jit(lambda v, x: to_metres(model.apply(v, x, train=False))[..., 0])
     apply = _APPLY_CACHE[id(model)]
     acc = metrics.Accumulator()
     for s in range(0, len(val), batch_size):
         imgs, deps = val.batch(np.arange(s, min(s + batch_size, len(val))))
-        pred = np.asarray(apply(variables, jnp.asarray(imgs, jnp.float32) / 255.0))
+        pred = np.asarray(apply(variables, jnp.asarray(resize_batch(imgs, size), jnp.float32) / 255.0))
         acc.add(upsample_depth(pred, deps.shape[1:]), deps)
     return acc.result()
 
