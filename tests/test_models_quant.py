@@ -161,7 +161,7 @@ def test_int8_model_close_to_float_and_evoapprox_ordering(lite):
     preset, variables, x, float_out, feats, calibrated = lite
     int8, _, _ = _run(preset, {"*": "int8"}, variables, x, calibrated)
     scale = np.abs(float_out).max()
-    # measured on this random-weight network: max |int8 - float| = 2.2% of max |float| (66 layers quantized)
+    # measured on this random-weight network: max |int8 - float| = 3.5% of max |float| (66 layers quantized)
     assert 0 < np.abs(int8 - float_out).max() <= 0.05 * scale
     # EvoApprox circuits in the decoder: the output moves away from the int8 output in the order of the
     # circuits' mean absolute error (1KV8: MAE 1.25, 1L2J: MAE 53.3 of products up to 2^14)
@@ -246,15 +246,18 @@ def test_densenet161_decoder_conv2_exact_table_and_evoapprox():
     int8 = _decode(preset, {"decoder.conv2": "int8"}, v, feats)
     table = _decode(preset, {"decoder.conv2": {"multiplier": "exact_s8", "impl": "gather"}}, v, feats)
     np.testing.assert_array_equal(table, int8)
-    # measured: max |int8 - float| = 0.5% of max |float| with only conv2 quantized
-    assert 0 < np.abs(int8 - float_out).max() <= 0.02 * np.abs(float_out).max()
+    # only conv2 quantized: the decoder output moves by 7.6e-6 of its scale (conv2 is small next to the skip
+    # features in this random network); the layer itself is checked below
+    assert 0 < np.abs(int8 - float_out).max() <= 1e-3 * np.abs(float_out).max()
 
     # conv2 alone through mul8s_1L2J vs int8: delta acc == sum of e[w, x] over the (zero-padded) window
     conv_vars = {"params": v["params"]["decoder"]["conv2"], "quant": v["quant"]["decoder"]["conv2"]}
     outs = {}
-    for name in ("int8", "mul8s_1L2J"):
+    for name in ("float", "int8", "mul8s_1L2J"):
         layer = QConv(1104, 1, padding=1, use_bias=True, plan=Plan.make({"*": name}))
         outs[name] = np.asarray(jax.jit(layer.apply)(conv_vars, bottleneck), np.float64)
+    layer_scale = np.abs(outs["float"]).max()
+    assert 0 < np.abs(outs["int8"] - outs["float"]).max() <= 0.02 * layer_scale
     x_qp = quant.QParams(conv_vars["quant"]["x_scale"], conv_vars["quant"]["x_zero_point"], True)
     w = conv_vars["params"]["kernel"][0, 0]                             # (2208, 1104)
     w_qp = quant.weight_qparams(w, True)
