@@ -100,6 +100,7 @@ TABLES = {  # name -> (table, signed)
     "exact_s8": (multipliers.get("exact_s8").table, True),
     "trunc_u8": (_truncated(False, 3, 2), False),
     "bam_u8": (_broken_array(6), False),
+    "wide_s8": (_random_table(True, seed=8) * 7, True),             # entries beyond 16 bits (int32 paths)
 }
 
 # (x shape NHWC, w shape HWIO, stride, padding, dilation, groups, pad_code)
@@ -113,6 +114,7 @@ CASES = [
     ((2, 5, 6, 8), (1, 1, 8, 12), 1, 0, 1, 1, 0),                # pointwise
     ((1, 7, 5, 8), (1, 1, 4, 16), 2, 0, 1, 2, 0),                # pointwise, grouped, stride 2
     ((1, 5, 4, 40), (2, 2, 40, 20), 1, "SAME", 1, 1, 5),         # even kernel, SAME, more channels
+    ((1, 4, 37, 3), (3, 3, 3, 70), 1, 1, 1, 1, 2),               # > 64 outputs (not a multiple of 16), wide rows
 ]
 
 IMPLS = [name for name in lutconv.implementations() if name != "loop"]

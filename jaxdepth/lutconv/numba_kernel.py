@@ -33,7 +33,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import HAVE_AVX512, gather16, gather_add16, rows_sum_add16, table_gather_add16
+from .simd import (HAVE_AVX512, HAVE_AVX512BW, gather_add16, lookup_row,
+                   rows_sum_add16, table_gather_add16)
 from .spec import ConvSpec
 
 _LOCK = threading.Lock()  # one kernel at a time: each one already uses every core
@@ -128,9 +129,10 @@ def direct_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -
 # ----------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
 def _wstat(xc, wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk, out):  # pragma: no cover
-    """One group, stride 1. xc (N,C,H,W+16) uint8 (16 spare zero columns); wt (O,C,KH,KW) uint8 weight
+    """One group, stride 1. xc (N,C,H,W+32) uint8 (32 spare zero columns); wt (O,C,KH,KW) uint8 weight
     bytes; slot[c, v]: row of byte v in T for channel c; used[c, s]: the byte of row s; n_used[c];
-    lut[w, x] int32; out (N,O,Ho,Wo) int32 (overwritten). Spatial tiles of rows x cols outputs run in
+    lut: the flat table (256 * w + x), int32 or, when every entry fits, int16 / uint16 (T then holds
+    16-bit rows, built with register permutes and widened exactly in the row sums); out (N,O,Ho,Wo) int32 (overwritten). Spatial tiles of rows x cols outputs run in
     parallel; rows of T and of the accumulators are padded to 16 lanes (padding lanes are discarded)."""
     n_batch, channels, _, _ = xc.shape
     n_out, _, kh_n, kw_n = wt.shape
@@ -153,19 +155,18 @@ def _wstat(xc, wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk, out):  # 
         nc = min(cols, wo - j0)
         nr_in = nr + (kh_n - 1) * dh
         nc_in = nc + (kw_n - 1) * dw
-        table = np.empty(chunk * vmax * plane + 16, dtype=np.int32)
+        table = np.empty(chunk * vmax * plane + 32, dtype=lut.dtype)
         acc = np.zeros(n_out * rows * cols_pad, dtype=np.int32)
         offs = np.empty(chunk * taps, dtype=np.int64)
         for c0 in range(0, channels, chunk):
             c1 = min(c0 + chunk, channels)
             for c in range(c0, c1):  # product rows T[c, v, :] = lut[v, x[c, :]] of this channel chunk
                 for s in range(n_used[c]):
-                    lrow = lut[used[c, s]]
+                    roff = np.int64(used[c, s]) * 256
                     for rr in range(nr_in):
-                        xrow = xc[n, c, i0 + rr]
                         tb = ((c - c0) * vmax + s) * plane + rr * c_in
-                        for q in range(0, nc_in, 16):  # may spill into the next (later built) row
-                            gather16(table, tb + q, lrow, xrow, j0 + q)
+                        # whole 32-lane blocks: may spill into the next (later built) row
+                        lookup_row(table, tb, lut, roff, xc[n, c, i0 + rr], j0, nc_in)
             k_n = (c1 - c0) * taps
             for o in range(n_out):  # every output channel sums whole rows, 16 lanes in a register
                 k = 0
@@ -228,11 +229,23 @@ def _weight_prep(wb):  # pragma: no cover - compiled
     return wt, slot, used, n_used
 
 
+def narrow_table(lut: np.ndarray) -> np.ndarray:
+    """The table as uint16 or int16 when every entry fits (exactly the same values, half the bytes, and
+    lookups by register permutes on AVX-512BW), else int32."""
+    lut = np.asarray(lut)
+    lo, hi = int(lut.min()), int(lut.max())
+    if HAVE_AVX512BW and 0 <= lo and hi <= 0xFFFF:
+        return np.ascontiguousarray(lut, dtype=np.uint16)
+    if HAVE_AVX512BW and -0x8000 <= lo and hi <= 0x7FFF:
+        return np.ascontiguousarray(lut, dtype=np.int16)
+    return np.ascontiguousarray(lut, dtype=np.int32)
+
+
 def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -> np.ndarray:
     """The ``wstat`` kernel on concrete arrays (int32 result). Stride must be 1 unless the kernel is 1x1."""
     x = np.asarray(x)
     wb = (np.asarray(w) & 0xFF).astype(np.uint8)
-    lut = np.ascontiguousarray(lut, dtype=np.int32)
+    lut = narrow_table(lut).reshape(-1)
     kh_n, kw_n, cg, n_out = wb.shape
     n_batch, _, _, channels = x.shape
     ho, wo = spec.output_hw(x.shape[1:3], (kh_n, kw_n))
@@ -244,14 +257,14 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) ->
         raise ValueError("wstat needs stride 1 (or a 1x1 kernel)")
     else:
         fh, fw = ho, wo
-    xc = np.zeros((n_batch, channels, x.shape[1], x.shape[2] + 16), dtype=np.uint8)
+    xc = np.zeros((n_batch, channels, x.shape[1], x.shape[2] + 32), dtype=np.uint8)
     xc[..., :x.shape[2]] = np.moveaxis(x, 3, 1) & 0xFF
     rows, cols = _tiles(fh, fw, n_batch)
     og = n_out // spec.groups
     out = np.empty((n_batch, n_out, fh, fw), dtype=np.int32)
     for g in range(spec.groups):
         wt, slot, used, n_used = _weight_prep(np.ascontiguousarray(wb[:, :, :, g * og:(g + 1) * og]))
-        plane = (rows + (kh_n - 1) * dh) * (-(-cols // 16) * 16 + (kw_n - 1) * dw) * 4 * max(1, int(n_used.max()))
+        plane = (rows + (kh_n - 1) * dh) * (-(-cols // 16) * 16 + (kw_n - 1) * dw) * lut.itemsize * max(1, int(n_used.max()))
         chunk = int(max(1, min(cg, _T_BUDGET // plane)))
         with _LOCK:
             _wstat(xc[:, g * cg:(g + 1) * cg], wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk,

@@ -8,7 +8,12 @@ destination are disjoint), so the kernels call these helpers explicitly:
     table_gather_add16(dst, doff, table, x, xoff, w, woff)
         dst[doff:doff+16] += table[(x[xoff:xoff+16] & 0xFF) + w[woff:woff+16]]   (x, w int32)
     rows_sum_add16(dst, doff, table, offs, n, shift)
-        dst[doff:doff+16] += sum_k table[offs[k] + shift : ... + 16]   (sum kept in a register)
+        dst[doff:doff+16] += sum_k table[offs[k] + shift : ... + 16]   (sum kept in a register;
+        table int32, or int16 / uint16 rows widened to int32 lanes)
+    lookup_row(dst, doff, lut, roff, x, xoff, n)
+        dst[doff:doff+n] = lut[roff + x[xoff:xoff+n]], written in whole 32-lane blocks (may write and
+        read up to 31 elements past n). int32 tables: 16-lane gathers; int16/uint16 tables: the row's
+        256 entries sit in 8 registers and 32 lookups are 4 ``vpermi2w`` + 3 blends (no memory gather)
 
 dst, src, table are int32 arrays, idx a uint8 array (table bytes), offsets are element offsets into the
 flattened (C-contiguous) arrays. Without AVX-512 the same names are plain scalar loops, so the kernels
@@ -22,7 +27,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-HAVE_AVX512 = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+_FEATURES = llvm.get_host_cpu_features().flatten().split(",")
+HAVE_AVX512 = "+avx512f" in _FEATURES
+HAVE_AVX512BW = HAVE_AVX512 and "+avx512bw" in _FEATURES  # 16-bit lane permutes (vpermi2w)
 
 
 def _gather_codegen(accumulate: bool):
@@ -94,11 +101,16 @@ def _rows_sum_codegen(context, builder, signature, args):
     table = context.make_array(signature.args[2])(context, builder, table_v)
     offs = context.make_array(signature.args[3])(context, builder, offs_v)
     v16i32 = ir.VectorType(ir.IntType(32), 16)
+    dtype = signature.args[2].dtype
+    narrow = dtype.bitwidth == 16
+    vrow = ir.VectorType(ir.IntType(16), 16) if narrow else v16i32
     target = builder.bitcast(builder.gep(dst.data, [doff]), v16i32.as_pointer())
     total = cgutils.alloca_once_value(builder, builder.load(target, align=4))  # promoted to a register
     with cgutils.for_range(builder, n) as loop:
         start = builder.add(builder.load(builder.gep(offs.data, [loop.index])), shift)
-        row = builder.load(builder.bitcast(builder.gep(table.data, [start]), v16i32.as_pointer()), align=4)
+        row = builder.load(builder.bitcast(builder.gep(table.data, [start]), vrow.as_pointer()), align=2)
+        if narrow:
+            row = builder.sext(row, v16i32) if dtype.signed else builder.zext(row, v16i32)
         builder.store(builder.add(builder.load(total), row), total)
     builder.store(builder.load(total), target, align=4)
     return context.get_dummy_value()
@@ -107,7 +119,7 @@ def _rows_sum_codegen(context, builder, signature, args):
 @intrinsic
 def rows_sum_add16(typingctx, dst, doff, table, offs, n, shift):
     """dst[doff:doff+16] += sum_{k<n} table[offs[k] + shift : ... + 16] with the 16-lane sum held in a
-    register across the k loop (int32 table/dst, int64 offs)."""
+    register across the k loop (int32 dst, int64 offs; int32 table, or int16/uint16 widened exactly)."""
     return types.void(dst, doff, table, offs, n, shift), _rows_sum_codegen
 
 
@@ -123,8 +135,65 @@ def _scalar_gather_add16(dst, doff, src, idx, ioff):  # pragma: no cover - compi
         dst[doff + k] += src[idx[ioff + k]]
 
 
+def _lookup_row_codegen(context, builder, signature, args):
+    dst_v, doff, lut_v, roff, x_v, xoff, n = args
+    dst = context.make_array(signature.args[0])(context, builder, dst_v)
+    lut = context.make_array(signature.args[2])(context, builder, lut_v)
+    xa = context.make_array(signature.args[4])(context, builder, x_v)
+    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    row = builder.gep(lut.data, [roff])
+    if signature.args[2].dtype.bitwidth == 32:  # 16-lane gathers from the 1 KiB row
+        v16i8, v16i32 = ir.VectorType(i8, 16), ir.VectorType(i32, 16)
+        fnty = ir.FunctionType(v16i32, [v16i32, row.type, v16i32, i16, i32])
+        gather = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.gather.dpi.512")
+        blocks = builder.udiv(builder.add(n, ir.Constant(n.type, 15)), ir.Constant(n.type, 16))
+        with cgutils.for_range(builder, blocks) as loop:
+            q = builder.mul(loop.index, ir.Constant(i64, 16))
+            xp = builder.gep(xa.data, [builder.add(xoff, q)])
+            index = builder.zext(builder.load(builder.bitcast(xp, v16i8.as_pointer()), align=1), v16i32)
+            values = builder.call(gather, [ir.Constant(v16i32, None), row, index, ir.Constant(i16, 0xFFFF),
+                                           ir.Constant(i32, 4)])
+            target = builder.gep(dst.data, [builder.add(doff, q)])
+            builder.store(values, builder.bitcast(target, v16i32.as_pointer()), align=4)
+        return context.get_dummy_value()
+    # 16-bit entries: the row is 8 registers of 32 words; vpermi2w picks by index bits 0-5 from a pair,
+    # bits 6 and 7 select among the four pairs.
+    v32i8, v32i16 = ir.VectorType(i8, 32), ir.VectorType(i16, 32)
+    fnty = ir.FunctionType(v32i16, [v32i16, v32i16, v32i16])
+    perm = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpermi2var.hi.512")
+    parts = [builder.load(builder.bitcast(builder.gep(row, [ir.Constant(i64, 32 * m)]), v32i16.as_pointer()),
+                          align=2) for m in range(8)]
+    zero = ir.Constant(v32i16, None)
+    bit6, bit7 = ir.Constant(v32i16, [64] * 32), ir.Constant(v32i16, [128] * 32)
+    blocks = builder.udiv(builder.add(n, ir.Constant(n.type, 31)), ir.Constant(n.type, 32))
+    with cgutils.for_range(builder, blocks) as loop:
+        q = builder.mul(loop.index, ir.Constant(i64, 32))
+        xp = builder.gep(xa.data, [builder.add(xoff, q)])
+        index = builder.zext(builder.load(builder.bitcast(xp, v32i8.as_pointer()), align=1), v32i16)
+        r = [builder.call(perm, [parts[2 * p], index, parts[2 * p + 1]]) for p in range(4)]
+        hi6 = builder.icmp_unsigned("!=", builder.and_(index, bit6), zero)
+        hi7 = builder.icmp_unsigned("!=", builder.and_(index, bit7), zero)
+        low, high = builder.select(hi6, r[1], r[0]), builder.select(hi6, r[3], r[2])
+        target = builder.gep(dst.data, [builder.add(doff, q)])
+        builder.store(builder.select(hi7, high, low), builder.bitcast(target, v32i16.as_pointer()), align=2)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _avx512_lookup_row(typingctx, dst, doff, lut, roff, x, xoff, n):
+    return types.void(dst, doff, lut, roff, x, xoff, n), _lookup_row_codegen
+
+
+@njit(inline="always", boundscheck=False)
+def _scalar_lookup_row(dst, doff, lut, roff, x, xoff, n):  # pragma: no cover - compiled
+    for q in range(n):
+        dst[doff + q] = lut[roff + x[xoff + q]]
+
+
 gather16 = _avx512_gather16 if HAVE_AVX512 else _scalar_gather16
 gather_add16 = _avx512_gather_add16 if HAVE_AVX512 else _scalar_gather_add16
 table_gather_add16 = _avx512_table_gather_add16 if HAVE_AVX512 else _scalar_table_gather_add16
+# 16-bit tables need AVX-512BW (vpermi2w); int32 tables need AVX-512F (gathers)
+lookup_row = _avx512_lookup_row if HAVE_AVX512BW else _scalar_lookup_row
 
-__all__ = ["HAVE_AVX512", "gather16", "gather_add16", "rows_sum_add16", "table_gather_add16"]
+__all__ = ["HAVE_AVX512", "gather16", "lookup_row", "gather_add16", "rows_sum_add16", "table_gather_add16"]
