@@ -75,3 +75,19 @@ def test_checkpoint_roundtrip(lite, tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(variables2)):
         np.testing.assert_array_equal(a, b)
     assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(variables2)
+
+
+def test_plan_cli_table_macs_match_reference_figures(capsys):
+    """`python -m jaxdepth.models densenet161 --plan ...`: per-layer MACs at 480x640 as in densedepth.md."""
+    from jaxdepth.models.__main__ import main
+
+    plan = '{"decoder.up1.convA": "mul8s_1L2J", "decoder.*": "mul8s_1KV8", "encoder.*": "int8"}'
+    assert main(["densenet161", "--plan", plan]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    macs = {name: float(r[r.index("mul8s_1KV8") - 1 if "mul8s_1KV8" in r else r.index("mul8s_1L2J") - 1]
+                        .rstrip("M").replace(",", "")) for name, r in rows.items() if name.startswith("decoder.")}
+    assert macs["decoder.up1.convA"] == pytest.approx(30 * 40 * 9 * 1488 * 552 / 1e6, abs=0.1)   # ~8.9 G
+    assert macs["decoder.up4.convA"] == pytest.approx(240 * 320 * 9 * 234 * 69 / 1e6, abs=0.1)  # ~11.2 G
+    assert macs["decoder.conv2"] == pytest.approx(17 * 22 * 2208 * 1104 / 1e6, abs=0.1)        # padding 1
+    assert "mul8s_1L2J" in rows["decoder.up1.convA"] and "int8" in rows["encoder.conv0"]
+    assert main(["densenet161", "--plan", '{"*": "no_such_circuit"}']) == 2

@@ -178,8 +178,13 @@ class LayerInfo:
         if verbose or self.arith.is_float or self.arith.impl != "auto":
             return text
         name = text.split(":", 1)[0]
-        est = re.search(rf"estimated: {re.escape(name)} ([0-9.]+ \w+)", text)
-        return f"{name} (est. {est.group(1)})" if est else name
+        est = re.search(rf"estimated: {re.escape(name)} ([0-9.e+-]+) (\w+)", text)
+        if not est:
+            return name
+        value, unit = float(est.group(1)), est.group(2)
+        if unit == "ms" and value >= 1000:
+            value, unit = value / 1000, "s"
+        return f"{name} (est. {value:.3g} {unit})"
 
     def _explain(self) -> str:
         if self.arith.is_float:
