@@ -16,7 +16,11 @@ Two algorithms, both bit-exact for any table (int32 accumulation, as the definit
             output channel then adds whole rows ``T[c, w[kh, kw, c, o], pos + tap offset]``:
             contiguous 16-lane vector loads summed in a register over a chunk of channels and all
             taps (one load per 16 multiply-accumulates), the table cost amortised over all output
-            channels and taps. Best when a group has many output channels.
+            channels and taps. Best when a group has many output channels. When every table entry fits
+            in 16 bits (every 8x8-bit multiplier: signed products |p| <= 2^14, unsigned <= 65025) the
+            table and T are int16/uint16: a table row is 8 AVX-512 registers and 32 entries of T cost 4
+            ``vpermi2w`` + 3 blends instead of two memory gathers (the build ~4x cheaper, T half the
+            bytes); rows are widened exactly to int32 in the sums. Wider tables use int32 and gathers.
 
 The gathers and vector sums are explicit (`simd`: AVX-512 ``vpgatherdd``, scalar fallback elsewhere).
 Both are plain host functions on numpy arrays; `direct_conv` / `wstat_conv` wrap them for JAX with
@@ -323,13 +327,16 @@ wstat_conv = as_jax_kernel(wstat_host)
 RATE_DIRECT = 2.5e9      # multiply-accumulates per second, direct column gather (AVX-512)
 RATE_DEPTHWISE = 0.8e9   # multiply-accumulates per second, depthwise direct
 RATE_ROW_ADD = 6e9       # wstat: int32 row-add elements per second
-RATE_BUILD = 3e9         # wstat: product-row entries built per second
+RATE_BUILD = 3e9         # wstat: product-row entries built per second (int32 table: gathers)
+RATE_BUILD16 = 1.2e10    # wstat: the same with a 16-bit table (register permutes)
 RATE_OFFSETS = 5e8       # wstat: row offsets computed per second (per tile, output channel, tap)
 POSITION_COST = 2e-8     # direct: seconds per output position (loop set-up, store)
 CALL_OVERHEAD = 1e-4     # seconds per call
 GROUP_OVERHEAD = 5e-4    # wstat: seconds per group (one compiled call each)
 if not HAVE_AVX512:      # scalar table loads instead of 16-lane gathers
     RATE_DIRECT, RATE_DEPTHWISE, RATE_BUILD = 1.2e9, 0.4e9, 1.5e9
+if not HAVE_AVX512BW:    # no 16-bit permutes: narrow tables are built like int32 ones
+    RATE_BUILD16 = RATE_BUILD
 
 
 def is_depthwise(problem) -> bool:
@@ -362,7 +369,9 @@ def estimate_wstat(problem) -> float:
     build = tiles * halo * channels * min(256, og * kh_n * kw_n)
     offsets = tiles * n_out * channels // problem.spec.groups * kh_n * kw_n
     padded = -(-cols // 16) * 16 / cols  # 16-lane rows
-    return (problem.macs * padded / RATE_ROW_ADD + build / RATE_BUILD + offsets / RATE_OFFSETS
+    narrow = problem.table is not None and narrow_table(problem.table).itemsize == 2
+    return (problem.macs * padded / RATE_ROW_ADD + build / (RATE_BUILD16 if narrow else RATE_BUILD)
+            + offsets / RATE_OFFSETS
             + CALL_OVERHEAD + GROUP_OVERHEAD * (problem.spec.groups - 1))
 
 
