@@ -3,7 +3,10 @@
 Layers (batch 1 unless --batch): the seed's DenseNet-161 decoder ``conv2`` (1x15x20x2208, 1104 1x1 filters)
 and ``up1.convA`` (1x30x40x1488, 552 3x3 filters, padding 1), MobileNetV2 depthwise 3x3 layers
 (1x120x160x144, groups 144, stride 1 and 2), then whole networks at 480x640 as the sum over their layer
-shapes (bench/layer_shapes.py) with impl="auto" and an arbitrary (full-rank, non-commutative) table.
+shapes (bench/layer_shapes.py) with impl="auto" and an arbitrary (full-rank, non-commutative) table,
+and the real Flax models (jaxdepth.models, random init + calibration on a random image) end to end under
+jax.jit at 480x640, every conv/dense through that table (plan {"*": table}), each model in its own
+process so its peak resident memory is its own, against the float model compiled in the same process.
 
 Per implementation: seconds per layer (median of --repeats; the best run is reported too, since the
 machine may be shared), time per output value (the seed's unit),
@@ -24,6 +27,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -162,6 +166,42 @@ def bench_network(net: str, table_name: str, batch: int, repeats: int) -> dict:
             "seconds_by_kernel": per_kernel, "per_layer": per_layer}
 
 
+def bench_model(preset: str, table_name: str, repeats: int, size: tuple[int, int] = (480, 640)) -> dict:
+    """The real DenseDepth model, end to end under jax.jit: float vs every conv/dense through the table.
+    Run in a fresh process (`model_in_subprocess`) for a per-model peak RSS."""
+    from jaxdepth import models
+
+    x = np.random.default_rng(0).random((1,) + size + (3,), dtype=np.float32)
+    float_model = models.build(preset)
+    variables = models.init_variables(float_model, 0)
+    t0 = time.perf_counter()
+    f_float = models.compile_apply(float_model, variables, x.shape)
+    compile_float = time.perf_counter() - t0
+    t_float = timed(lambda: f_float(variables, x), repeats)
+    model = models.build(preset, plan={"*": table_name})
+    t0 = time.perf_counter()
+    calibrated = models.calibrate(model, variables, x)
+    calibrate_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    f_lut = models.compile_apply(model, calibrated, x.shape)
+    compile_lut = time.perf_counter() - t0
+    t = timed(lambda: f_lut(calibrated, x), repeats)
+    macs = sum(layer.macs for layer in NETWORKS[preset](*size))
+    return {"model": preset, "table": table_name, "batch": 1, "size": list(size), "gmac": macs / 1e9,
+            "seconds_per_image": t[0], "best_seconds_per_image": t[1], "float_seconds": t_float[0],
+            "best_float_seconds": t_float[1], "ratio_to_float": t_float[0] / t[0], "gmac_s": macs / t[0] / 1e9,
+            "compile_seconds": compile_lut, "float_compile_seconds": compile_float,
+            "calibrate_seconds": calibrate_s, "repeats": repeats,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def model_in_subprocess(preset: str, table_name: str, repeats: int) -> dict:
+    """`bench_model` in a fresh interpreter (its own peak RSS); the result is the last stdout line."""
+    cmd = [sys.executable, __file__, "--model-only", preset, "--table", table_name, "--repeats", str(repeats)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def bench_batches(key: str, table_name: str, batches: list[int], repeats: int) -> list[dict]:
     """impl="auto" at several batch sizes: per-image seconds (batch > 1 runs the images in parallel)."""
     mult = multipliers.get(table_name)
@@ -175,7 +215,8 @@ def bench_batches(key: str, table_name: str, batches: list[int], repeats: int) -
     return out
 
 
-def markdown(rows: list[dict], nets: list[dict], meta: dict, batches: list[dict] = ()) -> str:
+def markdown(rows: list[dict], nets: list[dict], meta: dict, batches: list[dict] = (),
+             model_rows: list[dict] = ()) -> str:
     out = [f"# LUT convolution benchmark ({meta['date']})", "",
            f"Machine: {meta['machine']}, {meta['threads']} numba threads, jax {meta['jax']}. Medians of "
            f"{meta['repeats']} runs. Seed v2 = 83 ms per conv2 output value.", "",
@@ -201,6 +242,15 @@ def markdown(rows: list[dict], nets: list[dict], meta: dict, batches: list[dict]
                 "| --- | --- | --- | --- | --- | --- | --- |"]
         out += [f"| {b['layer']} | {b['table']} | {b['batch']} | {b['seconds']:.4g} | {b['seconds_per_image']:.4g} "
                 f"| {b['best_seconds_per_image']:.4g} | {b['gmac_s']:.3g} |" for b in batches]
+    if model_rows:
+        out += ["", "Real Flax models end to end (jax.jit, batch 1, random init + calibration, every conv/dense "
+                "through the table; float = the same model in float32 XLA, same process):", "",
+                "| model (480x640) | table | GMAC | s/image | s/image (best) | GMAC/s | float s/image | vs float "
+                "| compile s | peak RSS GiB |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {m['model']} | {m['table']} | {m['gmac']:.1f} | {m['seconds_per_image']:.2f} | "
+                f"{m['best_seconds_per_image']:.2f} | {m['gmac_s']:.2f} | {m['float_seconds']:.3f} | "
+                f"{m['ratio_to_float']:.3g}x | {m['compile_seconds']:.0f} | {m['peak_rss_gib']:.2f} |"
+                for m in model_rows]
     out += ["", f"Peak resident memory of the run: {meta['peak_rss_gib']:.2f} GiB"]
     return "\n".join(out) + "\n"
 
@@ -217,11 +267,18 @@ def main(argv=None) -> int:
                     help="tables benchmarked through the lowrank kernel as well")
     ap.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=list(NETWORKS))
     ap.add_argument("--batch", type=int, nargs="*", default=[1], help="network batch sizes")
+    ap.add_argument("--models", nargs="*", default=list(NETWORKS), choices=list(NETWORKS),
+                    help="real Flax models run end to end (one process each)")
+    ap.add_argument("--model-repeats", type=int, default=3, help="timed runs per real model (median)")
+    ap.add_argument("--model-only", choices=list(NETWORKS), help=argparse.SUPPRESS)  # internal: one model
     ap.add_argument("--out", default=str(RESULTS), help="directory for JSON and markdown results")
     ap.add_argument("--name", default="compare", help="result file stem")
     args = ap.parse_args(argv)
+    if args.model_only:
+        print(json.dumps(bench_model(args.model_only, args.table, args.repeats)))
+        return 0
     if args.quick:
-        args.repeats, args.layers, args.networks = 2, ["conv2", "dw3x3_s1", "dw3x3_s2"], []
+        args.repeats, args.layers, args.networks, args.models = 2, ["conv2", "dw3x3_s1", "dw3x3_s2"], [], []
     impls = args.impls or [i for i in ["loop", "vectorized", "gather", "direct", "wstat", "lowrank", "auto"]
                            if i in lutconv.implementations() + ["auto"]]
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
@@ -243,6 +300,10 @@ def main(argv=None) -> int:
         for b in args.batch:
             nets.append(bench_network(net, args.table, b, max(1, args.repeats // 3)))
             print(nets[-1], flush=True)
+    model_rows = []
+    for preset in args.models:
+        model_rows.append(model_in_subprocess(preset, args.table, args.model_repeats))
+        print(model_rows[-1], flush=True)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "threads": numba.get_num_threads(), "jax": jax.__version__, "repeats": args.repeats,
@@ -250,9 +311,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "layers": rows, "batches": batches,
-                                                       "networks": nets}, indent=1))
-    (out / f"{args.name}.md").write_text(markdown(rows, nets, meta, batches))
-    print(markdown(rows, nets, meta, batches))
+                                                       "networks": nets,
+                                                       "models": model_rows}, indent=1))
+    (out / f"{args.name}.md").write_text(markdown(rows, nets, meta, batches, model_rows))
+    print(markdown(rows, nets, meta, batches, model_rows))
     return 0
 
 
