@@ -20,7 +20,7 @@ import functools
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Union
 
 import numpy as np
 
@@ -254,7 +254,6 @@ def convert_state_dict(state_dict: Mapping[str, Any], preset: Union[None, str, P
     ``bottleneck``, ``input_size`` ...). Raises `ConversionError` listing missing / unexpected / mis-shaped keys.
     """
     import jax
-    import jax.numpy as jnp
 
     from ..models import build, init_variables
 

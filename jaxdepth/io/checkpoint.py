@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 FORMAT = "jaxdepth-checkpoint"

@@ -22,7 +22,6 @@ the exact float layer's (so approximation-aware fine-tuning works).
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import quant
-from .plan import FLOAT_PLAN, Arithmetic, LayerInfo, Plan, record
+from .plan import FLOAT_PLAN, LayerInfo, Plan, record
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1           # PyTorch convention: running = (1 - m) * running + m * batch
