@@ -114,7 +114,8 @@ CASES = [
     ((2, 5, 6, 8), (1, 1, 8, 12), 1, 0, 1, 1, 0),                # pointwise
     ((1, 7, 5, 8), (1, 1, 4, 16), 2, 0, 1, 2, 0),                # pointwise, grouped, stride 2
     ((1, 5, 4, 40), (2, 2, 40, 20), 1, "SAME", 1, 1, 5),         # even kernel, SAME, more channels
-    ((1, 4, 37, 3), (3, 3, 3, 70), 1, 1, 1, 1, 2),               # > 64 outputs (not a multiple of 16), wide rows
+    ((1, 4, 37, 3), (3, 3, 3, 70), 1, 1, 1, 1, 2),               # > 64 outputs (not a multiple of 16)
+    ((1, 3, 131, 2), (3, 3, 2, 5), 1, 1, 1, 1, 0),               # a map wide enough for wstat's row layout
 ]
 
 IMPLS = [name for name in lutconv.implementations() if name != "loop"]

@@ -45,6 +45,7 @@ _LOCK = threading.Lock()  # one kernel at a time: each one already uses every co
 _OUTPUTS_PER_TILE = 1280  # wstat: output positions per spatial tile (rows x cols)
 _COLS_PER_TILE = 160      # wstat: at most this many output columns per tile
 _T_BUDGET = 1 << 20       # wstat: bytes of precomputed product rows per channel chunk (~half of L2)
+_FLAT_BELOW = 64          # wstat: maps with fewer output columns run as one flat row per image
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,33 +133,39 @@ def direct_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -
 # wstat: weight-stationary product rows (stride 1)
 # ----------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
-def _wstat(xc, wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk, out):  # pragma: no cover
-    """One group, stride 1. xc (N,C,H,W+32) uint8 (32 spare zero columns); wt (O,C,KH,KW) uint8 weight
-    bytes; slot[c, v]: row of byte v in T for channel c; used[c, s]: the byte of row s; n_used[c];
-    lut: the flat table (256 * w + x), int32 or, when every entry fits, int16 / uint16 (T then holds
-    16-bit rows, built with register permutes and widened exactly in the row sums); out (N,O,Ho,Wo) int32 (overwritten). Spatial tiles of rows x cols outputs run in
-    parallel; rows of T and of the accumulators are padded to 16 lanes (padding lanes are discarded)."""
+def _wstat(xc, wt, slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk, out):  # pragma: no cover
+    """One group, stride 1. xc (N,C,H,W+pad) uint8 (spare zero columns: see wstat_host); wt (O,C,taps)
+    uint8 weight bytes; output (i, j) of tap t reads input (i + tap_r[t], j + tap_c[t]); slot[c, v]: row
+    of byte v in T for channel c; used[c, s]: the byte of row s; n_used[c]; lut: the flat table
+    (256 * w + x), int32 or, when every entry fits, int16 / uint16 (T then holds 16-bit rows, built with
+    register permutes and widened exactly in the row sums); out (N,O,Ho,Wo) int32 (overwritten).
+    Spatial tiles of rows x cols outputs run in parallel; rows of T and of the accumulators are padded to
+    16 lanes (padding lanes are discarded)."""
     n_batch, channels, _, _ = xc.shape
-    n_out, _, kh_n, kw_n = wt.shape
+    n_out, _, taps = wt.shape
     _, _, ho, wo = out.shape
-    taps = kh_n * kw_n
+    halo_r = 0
+    halo_c = 0
+    for t in range(taps):
+        halo_r = max(halo_r, tap_r[t])
+        halo_c = max(halo_c, tap_c[t])
     row_tiles = (ho + rows - 1) // rows
     col_tiles = (wo + cols - 1) // cols
     cols_pad = (cols + 15) // 16 * 16
-    r_in = rows + (kh_n - 1) * dh
-    c_in = cols_pad + (kw_n - 1) * dw
+    r_in = rows + halo_r
+    c_in = cols_pad + halo_c
     plane = r_in * c_in
     vmax = 0
     for c in range(channels):
         vmax = max(vmax, n_used[c])
-    for t in prange(n_batch * row_tiles * col_tiles):
-        n = t // (row_tiles * col_tiles)
-        i0 = (t // col_tiles) % row_tiles * rows
-        j0 = t % col_tiles * cols
+    for tile in prange(n_batch * row_tiles * col_tiles):
+        n = tile // (row_tiles * col_tiles)
+        i0 = (tile // col_tiles) % row_tiles * rows
+        j0 = tile % col_tiles * cols
         nr = min(rows, ho - i0)
         nc = min(cols, wo - j0)
-        nr_in = nr + (kh_n - 1) * dh
-        nc_in = nc + (kw_n - 1) * dw
+        nr_in = nr + halo_r
+        nc_in = nc + halo_c
         table = np.empty(chunk * vmax * plane + 32, dtype=lut.dtype)
         acc = np.zeros(n_out * rows * cols_pad, dtype=np.int32)
         offs = np.empty(chunk * taps, dtype=np.int64)
@@ -176,10 +183,9 @@ def _wstat(xc, wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk, out):  # 
                 k = 0
                 for c in range(c0, c1):
                     base = ((c - c0) * vmax) * plane
-                    for kh in range(kh_n):
-                        for kw in range(kw_n):
-                            offs[k] = base + slot[c, wt[o, c, kh, kw]] * plane + kh * dh * c_in + kw * dw
-                            k += 1
+                    for t in range(taps):
+                        offs[k] = base + slot[c, wt[o, c, t]] * plane + tap_r[t] * c_in + tap_c[t]
+                        k += 1
                 for r in range(nr):
                     ab = (o * rows + r) * cols_pad
                     for q in range(0, nc, 16):
@@ -246,34 +252,50 @@ def narrow_table(lut: np.ndarray) -> np.ndarray:
 
 
 def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    """The ``wstat`` kernel on concrete arrays (int32 result). Stride must be 1 unless the kernel is 1x1."""
+    """The ``wstat`` kernel on concrete arrays (int32 result). Stride must be 1 unless the kernel is 1x1.
+
+    Layouts: 1x1 kernels subsample for the stride and treat the positions as one flat row. Maps narrower
+    than `_FLAT_BELOW` output columns are flattened too (each image is one row of H * W inputs, tap
+    (kh, kw) at offset kh * dh * W + kw * dw; the kw - 1 wrapped columns per row are computed and
+    dropped): no lanes lost to padding a short row to 16, no halo rows per tile. Wider maps keep rows."""
     x = np.asarray(x)
     wb = (np.asarray(w) & 0xFF).astype(np.uint8)
     lut = narrow_table(lut).reshape(-1)
     kh_n, kw_n, cg, n_out = wb.shape
-    n_batch, _, _, channels = x.shape
-    ho, wo = spec.output_hw(x.shape[1:3], (kh_n, kw_n))
+    n_batch, h, wd, channels = x.shape
+    ho, wo = spec.output_hw((h, wd), (kh_n, kw_n))
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    tap_r = np.array([kh * dh for kh in range(kh_n) for _ in range(kw_n)], dtype=np.int64)
+    tap_c = np.array([kw * dw for _ in range(kh_n) for kw in range(kw_n)], dtype=np.int64)
     if kh_n == kw_n == 1:  # 1x1: subsample for the stride, then positions are a flat axis
         x = x[:, :(ho - 1) * sh + 1:sh, :(wo - 1) * sw + 1:sw, :].reshape(n_batch, 1, ho * wo, channels)
         fh, fw = 1, ho * wo
     elif (sh, sw) != (1, 1):
         raise ValueError("wstat needs stride 1 (or a 1x1 kernel)")
+    elif wo < _FLAT_BELOW:  # flatten each image to one row; wrapped columns dropped at the end
+        x = x.reshape(n_batch, 1, h * wd, channels)
+        tap_c, tap_r = tap_r * wd + tap_c, np.zeros_like(tap_r)
+        fh, fw = 1, ho * wd
     else:
         fh, fw = ho, wo
-    xc = np.zeros((n_batch, channels, x.shape[1], x.shape[2] + 32), dtype=np.uint8)
+    spare = 32 + int(tap_c.max()) if fh == 1 else 32  # the flat layout's last taps read past the image
+    xc = np.zeros((n_batch, channels, x.shape[1], x.shape[2] + spare), dtype=np.uint8)
     xc[..., :x.shape[2]] = np.moveaxis(x, 3, 1) & 0xFF
     rows, cols = _tiles(fh, fw, n_batch)
     og = n_out // spec.groups
     out = np.empty((n_batch, n_out, fh, fw), dtype=np.int32)
     for g in range(spec.groups):
         wt, slot, used, n_used = _weight_prep(np.ascontiguousarray(wb[:, :, :, g * og:(g + 1) * og]))
-        plane = (rows + (kh_n - 1) * dh) * (-(-cols // 16) * 16 + (kw_n - 1) * dw) * lut.itemsize * max(1, int(n_used.max()))
+        plane = ((rows + int(tap_r.max())) * (-(-cols // 16) * 16 + int(tap_c.max())) * lut.itemsize
+                 * max(1, int(n_used.max())))
         chunk = int(max(1, min(cg, _T_BUDGET // plane)))
         with _LOCK:
-            _wstat(xc[:, g * cg:(g + 1) * cg], wt, slot, used, n_used, lut, dh, dw, rows, cols, chunk,
-                   out[:, g * og:(g + 1) * og])
-    return np.ascontiguousarray(np.moveaxis(out, 1, 3)).reshape(n_batch, ho, wo, n_out)
+            _wstat(xc[:, g * cg:(g + 1) * cg], wt.reshape(og, cg, kh_n * kw_n), slot, used, n_used, lut,
+                   tap_r, tap_c, rows, cols, chunk, out[:, g * og:(g + 1) * og])
+    out = np.moveaxis(out, 1, 3)
+    if fh == 1 and fw != ho * wo:  # flattened rows of width W: keep the first wo columns of each
+        out = out.reshape(n_batch, ho, wd, n_out)[:, :, :wo]
+    return np.ascontiguousarray(out).reshape(n_batch, ho, wo, n_out)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -105,14 +105,30 @@ def _rows_sum_codegen(context, builder, signature, args):
     narrow = dtype.bitwidth == 16
     vrow = ir.VectorType(ir.IntType(16), 16) if narrow else v16i32
     target = builder.bitcast(builder.gep(dst.data, [doff]), v16i32.as_pointer())
-    total = cgutils.alloca_once_value(builder, builder.load(target, align=4))  # promoted to a register
-    with cgutils.for_range(builder, n) as loop:
-        start = builder.add(builder.load(builder.gep(offs.data, [loop.index])), shift)
-        row = builder.load(builder.bitcast(builder.gep(table.data, [start]), vrow.as_pointer()), align=2)
-        if narrow:
-            row = builder.sext(row, v16i32) if dtype.signed else builder.zext(row, v16i32)
-        builder.store(builder.add(builder.load(total), row), total)
-    builder.store(builder.load(total), target, align=4)
+    # an explicit SSA loop (phi nodes): the running sum is a register, not a stack slot re-read each step
+    start_total = builder.load(target, align=4)
+    count = builder.sext(n, ir.IntType(64)) if n.type.width < 64 else n
+    entry = builder.block
+    header = builder.append_basic_block("rows_sum.header")
+    body = builder.append_basic_block("rows_sum.body")
+    done = builder.append_basic_block("rows_sum.done")
+    builder.branch(header)
+    builder.position_at_end(header)
+    k = builder.phi(count.type)
+    total = builder.phi(v16i32)
+    k.add_incoming(ir.Constant(count.type, 0), entry)
+    total.add_incoming(start_total, entry)
+    builder.cbranch(builder.icmp_signed("<", k, count), body, done)
+    builder.position_at_end(body)
+    start = builder.add(builder.load(builder.gep(offs.data, [k])), shift)
+    row = builder.load(builder.bitcast(builder.gep(table.data, [start]), vrow.as_pointer()), align=2)
+    if narrow:
+        row = builder.sext(row, v16i32) if dtype.signed else builder.zext(row, v16i32)
+    k.add_incoming(builder.add(k, ir.Constant(count.type, 1)), body)
+    total.add_incoming(builder.add(total, row), body)
+    builder.branch(header)
+    builder.position_at_end(done)
+    builder.store(total, target, align=4)
     return context.get_dummy_value()
 
 
