@@ -21,7 +21,6 @@ the exact float layer's (so approximation-aware fine-tuning works).
 """
 from __future__ import annotations
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -110,34 +109,15 @@ def _exact_conv(x, w, b, cfg):
     return y + b
 
 
-def _lut_conv(x, w, b, x_scale, x_zero, cfg):
-    multiplier, impl, stride, padding, groups = cfg
-    qp = quant.QParams(x_scale, x_zero, multiplier.signed)
-    return quant.lut_conv2d(x, w, b, multiplier, qp, stride=stride, padding=padding, groups=groups, impl=impl)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def ste_lut_conv(x, w, b, x_scale, x_zero, cfg):
     """LUT convolution forward (bit-exact), exact-convolution gradient (straight-through estimator).
 
-    ``cfg = (multiplier, impl, stride, padding, groups)``.
+    ``cfg = (multiplier, impl, stride, padding, groups)``; the semantics live in `jaxdepth.quant`.
     """
-    return _lut_conv(x, w, b, x_scale, x_zero, cfg)
-
-
-def _ste_fwd(x, w, b, x_scale, x_zero, cfg):
-    return _lut_conv(x, w, b, x_scale, x_zero, cfg), (x, w, b, x_scale, x_zero)
-
-
-def _ste_bwd(cfg, res, g):
-    x, w, b, x_scale, x_zero = res
-    _, vjp = jax.vjp(lambda x, w, b: _exact_conv(x, w, b, cfg), x, w, b)
-    dx, dw, db = vjp(g)
-    zero_cot = np.zeros(np.shape(x_zero), dtype=jax.dtypes.float0)
-    return dx, dw, db, jnp.zeros_like(x_scale), zero_cot
-
-
-ste_lut_conv.defvjp(_ste_fwd, _ste_bwd)
+    multiplier, impl, stride, padding, groups = cfg
+    qp = quant.QParams(x_scale, x_zero, multiplier.signed)
+    return quant.lut_conv2d(x, w, b, multiplier, qp, stride=stride, padding=padding, groups=groups, impl=impl,
+                            straight_through=True)
 
 
 def layer_name(module: nn.Module) -> str:

@@ -15,10 +15,12 @@ exact float layer (straight-through estimator), for approximation-aware fine-tun
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .. import lutconv
 from ..lutconv.spec import as_pair, normalize_padding
@@ -34,25 +36,23 @@ def _window_sums(x_codes: jax.Array, kernel_hw: tuple[int, int], groups: int, pa
                                  ((0, 0), *pads, (0, 0)), window_dilation=(1, *dilation, 1))
 
 
-def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
-               stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
-               w_qp: Optional[QParams] = None, per_channel: bool = True, impl: str = "auto",
-               straight_through: bool = False) -> jax.Array:
-    """A float NHWC convolution (HWIO weights) computed in integer codes through ``multiplier``."""
-    if x_qp.signed != multiplier.signed:
-        raise ValueError(f"activation qparams are {'signed' if x_qp.signed else 'unsigned'} but multiplier "
-                         f"{multiplier.name} is {'signed' if multiplier.signed else 'unsigned'}")
-    x = jnp.asarray(x, jnp.float32)
-    w = jnp.asarray(w, jnp.float32)
+def _exact_conv(x, w, bias, cfg) -> jax.Array:
+    """The float layer the table approximates (its gradient is the straight-through gradient)."""
+    _, stride, pads, dilation, groups, _, _ = cfg
+    y = jax.lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    return y + bias
+
+
+def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], cfg) -> jax.Array:
+    """The integer-code forward pass through the table (the reference semantics above)."""
+    multiplier, stride, pads, dilation, groups, per_channel, impl = cfg
     if w_qp is None:
         w_qp = weight_qparams(w, multiplier.signed, per_channel)
-    xs, ws = jax.lax.stop_gradient(x), jax.lax.stop_gradient(w)
-    x_codes, w_codes = quantize(xs, x_qp), quantize(ws, w_qp)
-    stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    x_codes, w_codes = quantize(x, x_qp), quantize(w, w_qp)
     kernel_hw = tuple(w.shape[:2])
-    pads = normalize_padding(padding, tuple(x.shape[1:3]), kernel_hw, stride_p, dilation_p)
     z_x = jnp.asarray(x_qp.zero_point, jnp.int32)
-    acc = lutconv.conv2d(x_codes, w_codes, multiplier, stride=stride_p, padding=pads, dilation=dilation_p,
+    acc = lutconv.conv2d(x_codes, w_codes, multiplier, stride=stride, padding=pads, dilation=dilation,
                          groups=groups, pad_code=z_x, impl=impl)
     if not multiplier.signed:
         n_out = w.shape[-1]
@@ -60,20 +60,62 @@ def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp
         z_w = jnp.broadcast_to(jnp.asarray(w_qp.zero_point, jnp.int32), (n_out,))
         sum_w = w_codes.reshape(-1, n_out).sum(axis=0, dtype=jnp.int32)
         x_padded = jnp.pad(x_codes, ((0, 0), *pads, (0, 0)), constant_values=z_x)
-        sum_x = _window_sums(x_padded, kernel_hw, groups, ((0, 0), (0, 0)), stride_p, dilation_p)
+        sum_x = _window_sums(x_padded, kernel_hw, groups, ((0, 0), (0, 0)), stride, dilation)
         sum_x = jnp.repeat(sum_x, n_out // groups, axis=-1)
         acc = acc - z_x * sum_w - z_w * sum_x + reduction * z_x * z_w
-    y = acc.astype(jnp.float32) * (jnp.asarray(x_qp.scale, jnp.float32) * jnp.asarray(w_qp.scale, jnp.float32))
-    if bias is not None:
-        y = y + jnp.asarray(bias, jnp.float32)
-    if not straight_through:
-        return y
-    exact = jax.lax.conv_general_dilated(x, w, stride_p, pads, rhs_dilation=dilation_p,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                         feature_group_count=groups)
-    if bias is not None:
-        exact = exact + bias
-    return exact + jax.lax.stop_gradient(y - exact)
+    scale = jnp.asarray(x_qp.scale, jnp.float32) * jnp.asarray(w_qp.scale, jnp.float32)
+    return acc.astype(jnp.float32) * scale + bias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _straight_through_conv(x, w, bias, x_qp, w_qp, cfg):
+    """Forward: the table result, bit for bit. Backward: the exact float layer's gradient."""
+    return _table_conv(x, w, bias, x_qp, w_qp, cfg)
+
+
+def _ste_forward(x, w, bias, x_qp, w_qp, cfg):
+    return _table_conv(x, w, bias, x_qp, w_qp, cfg), (x, w, bias, x_qp, w_qp)
+
+
+def _zero_cotangent(leaf: Any) -> Any:
+    leaf = jnp.asarray(leaf)
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+        return jnp.zeros_like(leaf)
+    return np.zeros(leaf.shape, dtype=jax.dtypes.float0)
+
+
+def _ste_backward(cfg, residuals, g):
+    x, w, bias, x_qp, w_qp = residuals
+    _, vjp = jax.vjp(lambda x, w, b: _exact_conv(x, w, b, cfg), x, w, bias)
+    dx, dw, db = vjp(g)
+    return (dx, dw, db, jax.tree_util.tree_map(_zero_cotangent, x_qp),
+            jax.tree_util.tree_map(_zero_cotangent, w_qp))
+
+
+_straight_through_conv.defvjp(_ste_forward, _ste_backward)
+
+
+def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
+               stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
+               w_qp: Optional[QParams] = None, per_channel: bool = True, impl: str = "auto",
+               straight_through: bool = False) -> jax.Array:
+    """A float NHWC convolution (HWIO weights) computed in integer codes through ``multiplier``.
+
+    Weights are quantised per output channel (``per_channel=False``: per tensor) unless ``w_qp`` is given.
+    ``straight_through=True`` keeps the forward value bit-identical and gives the exact layer's gradient.
+    """
+    if x_qp.signed != multiplier.signed:
+        raise ValueError(f"activation qparams are {'signed' if x_qp.signed else 'unsigned'} but multiplier "
+                         f"{multiplier.name} is {'signed' if multiplier.signed else 'unsigned'}")
+    x = jnp.asarray(x, jnp.float32)
+    w = jnp.asarray(w, jnp.float32)
+    bias = jnp.zeros((w.shape[-1],), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
+    stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    pads = normalize_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), stride_p, dilation_p)
+    cfg = (multiplier, stride_p, tuple(pads), dilation_p, int(groups), bool(per_channel), impl)
+    if straight_through:
+        return _straight_through_conv(x, w, bias, x_qp, w_qp, cfg)
+    return _table_conv(x, w, bias, x_qp, w_qp, cfg)
 
 
 def lut_dense(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
