@@ -157,7 +157,8 @@ def supports(table: Optional[np.ndarray], w_shape: tuple[int, ...]) -> Optional[
     return None
 
 
-RATE_XLA = 25e9          # float32 XLA convolution, multiply-accumulates per second (groups == 1)
+RATE_XLA = 20e9          # float32 XLA convolution, multiply-accumulates per second (groups == 1, 1x1)
+RATE_XLA_SPATIAL = 14e9  # the same for larger kernels (>= 256 output channels; fewer: see `estimate`)
 RATE_XLA_GROUPED = 2e8   # XLA's grouped / depthwise float convolution on CPU is far slower
 
 
@@ -168,7 +169,11 @@ def estimate(problem) -> Optional[float]:
     coef, basis = decompose(problem.table)
     kh, kw, cg, _ = problem.w_shape
     calls = sum(-(-cg // chunk_channels(a, b, kh * kw, cg)) for a, b in zip(coef.T, basis))
-    rate = RATE_XLA if problem.spec.groups == 1 else RATE_XLA_GROUPED
+    if problem.spec.groups != 1:
+        rate = RATE_XLA_GROUPED
+    else:  # measured: XLA's CPU convolution slows with few output channels (3x3 48 outputs: ~half rate)
+        o = problem.w_shape[3]
+        rate = RATE_XLA * min(1.0, (o / 192) ** 0.5) if kh * kw == 1 else RATE_XLA_SPATIAL * min(1.0, (o / 256) ** 0.5)
     return coef.shape[1] * problem.macs / rate + 2e-4 * calls
 
 

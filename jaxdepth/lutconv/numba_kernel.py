@@ -349,6 +349,7 @@ wstat_conv = as_jax_kernel(wstat_host)
 RATE_DIRECT = 2.5e9      # multiply-accumulates per second, direct column gather (AVX-512)
 RATE_DEPTHWISE = 0.8e9   # multiply-accumulates per second, depthwise direct
 RATE_ROW_ADD = 6e9       # wstat: int32 row-add elements per second
+RATE_ROW_ADD16 = 9e9     # wstat: the same with 16-bit rows (half the bytes)
 RATE_BUILD = 3e9         # wstat: product-row entries built per second (int32 table: gathers)
 RATE_BUILD16 = 1.2e10    # wstat: the same with a 16-bit table (register permutes)
 RATE_OFFSETS = 5e8       # wstat: row offsets computed per second (per tile, output channel, tap)
@@ -384,15 +385,22 @@ def estimate_wstat(problem) -> float:
     kh_n, kw_n, _, n_out = problem.w_shape
     (dh, dw), og = problem.spec.dilation, n_out // problem.spec.groups
     ho, wo = problem.spec.output_hw(problem.x_shape[1:3], (kh_n, kw_n))
-    fh, fw = (1, ho * wo) if (kh_n, kw_n) == (1, 1) else (ho, wo)
+    w_in = problem.x_shape[2]
+    if (kh_n, kw_n) == (1, 1):  # the layouts of wstat_host: flat positions, flat rows, or rows
+        fh, fw, halo_r, halo_c = 1, ho * wo, 0, 0
+    elif wo < _FLAT_BELOW:
+        fh, fw, halo_r, halo_c = 1, ho * w_in, 0, (kh_n - 1) * dh * w_in + (kw_n - 1) * dw
+    else:
+        fh, fw, halo_r, halo_c = ho, wo, (kh_n - 1) * dh, (kw_n - 1) * dw
     rows, cols = _tiles(fh, fw, n_batch)
     tiles = n_batch * -(-fh // rows) * -(-fw // cols)
-    halo = (rows + (kh_n - 1) * dh) * (cols + (kw_n - 1) * dw)
+    halo = (rows + halo_r) * (cols + halo_c)
     build = tiles * halo * channels * min(256, og * kh_n * kw_n)
     offsets = tiles * n_out * channels // problem.spec.groups * kh_n * kw_n
-    padded = -(-cols // 16) * 16 / cols  # 16-lane rows
+    padded = -(-cols // 16) * 16 / cols * fh * fw / (ho * wo)  # 16-lane rows; flat rows' wrapped columns
     narrow = problem.table is not None and narrow_table(problem.table).itemsize == 2
-    return (problem.macs * padded / RATE_ROW_ADD + build / (RATE_BUILD16 if narrow else RATE_BUILD)
+    return (problem.macs * padded / (RATE_ROW_ADD16 if narrow else RATE_ROW_ADD)
+            + build / (RATE_BUILD16 if narrow else RATE_BUILD)
             + offsets / RATE_OFFSETS
             + CALL_OVERHEAD + GROUP_OVERHEAD * (problem.spec.groups - 1))
 
