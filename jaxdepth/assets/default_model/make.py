@@ -5,7 +5,8 @@
 RUN_DIR is a `python -m jaxdepth.train` output folder. Writes, next to this file: ``checkpoint/`` (float
 weights + a "quant" collection calibrated for every layer with signed int8 on 32 training frames, so
 ``--multiplier int8`` or any signed table needs no calibration), ``log.json`` / ``loss.png`` (training),
-``metrics.json`` (held-out synthetic exact + int8, and the two real NYU frames when given) and figures.
+``metrics.json`` (held-out synthetic exact + int8, and the two real NYU frames when given) and figures
+(example comparisons only for synthetic frames: NYU images are not redistributed in the package).
 """
 import json
 import shutil
@@ -46,7 +47,7 @@ def main(run: str, train_data: str, heldout: str, nyu: str = "") -> None:
         ex = r.pop("examples")
         results[name] = {"data": spec, "frames": r["frames"], "exact": r["reference_accuracy"],
                          "int8": r["accuracy"], "int8_vs_exact": r["fidelity"]}
-        for i, (rgb, gt, pred, ref) in enumerate(ex):
+        for i, (rgb, gt, pred, ref) in enumerate(ex if name.startswith("synthetic") else []):  # no NYU pixels shipped
             viz.comparison(rgb, gt, ref, HERE / f"{name}_{i}.png",
                            titles=("input", "ground truth", "exact model", "|exact - gt| (m)"))
         viz.metrics_bars({"exact vs gt": r["reference_accuracy"], "int8 vs gt": r["accuracy"]},
