@@ -119,4 +119,4 @@ def test_no_arguments_runs_bundled_model_on_samples(tmp_path, monkeypatch, capsy
         gt = read_depth(gt_file)
         assert pred.shape == gt.shape == (240, 320)
         acc.add(pred, gt)
-    assert acc.result()["delta1"] > 0.4   # a floor against a broken pipeline (random weights: ~0.05)
+    assert acc.result()["delta1"] > 0.4   # a floor against a broken pipeline (random weights: ~0.01)
