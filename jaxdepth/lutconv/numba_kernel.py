@@ -330,9 +330,14 @@ def as_jax_kernel(host):
             return jnp.asarray(host(np.asarray(x), np.asarray(w), np.asarray(lut), spec))
         ho, wo = spec.output_hw(tuple(x.shape[1:3]), tuple(w.shape[:2]))
         result = jax.ShapeDtypeStruct((x.shape[0], ho, wo, w.shape[3]), jnp.int32)
-        return jax.pure_callback(_batched_host(host, spec), result, jnp.asarray(x, jnp.int32),
-                                 jnp.asarray(w, jnp.int32), jnp.asarray(lut, jnp.int32),
-                                 vmap_method="expand_dims")
+        run = _batched_host(host, spec)
+        x, w = jnp.asarray(x, jnp.int32), jnp.asarray(w, jnp.int32)
+        if isinstance(lut, jax.core.Tracer):
+            return jax.pure_callback(run, result, x, w, jnp.asarray(lut, jnp.int32), vmap_method="expand_dims")
+        # A concrete table stays on the host, closed over by the callback: passed as an operand it would be
+        # embedded as a 256 KiB constant in the compiled program once per layer (slow compiles, big HLO).
+        table = np.asarray(lut, np.int32)
+        return jax.pure_callback(lambda x, w: run(x, w, table), result, x, w, vmap_method="expand_dims")
 
     kernel.__name__ = host.__name__.replace("_host", "_conv")
     kernel.__doc__ = f"jittable wrapper (jax.pure_callback) of `{host.__name__}`"
