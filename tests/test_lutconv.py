@@ -116,6 +116,9 @@ CASES = [
     ((1, 5, 4, 40), (2, 2, 40, 20), 1, "SAME", 1, 1, 5),         # even kernel, SAME, more channels
     ((1, 4, 37, 3), (3, 3, 3, 70), 1, 1, 1, 1, 2),               # > 64 outputs (not a multiple of 16)
     ((1, 3, 131, 2), (3, 3, 2, 5), 1, 1, 1, 1, 0),               # a map wide enough for wstat's row layout
+    ((1, 11, 70, 40), (3, 3, 1, 40), 2, 1, 1, 40, 1),            # depthwise stride 2, rows > 32 lanes
+    ((2, 9, 37, 5), (3, 3, 1, 5), (1, 2), 2, (2, 1), 5, 0),       # depthwise, mixed stride and dilation
+    ((1, 6, 40, 3), (5, 5, 1, 3), 1, "SAME", 1, 3, -1),           # depthwise 5x5, 36 output columns
 ]
 
 IMPLS = [name for name in lutconv.implementations() if name != "loop"]
@@ -212,6 +215,23 @@ def test_vmap_over_images_matches_batched_call(impl):
         np.testing.assert_array_equal(got[k], reference_conv(xs[k], w, table, padding=1))
 
 
+@pytest.mark.parametrize("table_name", ["random_s8", "wide_s8"])
+def test_depthwise_rows_kernel_inside_jit_and_vmap(table_name):
+    table, signed = TABLES[table_name]
+    rng = np.random.default_rng(14)
+    xs, w = _codes(rng, (2, 2, 9, 35, 6), signed), _codes(rng, (3, 3, 1, 6), signed)
+
+    def conv(x, t):
+        return lutconv.conv2d(x, w, t, stride=(2, 1), padding=1, groups=6, signed=signed, impl="dwrows")
+
+    traced_table = jax.jit(jax.vmap(conv, in_axes=(0, None)))(xs, jnp.asarray(table))
+    closed_table = jax.jit(jax.vmap(lambda x: conv(x, table)))(xs)
+    for k in range(2):
+        expected = reference_conv(xs[k], w, table, stride=(2, 1), padding=1, groups=6)
+        np.testing.assert_array_equal(np.asarray(traced_table[k]), expected)
+        np.testing.assert_array_equal(np.asarray(closed_table[k]), expected)
+
+
 @pytest.mark.parametrize("signed", [True, False])
 def test_exact_tables_match_xla_integer_convolution(signed):
     rng = np.random.default_rng(14)
@@ -223,8 +243,8 @@ def test_exact_tables_match_xla_integer_convolution(signed):
         preferred_element_type=jnp.int32) for stride in [(2, 1), (1, 1)]}
     for impl in IMPLS + ["auto"]:
         for stride in want:
-            if impl == "wstat" and stride != (1, 1):
-                continue  # wstat needs stride 1 for 3x3 kernels
+            if impl != "auto" and _unsupported(impl, x, w, table, (None, None, stride, ((1, 2), (0, 1)), (1, 2), 2, 0)):
+                continue  # e.g. wstat needs stride 1 for 3x3 kernels, dwrows a depthwise layer
             got = lutconv.conv2d(x, w, table, stride=stride, padding=((1, 2), (0, 1)), dilation=(1, 2),
                                  groups=2, signed=signed, impl=impl)
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want[stride]), err_msg=impl)
@@ -274,7 +294,9 @@ def test_auto_choice_is_inspectable_and_sensible():
     assert lutconv.explain((1, 15, 20, 64), (1, 1, 64, 64), exact).startswith("lowrank")
     assert lutconv.explain((1, 30, 40, 1488), (3, 3, 1488, 552), approx, padding=1).startswith("wstat")
     why = lutconv.explain((1, 20, 20, 32), (3, 3, 1, 32), approx, padding=1, groups=32)
-    assert why.startswith("direct") and "wstat" in why
+    assert why.startswith("dwrows") and "wstat" in why and "direct" in why
+    why = lutconv.explain((1, 20, 20, 32), (3, 3, 2, 32), approx, padding=1, groups=16)
+    assert why.startswith(("direct", "wstat")) and "dwrows: depthwise layers only" in why
     why = lutconv.explain((1, 20, 20, 32), (3, 3, 32, 32), approx, padding=1, stride=2)
     assert why.startswith("direct") and "wstat: needs stride 1" in why
     traced = lutconv.explain((1, 8, 8, 8), (3, 3, 8, 8), exact, traced=True)

@@ -37,7 +37,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .simd import (HAVE_AVX512, HAVE_AVX512BW, gather_add16, lookup_row,
+from .simd import (HAVE_AVX512, HAVE_AVX512BW, gather_add16, lookup_add_rows, lookup_row, strided_load16,
                    rows_sum_add16, table_gather_add16)
 from .spec import ConvSpec
 
@@ -45,6 +45,7 @@ _LOCK = threading.Lock()  # one kernel at a time: each one already uses every co
 _OUTPUTS_PER_TILE = 1280  # wstat: output positions per spatial tile (rows x cols)
 _COLS_PER_TILE = 160      # wstat: at most this many output columns per tile
 _T_BUDGET = 1 << 20       # wstat: bytes of precomputed product rows per channel chunk (~half of L2)
+_DW_BAND_BYTES = 1 << 16  # dwrows: channel-major input bytes per band and 16 channels (~L1 + L2)
 _FLAT_BELOW = 64          # wstat: maps with fewer output columns run as one flat row per image
 
 
@@ -299,6 +300,97 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) ->
 
 
 # ----------------------------------------------------------------------------------------------
+# dwrows: depthwise layers as table-row lookups over whole rows of one channel
+# ----------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True, boundscheck=False)
+def _dw_rows(x, roffs, lut, sh, sw, dh, dw, kh_n, kw_n, rows, row, out):  # pragma: no cover - compiled
+    """x (N,H,W,C) int32 codes or their uint8 bytes; roffs (KH*KW, C) weight byte * 256; out (N,Ho,Wo,C) int32 (overwritten).
+    One task per (image, band of ``rows`` output rows); per block of 16 channels the band's input rows
+    are transposed into channel-major bytes ``buf[c, r, p, m] = x[r, m * sw + p, c]`` (the stride phases
+    of a row side by side, so each tap reads contiguous bytes; ``row`` >= every tap's whole 32-lane
+    blocks), then per channel and tap `lookup_add_rows` adds the table row of the tap's weight byte
+    looked up along the band's rows, and the block is written back channels-last (one 64-byte line per
+    position)."""
+    n_batch, h, wd, channels = x.shape
+    _, ho, wo, _ = out.shape
+    wop = (wo + 31) // 32 * 32
+    bands = (ho + rows - 1) // rows
+    xflat = x.reshape(-1)
+    oflat = out.reshape(-1)
+    for task in prange(n_batch * bands):
+        n = task // bands
+        i0 = task % bands * rows
+        nr = min(rows, ho - i0)
+        r0 = i0 * sh
+        nr_in = min(h - r0, (nr - 1) * sh + (kh_n - 1) * dh + 1)
+        plane = nr_in * sw * row
+        buf = np.empty(16 * plane + 64, dtype=np.uint8)  # spare: whole 32-lane blocks
+        acc = np.empty(16 * nr * wop, dtype=np.int32)
+        for c0 in range(0, channels, 16):
+            c1 = min(c0 + 16, channels)
+            for r in range(nr_in):  # transpose: 16-lane strided gathers along a row phase, the 16
+                for ph in range(sw):  # channels of the block back to back (their source lines stay in L1)
+                    src = ((n * h + r0 + r) * wd + ph) * channels
+                    dst = (r * sw + ph) * row
+                    m_n = (wd - ph + sw - 1) // sw
+                    m = 0
+                    # (a uint8 x is gathered as dwords: stay 3 bytes clear of its end)
+                    while m + 16 <= m_n and src + (m + 15) * sw * channels + c1 + 3 < xflat.size:
+                        for c in range(c0, c1):
+                            strided_load16(buf, (c - c0) * plane + dst + m, xflat, src + m * sw * channels + c,
+                                           sw * channels)
+                        m += 16
+                    for m in range(m, m_n):
+                        for c in range(c0, c1):
+                            buf[(c - c0) * plane + dst + m] = np.uint8(xflat[src + m * sw * channels + c] & 0xFF)
+            acc[:] = 0
+            for c in range(c0, c1):
+                for kh in range(kh_n):
+                    for kw in range(kw_n):
+                        col = kw * dw
+                        start = (c - c0) * plane + (kh * dh * sw + col % sw) * row + col // sw
+                        lookup_add_rows(acc, (c - c0) * nr * wop, wop, lut, roffs[kh * kw_n + kw, c], buf, start,
+                                        sh * sw * row, wo, nr)
+            for r in range(nr):  # back to channels-last: one 16-lane gather per position
+                for j in range(wo):
+                    dst = ((n * ho + i0 + r) * wo + j) * channels + c0
+                    if c1 - c0 == 16:
+                        strided_load16(oflat, dst, acc, r * wop + j, nr * wop)
+                    else:
+                        for c in range(c0, c1):
+                            oflat[dst + c - c0] = acc[((c - c0) * nr + r) * wop + j]
+
+
+def dwrows_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """The ``dwrows`` kernel on concrete arrays (int32 result): depthwise layers (groups == C == O), any
+    stride and dilation. Channel-major rows of bytes per band of output rows, one table row per (channel,
+    tap): 32 lookups are 4 register permutes with a 16-bit table (int32 tables: gathers from the row)."""
+    x = np.ascontiguousarray(x) if x.dtype in (np.uint8, np.int32) else np.ascontiguousarray(x, dtype=np.int32)
+    kh_n, kw_n, cg, n_out = np.shape(w)
+    n_batch, h, wd, channels = x.shape
+    if not (cg == 1 and spec.groups == channels == n_out):
+        raise ValueError(f"dwrows needs a depthwise layer (groups == C == O), got x {x.shape}, w {np.shape(w)}, "
+                         f"groups {spec.groups}")
+    ho, wo = spec.output_hw((h, wd), (kh_n, kw_n))
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    wop = -(-wo // 32) * 32
+    row = -(-max(-(-wd // sw), (kw_n - 1) * dw // sw + wop) // 16) * 16
+    rows = _dw_band_rows(ho, n_batch, 16 * sh * sw * row)
+    roffs = ((np.asarray(w) & 0xFF).astype(np.int64) * 256).reshape(kh_n * kw_n, channels)
+    out = np.empty((n_batch, ho, wo, channels), dtype=np.int32)
+    with _LOCK:
+        _dw_rows(x, roffs, narrow_table(lut).reshape(-1), sh, sw, dh, dw, kh_n, kw_n, rows, row, out)
+    return out
+
+
+def _dw_band_rows(ho: int, n_batch: int, bytes_per_row: int) -> int:
+    """Output rows per dwrows band: at least two bands per thread, the band's bytes within ~L2."""
+    threads = numba.get_num_threads()
+    rows = -(-ho * n_batch // (2 * threads))
+    return int(max(1, min(ho, rows, _DW_BAND_BYTES // max(1, bytes_per_row))))
+
+
+# ----------------------------------------------------------------------------------------------
 # JAX entry points: direct call on concrete arrays, jax.pure_callback under tracing
 # ----------------------------------------------------------------------------------------------
 def _batched_host(host, spec: ConvSpec):
@@ -331,7 +423,8 @@ def as_jax_kernel(host):
         ho, wo = spec.output_hw(tuple(x.shape[1:3]), tuple(w.shape[:2]))
         result = jax.ShapeDtypeStruct((x.shape[0], ho, wo, w.shape[3]), jnp.int32)
         run = _batched_host(host, spec)
-        x, w = jnp.asarray(x, jnp.int32), jnp.asarray(w, jnp.int32)
+        # the callback copies its operands: hand over bytes (the kernels only read x & 0xFF), 4x less
+        x, w = (jnp.asarray(x, jnp.int32) & 0xFF).astype(jnp.uint8), jnp.asarray(w, jnp.int32)
         if isinstance(lut, jax.core.Tracer):
             return jax.pure_callback(run, result, x, w, jnp.asarray(lut, jnp.int32), vmap_method="expand_dims")
         # A concrete table stays on the host, closed over by the callback: passed as an operand it would be
@@ -346,6 +439,7 @@ def as_jax_kernel(host):
 
 direct_conv = as_jax_kernel(direct_host)
 wstat_conv = as_jax_kernel(wstat_host)
+dwrows_conv = as_jax_kernel(dwrows_host)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,13 +452,16 @@ RATE_ROW_ADD16 = 9e9     # wstat: the same with 16-bit rows (half the bytes)
 RATE_BUILD = 3e9         # wstat: product-row entries built per second (int32 table: gathers)
 RATE_BUILD16 = 1.2e10    # wstat: the same with a 16-bit table (register permutes)
 RATE_OFFSETS = 5e8       # wstat: row offsets computed per second (per tile, output channel, tap)
+RATE_DW_ROWS16 = 6e9     # dwrows: lookups-and-adds per second with a 16-bit table (permutes)
+RATE_DW_ROWS = 2e9       # dwrows: the same with an int32 table (gathers from the row)
+DW_LAYOUT_COST = 2e-10   # dwrows: seconds per input / output element (to channel-major bytes and back)
 POSITION_COST = 2e-8     # direct: seconds per output position (loop set-up, store)
 CALL_OVERHEAD = 1e-4     # seconds per call
 GROUP_OVERHEAD = 5e-4    # wstat: seconds per group (one compiled call each)
 if not HAVE_AVX512:      # scalar table loads instead of 16-lane gathers
-    RATE_DIRECT, RATE_DEPTHWISE, RATE_BUILD = 1.2e9, 0.4e9, 1.5e9
+    RATE_DIRECT, RATE_DEPTHWISE, RATE_BUILD, RATE_DW_ROWS = 1.2e9, 0.4e9, 1.5e9, 1e9
 if not HAVE_AVX512BW:    # no 16-bit permutes: narrow tables are built like int32 ones
-    RATE_BUILD16 = RATE_BUILD
+    RATE_BUILD16, RATE_DW_ROWS16 = RATE_BUILD, RATE_DW_ROWS
 
 
 def is_depthwise(problem) -> bool:
@@ -410,6 +507,20 @@ def estimate_wstat(problem) -> float:
             + CALL_OVERHEAD + GROUP_OVERHEAD * (problem.spec.groups - 1))
 
 
+def dwrows_supports(problem) -> str | None:
+    return None if is_depthwise(problem) and problem.w_shape[3] == problem.x_shape[3] else "depthwise layers only"
+
+
+def estimate_dwrows(problem) -> float:
+    n_batch, h, w, channels = problem.x_shape
+    ho, wo = problem.spec.output_hw(problem.x_shape[1:3], problem.w_shape[:2])
+    narrow = problem.table is not None and narrow_table(problem.table).itemsize == 2
+    lanes = -(-wo // 32) * 32 / wo
+    return (problem.macs * lanes / (RATE_DW_ROWS16 if narrow else RATE_DW_ROWS)
+            + n_batch * h * w * channels * DW_LAYOUT_COST + n_batch * ho * wo * channels * DW_LAYOUT_COST
+            + CALL_OVERHEAD)
+
+
 def warmup() -> None:
     """Compile (or load from numba's on-disk cache) every kernel on tiny inputs, so the first real call
     does not pay the compilation (a few seconds on a cold cache, milliseconds afterwards)."""
@@ -418,3 +529,7 @@ def warmup() -> None:
     direct_host(x, np.zeros((3, 3, 2, 2), np.int32), lut, ConvSpec())
     direct_host(x, np.zeros((3, 3, 1, 2), np.int32), lut, ConvSpec(groups=2))
     wstat_host(x, np.zeros((3, 3, 2, 2), np.int32), lut, ConvSpec())
+    dwrows_host(x, np.zeros((3, 3, 1, 2), np.int32), lut, ConvSpec(groups=2))
+    signed = lut.copy()
+    signed[0, 0] = -1  # a table that narrows to int16 (the zero table narrows to uint16)
+    dwrows_host(x, np.zeros((3, 3, 1, 2), np.int32), signed, ConvSpec(groups=2))

@@ -14,6 +14,14 @@ destination are disjoint), so the kernels call these helpers explicitly:
         dst[doff:doff+n] = lut[roff + x[xoff:xoff+n]], written in whole 32-lane blocks (may write and
         read up to 31 elements past n). int32 tables: 16-lane gathers; int16/uint16 tables: the row's
         256 entries sit in 8 registers and 32 lookups are 4 ``vpermi2w`` + 3 blends (no memory gather)
+    lookup_add_rows(dst, doff, dstride, lut, roff, x, xoff, xstride, n, nrows)
+        for r < nrows: dst[doff + r*dstride : +n] += lut[roff + x[xoff + r*xstride : +n]] (int32 dst; the
+        same lookups as lookup_row, widened exactly and added; the row's registers are loaded once for
+        all nrows rows; whole 32-lane blocks, so dst and x rows need 31 spare elements)
+    strided_load16(dst, doff, src, soff, stride)
+        dst[doff + k] = src[soff + k * stride] for k < 16 (src int32 or uint8, dst int32 or uint8 keeping
+        the low byte): one 16-lane gather, used to transpose channels-last blocks (a uint8 src is read as
+        dwords: up to 3 bytes past the last element must be readable)
 
 dst, src, table are int32 arrays, idx a uint8 array (table bytes), offsets are element offsets into the
 flattened (C-contiguous) arrays. Without AVX-512 the same names are plain scalar loops, so the kernels
@@ -151,29 +159,21 @@ def _scalar_gather_add16(dst, doff, src, idx, ioff):  # pragma: no cover - compi
         dst[doff + k] += src[idx[ioff + k]]
 
 
-def _lookup_row_codegen(context, builder, signature, args):
-    dst_v, doff, lut_v, roff, x_v, xoff, n = args
-    dst = context.make_array(signature.args[0])(context, builder, dst_v)
-    lut = context.make_array(signature.args[2])(context, builder, lut_v)
-    xa = context.make_array(signature.args[4])(context, builder, x_v)
+def _row_lookup(builder, row, dtype):
+    """(lanes, lookup): ``lookup(index_ptr)`` returns ``row[x[0:lanes]]`` for the bytes at ``index_ptr``.
+    int32 rows: 16-lane gathers from the 1 KiB row. 16-bit rows: the row is 8 registers of 32 words
+    (loaded here, once); vpermi2w picks by index bits 0-5 from a pair, bits 6 and 7 select the pair."""
     i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-    row = builder.gep(lut.data, [roff])
-    if signature.args[2].dtype.bitwidth == 32:  # 16-lane gathers from the 1 KiB row
+    if dtype.bitwidth == 32:
         v16i8, v16i32 = ir.VectorType(i8, 16), ir.VectorType(i32, 16)
         fnty = ir.FunctionType(v16i32, [v16i32, row.type, v16i32, i16, i32])
         gather = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.gather.dpi.512")
-        blocks = builder.udiv(builder.add(n, ir.Constant(n.type, 15)), ir.Constant(n.type, 16))
-        with cgutils.for_range(builder, blocks) as loop:
-            q = builder.mul(loop.index, ir.Constant(i64, 16))
-            xp = builder.gep(xa.data, [builder.add(xoff, q)])
+
+        def lookup16(xp):
             index = builder.zext(builder.load(builder.bitcast(xp, v16i8.as_pointer()), align=1), v16i32)
-            values = builder.call(gather, [ir.Constant(v16i32, None), row, index, ir.Constant(i16, 0xFFFF),
-                                           ir.Constant(i32, 4)])
-            target = builder.gep(dst.data, [builder.add(doff, q)])
-            builder.store(values, builder.bitcast(target, v16i32.as_pointer()), align=4)
-        return context.get_dummy_value()
-    # 16-bit entries: the row is 8 registers of 32 words; vpermi2w picks by index bits 0-5 from a pair,
-    # bits 6 and 7 select among the four pairs.
+            return builder.call(gather, [ir.Constant(v16i32, None), row, index, ir.Constant(i16, 0xFFFF),
+                                         ir.Constant(i32, 4)])
+        return 16, lookup16
     v32i8, v32i16 = ir.VectorType(i8, 32), ir.VectorType(i16, 32)
     fnty = ir.FunctionType(v32i16, [v32i16, v32i16, v32i16])
     perm = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpermi2var.hi.512")
@@ -181,17 +181,32 @@ def _lookup_row_codegen(context, builder, signature, args):
                           align=2) for m in range(8)]
     zero = ir.Constant(v32i16, None)
     bit6, bit7 = ir.Constant(v32i16, [64] * 32), ir.Constant(v32i16, [128] * 32)
-    blocks = builder.udiv(builder.add(n, ir.Constant(n.type, 31)), ir.Constant(n.type, 32))
-    with cgutils.for_range(builder, blocks) as loop:
-        q = builder.mul(loop.index, ir.Constant(i64, 32))
-        xp = builder.gep(xa.data, [builder.add(xoff, q)])
+
+    def lookup32(xp):
         index = builder.zext(builder.load(builder.bitcast(xp, v32i8.as_pointer()), align=1), v32i16)
         r = [builder.call(perm, [parts[2 * p], index, parts[2 * p + 1]]) for p in range(4)]
         hi6 = builder.icmp_unsigned("!=", builder.and_(index, bit6), zero)
         hi7 = builder.icmp_unsigned("!=", builder.and_(index, bit7), zero)
         low, high = builder.select(hi6, r[1], r[0]), builder.select(hi6, r[3], r[2])
+        return builder.select(hi7, high, low)
+    return 32, lookup32
+
+
+def _lookup_row_codegen(context, builder, signature, args):
+    dst_v, doff, lut_v, roff, x_v, xoff, n = args
+    dst = context.make_array(signature.args[0])(context, builder, dst_v)
+    lut = context.make_array(signature.args[2])(context, builder, lut_v)
+    xa = context.make_array(signature.args[4])(context, builder, x_v)
+    i64 = ir.IntType(64)
+    dtype = signature.args[2].dtype
+    lanes, lookup = _row_lookup(builder, builder.gep(lut.data, [roff]), dtype)
+    vec = ir.VectorType(ir.IntType(dtype.bitwidth), lanes)
+    blocks = builder.udiv(builder.add(n, ir.Constant(n.type, lanes - 1)), ir.Constant(n.type, lanes))
+    with cgutils.for_range(builder, blocks) as loop:
+        q = builder.mul(loop.index, ir.Constant(i64, lanes))
+        values = lookup(builder.gep(xa.data, [builder.add(xoff, q)]))
         target = builder.gep(dst.data, [builder.add(doff, q)])
-        builder.store(builder.select(hi7, high, low), builder.bitcast(target, v32i16.as_pointer()), align=2)
+        builder.store(values, builder.bitcast(target, vec.as_pointer()), align=dtype.bitwidth // 8)
     return context.get_dummy_value()
 
 
@@ -206,10 +221,89 @@ def _scalar_lookup_row(dst, doff, lut, roff, x, xoff, n):  # pragma: no cover - 
         dst[doff + q] = lut[roff + x[xoff + q]]
 
 
+def _lookup_add_rows_codegen(context, builder, signature, args):
+    dst_v, doff, dstride, lut_v, roff, x_v, xoff, xstride, n, nrows = args
+    dst = context.make_array(signature.args[0])(context, builder, dst_v)
+    lut = context.make_array(signature.args[3])(context, builder, lut_v)
+    xa = context.make_array(signature.args[5])(context, builder, x_v)
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    v16i32 = ir.VectorType(i32, 16)
+    dtype = signature.args[3].dtype
+    lanes, lookup = _row_lookup(builder, builder.gep(lut.data, [roff]), dtype)  # row registers: once
+    halves = [ir.Constant(v16i32, list(range(h, h + 16))) for h in range(0, lanes, 16)]
+    widen = builder.sext if dtype.signed else builder.zext
+    nrows64 = builder.sext(nrows, i64) if nrows.type.width < 64 else nrows
+    blocks = builder.udiv(builder.add(n, ir.Constant(n.type, lanes - 1)), ir.Constant(n.type, lanes))
+    with cgutils.for_range(builder, nrows64) as rloop:
+        xbase = builder.add(xoff, builder.mul(rloop.index, xstride))
+        dbase = builder.add(doff, builder.mul(rloop.index, dstride))
+        with cgutils.for_range(builder, blocks) as loop:
+            q = builder.mul(loop.index, ir.Constant(i64, lanes))
+            values = lookup(builder.gep(xa.data, [builder.add(xbase, q)]))
+            for h, half in enumerate(halves):  # 16 int32 lanes at a time, widened exactly
+                part = values if lanes == 16 else widen(builder.shuffle_vector(values, values, half), v16i32)
+                target = builder.bitcast(builder.gep(dst.data, [builder.add(dbase, builder.add(
+                    q, ir.Constant(i64, 16 * h)))]), v16i32.as_pointer())
+                builder.store(builder.add(builder.load(target, align=4), part), target, align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _avx512_lookup_add_rows(typingctx, dst, doff, dstride, lut, roff, x, xoff, xstride, n, nrows):
+    return types.void(dst, doff, dstride, lut, roff, x, xoff, xstride, n, nrows), _lookup_add_rows_codegen
+
+
+@njit(inline="always", boundscheck=False)
+def _scalar_lookup_add_rows(dst, doff, dstride, lut, roff, x, xoff, xstride, n, nrows):  # pragma: no cover
+    for r in range(nrows):
+        for q in range(n):
+            dst[doff + r * dstride + q] += lut[roff + x[xoff + r * xstride + q]]
+
+
+def _strided_load_codegen(context, builder, signature, args):
+    dst_v, doff, src_v, soff, stride = args
+    dst = context.make_array(signature.args[0])(context, builder, dst_v)
+    src = context.make_array(signature.args[2])(context, builder, src_v)
+    i16, i32 = ir.IntType(16), ir.IntType(32)
+    v16i32 = ir.VectorType(i32, 16)
+    base = builder.bitcast(builder.gep(src.data, [soff]), ir.IntType(32).as_pointer())  # as the other gathers
+    step = builder.trunc(stride, i32) if stride.type.width > 32 else stride
+    lanes = ir.Constant(v16i32, list(range(16)))
+    index = builder.mul(lanes, builder.shuffle_vector(
+        builder.insert_element(ir.Constant(v16i32, None), step, ir.Constant(i32, 0)),
+        ir.Constant(v16i32, None), ir.Constant(v16i32, [0] * 16)))
+    fnty = ir.FunctionType(v16i32, [v16i32, base.type, v16i32, i16, i32])
+    gather = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.gather.dpi.512")
+    scale = signature.args[2].dtype.bitwidth // 8  # uint8 src: dwords at byte addresses, low byte kept
+    values = builder.call(gather, [ir.Constant(v16i32, None), base, index, ir.Constant(i16, 0xFFFF),
+                                   ir.Constant(i32, scale)])
+    out_t = ir.VectorType(ir.IntType(signature.args[0].dtype.bitwidth), 16)
+    if scale == 1 and out_t == v16i32:
+        values = builder.and_(values, ir.Constant(v16i32, [0xFF] * 16))
+    if out_t != v16i32:
+        values = builder.trunc(values, out_t)
+    target = builder.bitcast(builder.gep(dst.data, [doff]), out_t.as_pointer())
+    builder.store(values, target, align=1)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _avx512_strided_load16(typingctx, dst, doff, src, soff, stride):
+    return types.void(dst, doff, src, soff, stride), _strided_load_codegen
+
+
+@njit(inline="always", boundscheck=False)
+def _scalar_strided_load16(dst, doff, src, soff, stride):  # pragma: no cover - compiled
+    for k in range(16):
+        dst[doff + k] = src[soff + k * stride]
+
+
 gather16 = _avx512_gather16 if HAVE_AVX512 else _scalar_gather16
 gather_add16 = _avx512_gather_add16 if HAVE_AVX512 else _scalar_gather_add16
 table_gather_add16 = _avx512_table_gather_add16 if HAVE_AVX512 else _scalar_table_gather_add16
 # 16-bit tables need AVX-512BW (vpermi2w); int32 tables need AVX-512F (gathers)
 lookup_row = _avx512_lookup_row if HAVE_AVX512BW else _scalar_lookup_row
+lookup_add_rows = _avx512_lookup_add_rows if HAVE_AVX512BW else _scalar_lookup_add_rows
+strided_load16 = _avx512_strided_load16 if HAVE_AVX512 else _scalar_strided_load16
 
-__all__ = ["HAVE_AVX512", "gather16", "lookup_row", "gather_add16", "rows_sum_add16", "table_gather_add16"]
+__all__ = ["HAVE_AVX512", "gather16", "lookup_add_rows", "lookup_row", "gather_add16", "rows_sum_add16", "strided_load16", "table_gather_add16"]
