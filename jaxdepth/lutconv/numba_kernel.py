@@ -1,6 +1,6 @@
 """Compiled CPU kernels (numba, both cores) for the normalised LUT convolution of `spec`.
 
-Two algorithms, both bit-exact for any table (int32 accumulation, as the definition):
+Three algorithms, all bit-exact for any table (int32 accumulation, as the definition):
 
 ``direct``  (output-stationary column gather). For each input byte ``x`` the table column
             ``lut[:, x]`` is 256 contiguous ints (1 KiB, stays in L1); every output channel adds
@@ -22,8 +22,13 @@ Two algorithms, both bit-exact for any table (int32 accumulation, as the definit
             ``vpermi2w`` + 3 blends instead of two memory gathers (the build ~4x cheaper, T half the
             bytes); rows are widened exactly to int32 in the sums. Wider tables use int32 and gathers.
 
+``dwrows``  (depthwise layers, any stride). Per band of output rows and block of 16 channels, the input
+            is transposed to channel-major bytes (stride phases side by side), then per channel and tap
+            the weight byte's table row is looked up along whole rows (`simd.lookup_add_rows`: 32
+            products per ``vpermi2w`` with a 16-bit table) and added to int32 accumulators.
+
 The gathers and vector sums are explicit (`simd`: AVX-512 ``vpgatherdd``, scalar fallback elsewhere).
-Both are plain host functions on numpy arrays; `direct_conv` / `wstat_conv` wrap them for JAX with
+All are plain host functions on numpy arrays; `direct_conv` / `wstat_conv` / `dwrows_conv` wrap them for JAX with
 `jax.pure_callback` (int32 result), so they run inside `jax.jit` with traced inputs and tables.
 `impl="auto"` chooses between them (and the XLA kernels) with the cost model at the end of this file.
 """
