@@ -10,6 +10,7 @@ import pytest
 
 from jaxdepth import lutconv, multipliers
 from jaxdepth.lutconv import lowrank, registry
+from jaxdepth.lutconv import simd
 
 # ---------------------------------------------------------------------------------------------------
 # Independent reference: explicit padding, one strided window per tap, numpy fancy indexing, int64 sums
@@ -352,3 +353,56 @@ def test_dense_matches_reference():
     want = table[(w & 0xFF).T[None, :, :], (x & 0xFF)[:, None, :]].sum(-1)
     for impl in ["auto", "direct", "wstat", "gather"]:
         np.testing.assert_array_equal(np.asarray(lutconv.dense(x, w, table, impl=impl)), want)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The SIMD helpers against their scalar fallbacks (what a CPU without AVX-512 runs)
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not simd.HAVE_AVX512BW, reason="needs AVX-512BW to compare the two paths")
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int32])
+def test_simd_row_lookups_match_scalar_fallbacks(dtype):
+    from numba import njit
+
+    rng = np.random.default_rng(21)
+    info = np.iinfo(dtype)
+    lut = rng.integers(max(info.min, -(1 << 20)), min(info.max, 1 << 20), 256 * 256).astype(dtype)
+    x = rng.integers(0, 256, 4 * 70 + 64).astype(np.uint8)
+
+    def run(lookup_add_rows, lookup_row):
+        @njit
+        def go(lut, x):
+            acc = np.zeros(4 * 96, np.int32)
+            lookup_add_rows(acc, 3, 96, lut, 256 * 17, x, 5, 70, 61, 4)
+            row = np.zeros(128, lut.dtype)
+            lookup_row(row, 0, lut, 256 * 250, x, 9, 40)
+            return acc, row
+
+        return go(lut, x)
+
+    (acc_v, row_v), (acc_s, row_s) = run(simd._avx512_lookup_add_rows, simd._avx512_lookup_row), \
+        run(simd._scalar_lookup_add_rows, simd._scalar_lookup_row)
+    want = lut[256 * 17 + x[[5 + 70 * r + q for r in range(4) for q in range(61)]].astype(np.int64)].astype(np.int32)
+    np.testing.assert_array_equal(acc_s.reshape(4, 96)[:, 3:64], want.reshape(4, 61))
+    np.testing.assert_array_equal(acc_v.reshape(4, 96)[:, 3:64], want.reshape(4, 61))
+    np.testing.assert_array_equal(row_v[:40], row_s[:40])
+
+
+@pytest.mark.skipif(not simd.HAVE_AVX512, reason="needs AVX-512 to compare the two paths")
+@pytest.mark.parametrize("src_dtype,dst_dtype", [(np.int32, np.int32), (np.int32, np.uint8), (np.uint8, np.uint8)])
+def test_simd_strided_load_matches_scalar_fallback(src_dtype, dst_dtype):
+    from numba import njit
+
+    src = np.random.default_rng(22).integers(-(1 << 20), 1 << 20, 16 * 37 + 40).astype(src_dtype)
+
+    def run(load):
+        @njit
+        def go(src):
+            dst = np.zeros(20, dst_dtype)
+            load(dst, 2, src, 7, 37)
+            return dst
+
+        return go(src)
+
+    want = src[7 + 37 * np.arange(16)].astype(dst_dtype)
+    np.testing.assert_array_equal(run(simd._scalar_strided_load16)[2:18], want)
+    np.testing.assert_array_equal(run(simd._avx512_strided_load16)[2:18], want)
