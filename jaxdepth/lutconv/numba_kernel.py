@@ -51,6 +51,7 @@ _OUTPUTS_PER_TILE = 1280  # wstat: output positions per spatial tile (rows x col
 _COLS_PER_TILE = 160      # wstat: at most this many output columns per tile
 _T_BUDGET = 1 << 20       # wstat: bytes of precomputed product rows per channel chunk (~half of L2)
 _DW_BAND_BYTES = 1 << 16  # dwrows: channel-major input bytes per band and 16 channels (~L1 + L2)
+_MIN_ROWS_PER_SUM = 16     # wstat: fewest rows per register sum worth sharing offsets across images
 _FLAT_BELOW = 64          # wstat: maps with fewer output columns run as one flat row per image
 
 
@@ -139,14 +140,16 @@ def direct_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -
 # wstat: weight-stationary product rows (stride 1)
 # ----------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
-def _wstat(xc, wt, slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk, out):  # pragma: no cover
+def _wstat(xc, wt, slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk, images, out):  # pragma: no cover
     """One group, stride 1. xc (N,C,H,W+pad) uint8 (spare zero columns: see wstat_host); wt (O,C,taps)
     uint8 weight bytes; output (i, j) of tap t reads input (i + tap_r[t], j + tap_c[t]); slot[c, v]: row
     of byte v in T for channel c; used[c, s]: the byte of row s; n_used[c]; lut: the flat table
     (256 * w + x), int32 or, when every entry fits, int16 / uint16 (T then holds 16-bit rows, built with
     register permutes and widened exactly in the row sums); out (N,O,Ho,Wo) int32 (overwritten).
-    Spatial tiles of rows x cols outputs run in parallel; rows of T and of the accumulators are padded to
-    16 lanes (padding lanes are discarded)."""
+    A task is a spatial tile of rows x cols outputs for a group of ``images`` images: the row offsets of
+    each (output channel, channel chunk) are computed once and reused for every image of the group (so a
+    batch costs fewer offsets per image). Rows of T and of the accumulators are padded to 16 lanes
+    (padding lanes are discarded)."""
     n_batch, channels, _, _ = xc.shape
     n_out, _, taps = wt.shape
     _, _, ho, wo = out.shape
@@ -157,6 +160,7 @@ def _wstat(xc, wt, slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk, out
         halo_c = max(halo_c, tap_c[t])
     row_tiles = (ho + rows - 1) // rows
     col_tiles = (wo + cols - 1) // cols
+    groups = (n_batch + images - 1) // images
     cols_pad = (cols + 15) // 16 * 16
     r_in = rows + halo_r
     c_in = cols_pad + halo_c
@@ -164,26 +168,30 @@ def _wstat(xc, wt, slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk, out
     vmax = 0
     for c in range(channels):
         vmax = max(vmax, n_used[c])
-    for tile in prange(n_batch * row_tiles * col_tiles):
-        n = tile // (row_tiles * col_tiles)
+    per_image = chunk * vmax * plane  # T elements of one image
+    acc_image = n_out * rows * cols_pad
+    for tile in prange(groups * row_tiles * col_tiles):
+        n0 = tile // (row_tiles * col_tiles) * images
+        n1 = min(n0 + images, n_batch)
         i0 = (tile // col_tiles) % row_tiles * rows
         j0 = tile % col_tiles * cols
         nr = min(rows, ho - i0)
         nc = min(cols, wo - j0)
         nr_in = nr + halo_r
         nc_in = nc + halo_c
-        table = np.empty(chunk * vmax * plane + 32, dtype=lut.dtype)
-        acc = np.zeros(n_out * rows * cols_pad, dtype=np.int32)
+        table = np.empty((n1 - n0) * per_image + 32, dtype=lut.dtype)
+        acc = np.zeros((n1 - n0) * acc_image, dtype=np.int32)
         offs = np.empty(chunk * taps, dtype=np.int64)
         for c0 in range(0, channels, chunk):
             c1 = min(c0 + chunk, channels)
-            for c in range(c0, c1):  # product rows T[c, v, :] = lut[v, x[c, :]] of this channel chunk
-                for s in range(n_used[c]):
-                    roff = np.int64(used[c, s]) * 256
-                    for rr in range(nr_in):
-                        tb = ((c - c0) * vmax + s) * plane + rr * c_in
-                        # whole 32-lane blocks: may spill into the next (later built) row
-                        lookup_row(table, tb, lut, roff, xc[n, c, i0 + rr], j0, nc_in)
+            for n in range(n0, n1):  # product rows T[n, c, v, :] = lut[v, x[n, c, :]] of this channel chunk
+                for c in range(c0, c1):
+                    for s in range(n_used[c]):
+                        roff = np.int64(used[c, s]) * 256
+                        for rr in range(nr_in):
+                            tb = (n - n0) * per_image + ((c - c0) * vmax + s) * plane + rr * c_in
+                            # whole 32-lane blocks: may spill into the next (later built) row
+                            lookup_row(table, tb, lut, roff, xc[n, c, i0 + rr], j0, nc_in)
             k_n = (c1 - c0) * taps
             for o in range(n_out):  # every output channel sums whole rows, 16 lanes in a register
                 k = 0
@@ -192,31 +200,44 @@ def _wstat(xc, wt, slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk, out
                     for t in range(taps):
                         offs[k] = base + slot[c, wt[o, c, t]] * plane + tap_r[t] * c_in + tap_c[t]
                         k += 1
+                for n in range(n1 - n0):
+                    for r in range(nr):
+                        ab = n * acc_image + (o * rows + r) * cols_pad
+                        for q in range(0, nc, 16):
+                            rows_sum_add16(acc, ab + q, table, offs, k_n, n * per_image + r * c_in + q)
+        for n in range(n0, n1):
+            for o in range(n_out):
                 for r in range(nr):
-                    ab = (o * rows + r) * cols_pad
-                    for q in range(0, nc, 16):
-                        rows_sum_add16(acc, ab + q, table, offs, k_n, r * c_in + q)
-        for o in range(n_out):
-            for r in range(nr):
-                ab = (o * rows + r) * cols_pad
-                for q in range(nc):
-                    out[n, o, i0 + r, j0 + q] = acc[ab + q]
+                    ab = (n - n0) * acc_image + (o * rows + r) * cols_pad
+                    for q in range(nc):
+                        out[n, o, i0 + r, j0 + q] = acc[ab + q]
 
 
-def _tiles(ho: int, wo: int, n_batch: int) -> tuple[int, int]:
-    """(rows, cols) of a wstat spatial tile: up to ~1280 outputs (fewer halo rows to build, more rows
-    per product-row pass) while leaving at least two tiles per thread; a single short row (a 1x1 layer on
-    a small map) splits into one tile per thread only: each tile pays its row offsets per output channel,
-    so halving the tiles is worth more than the balance (decoder conv2: 0.15x -> 0.17x float)."""
+def _tiles(ho: int, wo: int) -> tuple[int, int]:
+    """(rows, cols) of a wstat spatial tile of one image: up to ~1280 outputs (fewer halo rows to build,
+    more rows per product-row pass) while leaving at least two tiles per thread; a single short row (a 1x1
+    layer on a small map) splits into one tile per thread only: each tile pays its row offsets per output
+    channel, so halving the tiles is worth more than the balance (decoder conv2: 0.15x -> 0.17x float).
+    The images of a batch share each tile (`_image_groups`)."""
     threads = numba.get_num_threads()
     col_tiles = -(-wo // _COLS_PER_TILE)
-    if n_batch * ho < threads:  # too few rows to share: split the columns further
-        col_tiles = max(col_tiles, -(-threads // max(1, n_batch * ho)))
+    if ho < threads:  # too few rows to share: split the columns further
+        col_tiles = max(col_tiles, -(-threads // max(1, ho)))
     cols = -(-wo // col_tiles)
     rows = max(1, min(ho, _OUTPUTS_PER_TILE // cols))
-    while rows > 1 and n_batch * -(-ho // rows) * col_tiles < 2 * threads:
+    while rows > 1 and -(-ho // rows) * col_tiles < 2 * threads:
         rows = max(1, rows // 2)
     return rows, cols
+
+
+def _image_groups(n_batch: int, channels: int, plane_bytes: int, taps: int) -> tuple[int, int]:
+    """(images per wstat task, channels per chunk): a tile takes as many images as fit the T budget while
+    a chunk still gives every row sum at least `_MIN_ROWS_PER_SUM` rows (the images share the tile's row
+    offsets; a chunk too small pays an accumulator round trip per few rows), then as many channels as fit."""
+    least = -(-_MIN_ROWS_PER_SUM // taps)  # channels per chunk
+    images = int(max(1, min(n_batch, _T_BUDGET // max(1, plane_bytes * least))))
+    images = -(-n_batch // -(-n_batch // images))  # equal groups
+    return images, int(max(1, min(channels, _T_BUDGET // (images * plane_bytes))))
 
 
 @njit(cache=True, boundscheck=False)
@@ -289,17 +310,17 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) ->
     spare = 32 + int(tap_c.max()) if fh == 1 else 32  # the flat layout's last taps read past the image
     xc = np.zeros((n_batch, channels, x.shape[1], x.shape[2] + spare), dtype=np.uint8)
     xc[..., :x.shape[2]] = np.moveaxis(x, 3, 1) & 0xFF
-    rows, cols = _tiles(fh, fw, n_batch)
+    rows, cols = _tiles(fh, fw)
     og = n_out // spec.groups
     out = np.empty((n_batch, n_out, fh, fw), dtype=np.int32)
     for g in range(spec.groups):
         wt, slot, used, n_used = _weight_prep(np.ascontiguousarray(wb[:, :, :, g * og:(g + 1) * og]))
         plane = ((rows + int(tap_r.max())) * (-(-cols // 16) * 16 + int(tap_c.max())) * lut.itemsize
                  * max(1, int(n_used.max())))
-        chunk = int(max(1, min(cg, _T_BUDGET // plane)))
+        images, chunk = _image_groups(n_batch, cg, plane, kh_n * kw_n)
         with _LOCK:
             _wstat(xc[:, g * cg:(g + 1) * cg], wt.reshape(og, cg, kh_n * kw_n), slot, used, n_used, lut,
-                   tap_r, tap_c, rows, cols, chunk, out[:, g * og:(g + 1) * og])
+                   tap_r, tap_c, rows, cols, chunk, images, out[:, g * og:(g + 1) * og])
     out = np.moveaxis(out, 1, 3)
     if fh == 1 and fw != ho * wo:  # flattened rows of width W: keep the first wo columns of each
         out = out.reshape(n_batch, ho, wd, n_out)[:, :, :wo]
@@ -501,13 +522,16 @@ def estimate_wstat(problem) -> float:
         fh, fw, halo_r, halo_c = 1, ho * w_in, 0, (kh_n - 1) * dh * w_in + (kw_n - 1) * dw
     else:
         fh, fw, halo_r, halo_c = ho, wo, (kh_n - 1) * dh, (kw_n - 1) * dw
-    rows, cols = _tiles(fh, fw, n_batch)
+    rows, cols = _tiles(fh, fw)
     tiles = n_batch * -(-fh // rows) * -(-fw // cols)
     halo = (rows + halo_r) * (cols + halo_c)
-    build = tiles * halo * channels * min(256, og * kh_n * kw_n)
-    offsets = tiles * n_out * channels // problem.spec.groups * kh_n * kw_n
-    padded = -(-cols // 16) * 16 / cols * fh * fw / (ho * wo)  # 16-lane rows; flat rows' wrapped columns
+    used = min(256, og * kh_n * kw_n)
+    build = tiles * halo * channels * used
     narrow = problem.table is not None and narrow_table(problem.table).itemsize == 2
+    plane = (rows + halo_r) * (-(-cols // 16) * 16 + halo_c) * (2 if narrow else 4) * used
+    images, _ = _image_groups(n_batch, channels // problem.spec.groups, plane, kh_n * kw_n)
+    offsets = tiles // images * n_out * channels // problem.spec.groups * kh_n * kw_n  # shared by a group
+    padded = -(-cols // 16) * 16 / cols * fh * fw / (ho * wo)  # 16-lane rows; flat rows' wrapped columns
     return (problem.macs * padded / (RATE_ROW_ADD16 if narrow else RATE_ROW_ADD)
             + build / (RATE_BUILD16 if narrow else RATE_BUILD)
             + offsets / RATE_OFFSETS
