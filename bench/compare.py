@@ -263,7 +263,7 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", nargs="*", default=list(LAYERS), choices=list(LAYERS))
     ap.add_argument("--impls", nargs="*", default=None, help="implementations (default: all)")
     ap.add_argument("--table", default="mul8u_2AC", help="arbitrary-table benchmark multiplier")
-    ap.add_argument("--lowrank-tables", nargs="*", default=["exact_s8", "mul8s_1KVA"],
+    ap.add_argument("--lowrank-tables", nargs="*", default=["exact_s8", "mul8s_1L2J", "mul8s_1KV8", "trunc_u8_k4", "mul8s_1KVA"],
                     help="tables benchmarked through the lowrank kernel as well")
     ap.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=list(NETWORKS))
     ap.add_argument("--batch", type=int, nargs="*", default=[1], help="network batch sizes")
