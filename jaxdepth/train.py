@@ -343,7 +343,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     variables, log = train(model, variables, data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            seed=args.seed, minutes=args.minutes, out=out, preset=preset,
                            save_every=args.save_every, val=val, val_every=args.val_every,
-                           progress=not args.no_progress, extra={"preset": preset.name, "data": args.data})
+                           progress=not args.no_progress, extra={"preset": preset.name, "data": args.data, "init": args.init})
     if val is not None:
         r = validate(model, variables, val)
         log["val"].append({"step": log["config"]["steps_done"], **r})
