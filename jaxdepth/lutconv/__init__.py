@@ -30,8 +30,8 @@ register_kernel(Kernel("wstat", numba_kernel.wstat_conv,
                        jittable=True, priority=30, supports=numba_kernel.wstat_supports,
                        estimate=numba_kernel.estimate_wstat))
 register_kernel(Kernel("dwrows", numba_kernel.dwrows_conv,
-                       "numba, both cores, depthwise only: per (image, channel) and tap, the weight byte's "
-                       "table row looked up along whole input rows (register permutes), any stride",
+                       "numba, both cores, depthwise only: per band of output rows, channel and tap, the "
+                       "weight byte's table row looked up along whole input rows (register permutes), any stride",
                        jittable=True, priority=25, supports=numba_kernel.dwrows_supports,
                        estimate=numba_kernel.estimate_dwrows))
 register_kernel(Kernel("lowrank", lowrank.lowrank_conv,

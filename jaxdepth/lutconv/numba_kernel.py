@@ -50,7 +50,7 @@ _LOCK = threading.Lock()  # one kernel at a time: each one already uses every co
 _OUTPUTS_PER_TILE = 1280  # wstat: output positions per spatial tile (rows x cols)
 _COLS_PER_TILE = 160      # wstat: at most this many output columns per tile
 _T_BUDGET = 1 << 20       # wstat: bytes of precomputed product rows per channel chunk (~half of L2)
-_DW_BAND_BYTES = 1 << 16  # dwrows: channel-major input bytes per band and 16 channels (~L1 + L2)
+_DW_BAND_BYTES = 1 << 16  # dwrows: channel-major input bytes per band and 16 channels (L1-sized)
 _MIN_ROWS_PER_SUM = 16     # wstat: fewest rows per register sum worth sharing offsets across images
 _FLAT_BELOW = 64          # wstat: maps with fewer output columns run as one flat row per image
 
@@ -332,7 +332,7 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) ->
 # ----------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, boundscheck=False)
 def _dw_rows(x, roffs, lut, sh, sw, dh, dw, kh_n, kw_n, rows, row, out):  # pragma: no cover - compiled
-    """x (N,H,W,C) int32 codes or their uint8 bytes; roffs (KH*KW, C) weight byte * 256; out (N,Ho,Wo,C) int32 (overwritten).
+    """x (N,H,W,C) uint8 code bytes; roffs (KH*KW, C) weight byte * 256; out (N,Ho,Wo,C) int32 (overwritten).
     One task per (image, band of ``rows`` output rows); per block of 16 channels the band's input rows
     are transposed into channel-major bytes ``buf[c, r, p, m] = x[r, m * sw + p, c]`` (the stride phases
     of a row side by side, so each tap reads contiguous bytes; ``row`` >= every tap's whole 32-lane
@@ -362,7 +362,7 @@ def _dw_rows(x, roffs, lut, sh, sw, dh, dw, kh_n, kw_n, rows, row, out):  # prag
                     dst = (r * sw + ph) * row
                     m_n = (wd - ph + sw - 1) // sw
                     m = 0
-                    # (a uint8 x is gathered as dwords: stay 3 bytes clear of its end)
+                    # (x is gathered as dwords: stay 3 bytes clear of its end)
                     while m + 16 <= m_n and src + (m + 15) * sw * channels + c1 + 3 < xflat.size:
                         for c in range(c0, c1):
                             strided_load16(buf, (c - c0) * plane + dst + m, xflat, src + m * sw * channels + c,
@@ -370,7 +370,7 @@ def _dw_rows(x, roffs, lut, sh, sw, dh, dw, kh_n, kw_n, rows, row, out):  # prag
                         m += 16
                     for m in range(m, m_n):
                         for c in range(c0, c1):
-                            buf[(c - c0) * plane + dst + m] = np.uint8(xflat[src + m * sw * channels + c] & 0xFF)
+                            buf[(c - c0) * plane + dst + m] = xflat[src + m * sw * channels + c]
             acc[:] = 0
             for c in range(c0, c1):
                 for kh in range(kh_n):
@@ -393,7 +393,10 @@ def dwrows_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -
     """The ``dwrows`` kernel on concrete arrays (int32 result): depthwise layers (groups == C == O), any
     stride and dilation. Channel-major rows of bytes per band of output rows, one table row per (channel,
     tap): 32 lookups are 4 register permutes with a 16-bit table (int32 tables: gathers from the row)."""
-    x = np.ascontiguousarray(x) if x.dtype in (np.uint8, np.int32) else np.ascontiguousarray(x, dtype=np.int32)
+    x = np.asarray(x)
+    # bytes, whatever the caller's dtype: one compiled specialisation (the one `warmup` loads), and what
+    # the jitted path already passes
+    x = np.ascontiguousarray(x) if x.dtype == np.uint8 else np.ascontiguousarray(x & 0xFF, dtype=np.uint8)
     kh_n, kw_n, cg, n_out = np.shape(w)
     n_batch, h, wd, channels = x.shape
     if not (cg == 1 and spec.groups == channels == n_out):
@@ -412,7 +415,8 @@ def dwrows_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -
 
 
 def _dw_band_rows(ho: int, n_batch: int, bytes_per_row: int) -> int:
-    """Output rows per dwrows band: at least two bands per thread, the band's bytes within ~L2."""
+    """Output rows per dwrows band: at least two bands per thread, a 16-channel block of the band's
+    input bytes within `_DW_BAND_BYTES`."""
     threads = numba.get_num_threads()
     rows = -(-ho * n_batch // (2 * threads))
     return int(max(1, min(ho, rows, _DW_BAND_BYTES // max(1, bytes_per_row))))
@@ -560,7 +564,9 @@ def warmup() -> None:
     direct_host(x, np.zeros((3, 3, 2, 2), np.int32), lut, ConvSpec())
     direct_host(x, np.zeros((3, 3, 1, 2), np.int32), lut, ConvSpec(groups=2))
     wstat_host(x, np.zeros((3, 3, 2, 2), np.int32), lut, ConvSpec())
-    dwrows_host(x, np.zeros((3, 3, 1, 2), np.int32), lut, ConvSpec(groups=2))
+    xb = x.astype(np.uint8)
+    xb.setflags(write=False)  # as jax.pure_callback hands it over (dwrows uses x in place: its own specialisation)
     signed = lut.copy()
     signed[0, 0] = -1  # a table that narrows to int16 (the zero table narrows to uint16)
-    dwrows_host(x, np.zeros((3, 3, 1, 2), np.int32), signed, ConvSpec(groups=2))
+    for table in (lut, signed):
+        dwrows_host(xb, np.zeros((3, 3, 1, 2), np.int32), table, ConvSpec(groups=2))
