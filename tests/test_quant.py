@@ -1,4 +1,6 @@
 """The quantised layer semantics against a plain integer NumPy reference written here."""
+import zlib
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,10 @@ from jaxdepth import multipliers, quant
 
 
 def _codes(v, scale, zero, lo, hi):
-    return np.clip(np.round(np.asarray(v, np.float64) / scale) + zero, lo, hi).astype(np.int64)
+    """code = clip(round(v / s) + z): the quotient in float32, as the spec defines it (a float64 quotient
+    rounds differently for about one value in 10^6, which flips a code)."""
+    quotient = np.asarray(v, np.float32) / np.asarray(scale, np.float32)
+    return np.clip(np.round(quotient).astype(np.int64) + zero, lo, hi)
 
 
 def reference_layer(x, w, bias, table, signed, x_scale, x_zero, w_scale, w_zero, pad, stride, groups):
@@ -38,7 +43,7 @@ def reference_layer(x, w, bias, table, signed, x_scale, x_zero, w_scale, w_zero,
 @pytest.mark.parametrize("name", ["exact_s8", "mul8s_1L2J", "exact_u8", "mul8u_2AC"])
 @pytest.mark.parametrize("pad,stride,groups", [(1, 1, 1), (1, 2, 2), (0, 1, 4)])
 def test_lut_conv2d_matches_integer_reference(name, pad, stride, groups):
-    rng = np.random.default_rng(hash((name, pad, stride, groups)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{name}-{pad}-{stride}-{groups}".encode()))  # same data every run
     m = multipliers.get(name)
     x = rng.normal(0.3, 1.0, (2, 7, 6, 8)).astype(np.float32)
     w = rng.normal(0, 0.5, (3, 3, 8 // groups, 8)).astype(np.float32)
