@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layer_shapes import NETWORKS, Layer  # noqa: E402
 
 from jaxdepth import lutconv, multipliers  # noqa: E402
+from jaxdepth.lutconv import lowrank  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEED_V2_PER_MAC = 0.083 / 2208            # seconds per multiplication of the seed's v2 (conv2 figure)
@@ -263,7 +264,7 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", nargs="*", default=list(LAYERS), choices=list(LAYERS))
     ap.add_argument("--impls", nargs="*", default=None, help="implementations (default: all)")
     ap.add_argument("--table", default="mul8u_2AC", help="arbitrary-table benchmark multiplier")
-    ap.add_argument("--lowrank-tables", nargs="*", default=["exact_s8", "mul8s_1L2J", "mul8s_1KV8", "trunc_u8_k4", "mul8s_1KVA"],
+    ap.add_argument("--lowrank-tables", nargs="*", default=["exact_s8", "exact_u8", "mul8s_1KV8", "mul8s_1KVA", "trunc_u8_k4"],
                     help="tables benchmarked through the lowrank kernel as well")
     ap.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=list(NETWORKS))
     ap.add_argument("--batch", type=int, nargs="*", default=[1], help="network batch sizes")
@@ -284,7 +285,9 @@ def main(argv=None) -> int:
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     rows = []
     for key in args.layers:
-        rows += bench_layer(key, LAYERS[key], args.table, [i for i in impls if i != "lowrank"], args.repeats)
+        layer_impls = [i for i in impls if i != "lowrank" or (LAYERS[key].groups == 1 and lowrank.supports(
+            multipliers.get(args.table).table, LAYERS[key].w_shape) is None)]
+        rows += bench_layer(key, LAYERS[key], args.table, layer_impls, args.repeats)
         for t in args.lowrank_tables:
             rows += [r for r in bench_layer(key, LAYERS[key], t, ["lowrank", "auto"], args.repeats)
                      if r["impl"] != "exact float32 (XLA)"]

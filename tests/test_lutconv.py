@@ -285,15 +285,36 @@ def test_decompose_random_integer_low_rank_and_full_rank():
     a, b = lowrank.decompose(TABLES["exact_s8"][0] + error)
     assert a.shape[1] == 3
     np.testing.assert_array_equal(a @ b, TABLES["exact_s8"][0] + error)
-    assert lowrank.decompose(TABLES["mul8u_2AC"][0]) is None
+    a, b = lowrank.decompose(TABLES["mul8u_2AC"][0])  # an EvoApprox circuit of integer rank 11
+    assert a.shape[1] == 11
+    np.testing.assert_array_equal(a @ b, TABLES["mul8u_2AC"][0])
     assert lowrank.decompose(TABLES["random_s8"][0]) is None
+
+
+@pytest.mark.parametrize("name,terms", [("exact_s8", 1), ("exact_u8", 1), ("mul8s_1L2J", 1), ("mul8s_1KVA", 5),
+                                        ("trunc_u8_k4", 9), ("mul8u_2AC", 16)])
+def test_int8_plan_reproduces_the_table_with_int8_factors(name, terms):
+    """The plan's int8 terms, shifts and u / v vectors give back every table entry exactly."""
+    table = multipliers.get(name).table
+    plan = lowrank.int8_plan(table)
+    assert plan.terms == terms
+    assert plan.a.dtype == plan.b.dtype == np.int8
+    want = table.astype(np.int64)
+    got = sum((plan.a[s].astype(np.int64)[:, None] * plan.b[s].astype(np.int64)[None, :]) << int(plan.shift[s])
+              for s in range(plan.terms)) + plan.u[:, None] + plan.v[None, :]
+    np.testing.assert_array_equal(got, want)
+    assert lowrank.int8_plan(TABLES["random_s8"][0]) is None
 
 
 def test_auto_choice_is_inspectable_and_sensible():
     exact = multipliers.exact(True)
     approx = multipliers.get("mul8u_2AC")
     assert lutconv.explain((1, 15, 20, 64), (1, 1, 64, 64), exact).startswith("lowrank")
-    assert lutconv.explain((1, 30, 40, 1488), (3, 3, 1488, 552), approx, padding=1).startswith("wstat")
+    full_rank = TABLES["random_s8"][0]
+    assert lutconv.explain((1, 30, 40, 1488), (3, 3, 1488, 552), full_rank, padding=1).startswith("wstat")
+    # mul8u_2AC is 16 int8 terms: worth it on a long reduction, not on a 32-channel 1x1 layer
+    assert lutconv.explain((1, 30, 40, 1488), (3, 3, 1488, 552), approx, padding=1).startswith("lowrank")
+    assert lutconv.explain((1, 120, 160, 32), (1, 1, 32, 144), approx).startswith("wstat")
     why = lutconv.explain((1, 20, 20, 32), (3, 3, 1, 32), approx, padding=1, groups=32)
     assert why.startswith("dwrows") and "wstat" in why and "direct" in why
     why = lutconv.explain((1, 20, 20, 32), (3, 3, 2, 32), approx, padding=1, groups=16)
@@ -340,7 +361,7 @@ def test_signedness_contradiction_and_lowrank_on_full_rank_table_raise():
     with pytest.raises(ValueError, match="contradicts"):
         lutconv.conv2d(x, w, multipliers.get("mul8u_2AC"), signed=True)
     with pytest.raises(ValueError, match="cannot run"):
-        lutconv.conv2d(x, w, multipliers.get("mul8u_2AC"), impl="lowrank")
+        lutconv.conv2d(x, w, TABLES["random_s8"][0], signed=True, impl="lowrank")
     with pytest.raises(ValueError, match="stride"):
         lutconv.conv2d(np.zeros((1, 9, 9, 4), np.int32), w, multipliers.get("mul8u_2AC"), stride=2,
                        impl="wstat")

@@ -35,8 +35,8 @@ register_kernel(Kernel("dwrows", numba_kernel.dwrows_conv,
                        jittable=True, priority=25, supports=numba_kernel.dwrows_supports,
                        estimate=numba_kernel.estimate_dwrows))
 register_kernel(Kernel("lowrank", lowrank.lowrank_conv,
-                       "native XLA float32 convolution per exact integer outer-product term of the table, "
-                       "reduction chunked so every partial sum is exact, int32 total",
+                       "tables that are exactly a short sum of integer outer products: XLA's int8 x int8 -> "
+                       "int32 convolution (VNNI) per int8 term, exact integer arithmetic",
                        jittable=True, priority=40,
                        supports=lambda p: lowrank.supports(p.table, p.w_shape), estimate=lowrank.estimate))
 

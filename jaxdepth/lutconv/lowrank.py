@@ -1,23 +1,32 @@
-"""``lowrank``: tables that are exactly a short sum of integer outer products run through native XLA conv.
+"""``lowrank``: tables that are exactly a short sum of integer outer products run through XLA's int8 conv.
 
 Many tables are ``lut = sum_s a_s b_s^T`` with a few integer vectors: the exact product (one term),
-operand-truncated multipliers, broken-array multipliers (one term per kept partial-product row), and any
-table whose error a few outer products reproduce. Then
+operand-truncated multipliers, broken-array multipliers (one term per kept partial-product row), many
+EvoApprox circuits (mul8u_2AC: 11 terms), and any table whose error a few outer products reproduce. Then
 
     acc[n, i, j, o] = sum_s conv(a_s[w_byte], b_s[x_byte])[n, i, j, o]
 
 and each term is an ordinary convolution of small integers. `decompose` finds such a factorisation with
 exact integer arithmetic (row reduction over the integers: the basis rows generate every table row with
-integer coefficients; LLL then shortens the basis so the factors stay small) and verifies ``A @ B == lut`` exactly before it is used.
+integer coefficients; LLL then shortens the basis so the factors stay small) and verifies ``A @ B == lut``
+exactly before it is used.
 
-Exactness of the float convolutions: a term is evaluated in float32, whose integers are exact below
-2^24. The reduction (KH*KW*Cg products per output) is split into channel chunks so that
-``chunk_len * max|a_s| * max|b_s| < 2^24``; then every partial sum, in any summation order, is an integer
-below 2^24 and exact. Each chunk is converted to int32 and the chunks and terms are summed in int32, which
-is exactly the int32 accumulation of the definition.
+`int8_plan` rewrites it for XLA's int8 x int8 -> int32 convolution (on this CPU 4-8x the float32 rate:
+VNNI dot products through XLA's YNNPACK fusion): the table's first row and column are split off as
+``u[w] + v[x]``; each factor is centred (the constant moves into u or v) and, when it still spans more
+than 256 values, written in signed base-256 digits; every (a digit, b digit) pair is one int8 term with a
+power-of-two weight. Terms of equal weight are stacked along the input channels into one convolution.
+Then
+
+    acc = sum_shift conv_int8(stack of b digits[x], stack of a digits[w]) << shift
+          + sum over the window of v[x] (per group)  +  sum over the kernel of u[w] (per output channel)
+
+all in int32 with wrap-around: every step is a ring operation modulo 2^32, so the result equals the
+definition's int32 accumulation bit for bit (integer convolutions are exact; there is no float rounding).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Optional
 
@@ -27,8 +36,8 @@ import numpy as np
 
 from .spec import ConvSpec
 
-MAX_TERMS = 8          # more terms than this: a LUT kernel is faster than that many float convolutions
-F32_EXACT = 1 << 24    # float32 represents every integer of magnitude <= 2^24
+MAX_TERMS = 24         # integer rank searched for; the cost model decides whether the terms pay off
+MAX_CONVS = 48         # int8 (a digit, b digit) terms beyond this: never faster than the LUT kernels
 
 
 def _integer_row_basis(table: np.ndarray, max_rank: int) -> Optional[np.ndarray]:
@@ -127,82 +136,244 @@ def _decompose(table: np.ndarray, max_terms: int) -> Optional[tuple[np.ndarray, 
         coef = _coefficients(table, basis)
     if coef is None or not np.array_equal(coef @ basis, table.astype(np.int64)):
         return None  # never use an unverified factorisation
-    if max(np.abs(coef).max(), np.abs(basis).max()) >= F32_EXACT:
-        return None
     coef.setflags(write=False)
     basis.setflags(write=False)
     return coef, basis
 
 
-def chunk_channels(a: np.ndarray, b: np.ndarray, taps: int, channels: int) -> int:
-    """Input channels per float32 convolution so that every partial sum of a term stays below 2^24."""
-    bound = int(np.abs(a).max()) * int(np.abs(b).max())
-    if bound == 0:
-        return channels
-    per_out = (F32_EXACT - 1) // bound  # products per output that keep the sum exact
-    return max(0, min(channels, per_out // taps))
+
+@dataclasses.dataclass(frozen=True)
+class Int8Plan:
+    """``lut[w, x] == sum_s (a[s, w] * b[s, x] << shift[s]) + u[w] + v[x]`` exactly (int64), every a, b
+    entry in [-128, 127]; u and v are int64 (used modulo 2^32)."""
+
+    a: np.ndarray      # (S, 256) int8 weight-side factors, indexed by the weight byte
+    b: np.ndarray      # (S, 256) int8 input-side factors, indexed by the input byte
+    shift: np.ndarray  # (S,) power of two of each term
+    u: np.ndarray      # (256,) per weight byte
+    v: np.ndarray      # (256,) per input byte
+
+    @property
+    def terms(self) -> int:
+        return int(self.a.shape[0])
+
+    def table(self) -> np.ndarray:
+        """The table the plan computes (int64), for verification."""
+        a, b = self.a.astype(np.int64), self.b.astype(np.int64)
+        return (a.T << self.shift[None, :]) @ b + self.u[:, None] + self.v[None, :]
+
+
+def _centre(vec: np.ndarray) -> tuple[np.ndarray, int]:
+    """(vec - c, c) with the constant c chosen so the centred values fit [-2^k, 2^k) as tightly as possible."""
+    c = (int(vec.max()) + int(vec.min()) + 1) // 2
+    return vec - c, c
+
+
+def _digits(vec: np.ndarray) -> list[np.ndarray]:
+    """Signed base-256 digits in [-128, 127] with vec == sum_i digit_i << 8 i (vec centred)."""
+    out, rest = [], vec.astype(np.int64)
+    while True:
+        low = ((rest + 128) & 0xFF) - 128
+        out.append(low)
+        rest = (rest - low) >> 8
+        if not rest.any():
+            return out
+
+
+def int8_plan(table: np.ndarray) -> Optional[Int8Plan]:
+    """The int8 convolution plan of ``table`` (see the module doc), verified exactly; None when the table
+    has no factorisation of at most `MAX_TERMS` terms or needs more than `MAX_CONVS` int8 terms. Cached."""
+    t = np.ascontiguousarray(table, dtype=np.int32)
+    key = hashlib.sha1(t.tobytes()).hexdigest()
+    if key not in _PLANS:
+        _PLANS[key] = _int8_plan(t.astype(np.int64))
+    return _PLANS[key]
+
+
+_PLANS: dict[str, Optional[Int8Plan]] = {}
+
+
+def _int8_plan(t: np.ndarray) -> Optional[Int8Plan]:
+    """The plan with fewer int8 terms of the two orientations (basis over x bytes or over w bytes)."""
+    plans = [_plan_from_rows(t), _transposed(_plan_from_rows(np.ascontiguousarray(t.T)))]
+    plans = [p for p in plans if p is not None and np.array_equal(p.table(), t)]  # never an unverified plan
+    if not plans:
+        return None
+    plan = min(plans, key=lambda p: (p.terms, len(set(p.shift.tolist()))))
+    for arr in (plan.a, plan.b, plan.shift, plan.u, plan.v):
+        arr.setflags(write=False)
+    return plan
+
+
+def _transposed(plan: Optional[Int8Plan]) -> Optional[Int8Plan]:
+    return None if plan is None else Int8Plan(plan.b, plan.a, plan.shift, plan.v, plan.u)
+
+
+def _split_power_of_two(vec: np.ndarray) -> tuple[np.ndarray, int]:
+    """(vec >> p, p) for the largest p with 2^p dividing every entry (vec non-zero)."""
+    p = 0
+    while not np.any(vec & ((1 << (p + 1)) - 1)):
+        p += 1
+    return vec >> p, p
+
+
+def _plan_from_rows(t: np.ndarray) -> Optional[Int8Plan]:
+    """Plan from the integer row basis of t (rows: weight bytes, columns: input bytes)."""
+    u = t[:, 0].copy()
+    v = t[0, :] - t[0, 0]
+    if np.abs(t).max() >= 2**31:
+        return None
+    fac = decompose((t - u[:, None] - v[None, :]).astype(np.int32))
+    if fac is None:
+        return None
+    coef, basis = fac
+    a_list, b_list, shifts = [], [], []
+    for a_vec, b_vec in zip(coef.T.astype(np.int64), basis.astype(np.int64)):
+        if not a_vec.any() or not b_vec.any():
+            continue
+        a_vec, ca = _centre(a_vec)
+        v = v + ca * b_vec              # (a_c + ca) b = a_c b + ca b
+        b_vec, cb = _centre(b_vec)
+        u = u + cb * a_vec              # a_c (b_c + cb) = a_c b_c + cb a_c
+        if not a_vec.any() or not b_vec.any():
+            continue
+        (a_vec, pa), (b_vec, pb) = _split_power_of_two(a_vec), _split_power_of_two(b_vec)
+        for i, a_digit in enumerate(_digits(a_vec)):
+            for j, b_digit in enumerate(_digits(b_vec)):
+                if a_digit.any() and b_digit.any():
+                    a_list.append(a_digit)
+                    b_list.append(b_digit)
+                    shifts.append(pa + pb + 8 * (i + j))
+    if len(a_list) > MAX_CONVS:
+        return None
+    if not a_list:  # a table that is only u[w] + v[x] (e.g. zero): one zero term keeps shapes simple
+        a_list, b_list, shifts = [np.zeros(256, np.int64)], [np.zeros(256, np.int64)], [0]
+    return Int8Plan(np.array(a_list, np.int8), np.array(b_list, np.int8), np.array(shifts, np.int64), u, v)
 
 
 def supports(table: Optional[np.ndarray], w_shape: tuple[int, ...]) -> Optional[str]:
-    """None when `lowrank_conv` can run exactly on this table and weight shape, else the reason."""
+    """None when `lowrank_conv` can run exactly on this table, else the reason."""
     if table is None:
         return "the table is traced (its factorisation is computed from a concrete table)"
-    fac = decompose(table)
-    if fac is None:
-        return f"the table is not an exact sum of <= {MAX_TERMS} integer outer products"
-    kh, kw, cg, _ = w_shape
-    per_term = [chunk_channels(a, b, kh * kw, cg) for a, b in zip(fac[0].T, fac[1])]
-    if min(per_term) == 0:
-        return "a single product term is too large for exact float32 partial sums"
+    if int8_plan(table) is None:
+        return (f"the table is not an exact sum of <= {MAX_TERMS} integer outer products "
+                f"(<= {MAX_CONVS} int8 terms)")
     return None
 
 
-RATE_XLA = 20e9          # float32 XLA convolution, multiply-accumulates per second (groups == 1, 1x1)
-RATE_XLA_SPATIAL = 14e9  # the same for larger kernels (>= 256 output channels; fewer: see `estimate`)
-RATE_XLA_GROUPED = 2e8   # XLA's grouped / depthwise float convolution on CPU is far slower
+# Cost model of XLA's int8 convolution on CPU, fitted to 22 layer shapes measured on this machine (1x1 and
+# 3x3, reductions K = 16..13392, 32..1104 outputs; within a factor ~1.7): multiply-accumulates per second
+# RATE_INT8 * K / (K + K_HALF) * O / (O + O_HALF), plus the byte -> factor lookups of every input and weight
+# element per term, the int32 partial sums per convolution, and the window sums of v.
+RATE_INT8 = 3.6e11
+RATE_INT8_K_HALF = 150
+RATE_INT8_O_HALF = 8
+RATE_INT8_GROUPED = 1.2e8  # grouped / depthwise int8 convolution: no fast path in XLA's CPU backend
+MAP_COST = 1e-9            # seconds per input or weight element and term
+PARTIAL_COST = 1e-9        # seconds per output element and convolution
+WINDOW_COST = 2e-9         # seconds per input element for the window sums of v
+CALL_COST = 5e-5           # seconds per convolution
 
 
 def estimate(problem) -> Optional[float]:
-    """Predicted seconds: one float convolution per term (and per exactness chunk)."""
-    if problem.table is None or decompose(problem.table) is None:
+    """Predicted seconds of `lowrank_conv`."""
+    if problem.table is None:
         return None
-    coef, basis = decompose(problem.table)
-    kh, kw, cg, _ = problem.w_shape
-    calls = sum(-(-cg // chunk_channels(a, b, kh * kw, cg)) for a, b in zip(coef.T, basis))
-    if problem.spec.groups != 1:
-        rate = RATE_XLA_GROUPED
-    else:  # measured: XLA's CPU convolution slows with few output channels (3x3 48 outputs: ~half rate)
-        o = problem.w_shape[3]
-        rate = RATE_XLA * min(1.0, (o / 192) ** 0.5) if kh * kw == 1 else RATE_XLA_SPATIAL * min(1.0, (o / 256) ** 0.5)
-    return coef.shape[1] * problem.macs / rate + 2e-4 * calls
+    plan = int8_plan(problem.table)
+    if plan is None:
+        return None
+    kh, kw, cg, n_out = problem.w_shape
+    x_elems = int(np.prod(problem.x_shape))
+    out_elems = problem.macs // (kh * kw * cg)
+    seconds = (x_elems + kh * kw * cg * n_out) * plan.terms * MAP_COST
+    seconds += WINDOW_COST * x_elems if plan.v.any() else 0.0
+    for _, idx in _term_chunks(plan, cg):
+        macs = problem.macs * idx.size
+        if problem.spec.groups != 1:
+            seconds += macs / RATE_INT8_GROUPED
+        else:
+            k = kh * kw * cg * idx.size
+            seconds += macs / (RATE_INT8 * k / (k + RATE_INT8_K_HALF) * n_out / (n_out + RATE_INT8_O_HALF))
+        seconds += PARTIAL_COST * out_elems + CALL_COST
+    return seconds
+
+
+STACK_CHANNELS = 2048  # terms of equal shift share one convolution up to this many input channels per group
+
+
+def _term_chunks(plan: "Int8Plan", cg: int) -> list[tuple[int, np.ndarray]]:
+    """(shift, term indices) per convolution: terms of equal shift stacked along the input channels up to
+    `STACK_CHANNELS` (XLA's int8 convolution slows down on longer reductions)."""
+    per_conv = max(1, STACK_CHANNELS // cg)
+    chunks = []
+    for shift in sorted(set(plan.shift.tolist())):
+        idx = np.nonzero(plan.shift == shift)[0]
+        chunks += [(shift, idx[i:i + per_conv]) for i in range(0, idx.size, per_conv)]
+    return chunks
+
+
+def _stacked_inputs(x_bytes: jax.Array, b: np.ndarray, groups: int) -> jax.Array:
+    """(N, H, W, C) bytes -> int8 (N, H, W, C * S): factor b[s] of each channel, ordered (group, term, channel)."""
+    n, h, w, c = x_bytes.shape
+    per_group = x_bytes.reshape(n, h, w, groups, c // groups)
+    vals = [jnp.take(jnp.asarray(row), per_group) for row in b]
+    return jnp.stack(vals, axis=-2).reshape(n, h, w, c * len(b))
+
+
+def _stacked_weights(w_bytes: jax.Array, a: np.ndarray) -> jax.Array:
+    """(KH, KW, Cg, O) bytes -> int8 (KH, KW, S * Cg, O): factor a[s] of each weight, ordered (term, channel)."""
+    return jnp.concatenate([jnp.take(jnp.asarray(row), w_bytes) for row in a], axis=2)
+
+
+def _int8_conv(xs: jax.Array, ws: jax.Array, spec: ConvSpec) -> jax.Array:
+    """VALID int8 convolution with int32 results, in the form XLA's CPU backend runs fastest (measured here):
+    1x1 kernels without groups as one matrix product over the (strided) positions (conv2: 4.1 -> 2.5 ms);
+    spatial kernels with one zero column of padding whose extra output column is dropped (padded int8
+    convolutions run 2-3x faster than VALID ones: 3x3, 1488 channels, 157 -> 543 GMAC/s; the zero column
+    adds 1 / Wo of the work; a padded 1x1 convolution, by contrast, is 400x slower)."""
+    kh, kw, _, n_out = ws.shape
+    ho, wo = spec.output_hw(tuple(xs.shape[1:3]), (kh, kw))
+    if kh == kw == 1 and spec.groups == 1:
+        (sh, sw) = spec.stride
+        xs = xs[:, :(ho - 1) * sh + 1:sh, :(wo - 1) * sw + 1:sw, :]
+        out = jax.lax.dot_general(xs.reshape(-1, xs.shape[-1]), ws.reshape(-1, n_out), (((1,), (0,)), ((), ())),
+                                  preferred_element_type=jnp.int32)
+        return out.reshape(xs.shape[0], ho, wo, n_out)
+    pad_right = 1 if kh * kw > 1 else 0
+    out = jax.lax.conv_general_dilated(
+        xs, ws, window_strides=spec.stride, padding=((0, 0), (0, pad_right)), rhs_dilation=spec.dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=spec.groups,
+        preferred_element_type=jnp.int32)
+    return out[:, :, :wo] if pad_right else out
 
 
 def lowrank_conv(x: jax.Array, w: jax.Array, lut: np.ndarray, spec: ConvSpec) -> jax.Array:
     """Jittable (x, w may be traced; the table must be concrete): int32 (N, Ho, Wo, O)."""
-    fac = decompose(np.asarray(lut))
-    if fac is None:
+    plan = int8_plan(np.asarray(lut))
+    if plan is None:
         raise ValueError("lowrank: the table has no exact low-rank integer factorisation")
-    coef, basis = fac
-    xb = jnp.asarray(x, jnp.int32) & 0xFF
-    wb = jnp.asarray(w, jnp.int32) & 0xFF
-    kh, kw, cg, _ = w.shape
+    x_bytes = jnp.asarray(x, jnp.int32) & 0xFF
+    w_bytes = jnp.asarray(w, jnp.int32) & 0xFF
+    kh, kw, cg, n_out = w.shape
+    groups = spec.groups
     total = None
-    for a, b in zip(coef.T, basis):
-        xs = jnp.take(jnp.asarray(b, jnp.float32), xb)
-        ws = jnp.take(jnp.asarray(a, jnp.float32), wb)
-        step = chunk_channels(a, b, kh * kw, cg)
-        for c0 in range(0, cg, step):
-            c1 = min(cg, c0 + step)
-            if spec.groups == 1:
-                xpart, wpart = xs[..., c0:c1], ws[:, :, c0:c1, :]
-            else:  # the same channel range inside every group
-                xpart = xs.reshape(xs.shape[:3] + (spec.groups, cg))[..., c0:c1]
-                xpart = xpart.reshape(xs.shape[:3] + (spec.groups * (c1 - c0),))
-                wpart = ws[:, :, c0:c1, :]
-            part = jax.lax.conv_general_dilated(
-                xpart, wpart, window_strides=spec.stride, padding="VALID", rhs_dilation=spec.dilation,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=spec.groups,
-                precision=jax.lax.Precision.HIGHEST)
-            part = part.astype(jnp.int32)
-            total = part if total is None else total + part
+    for shift, idx in _term_chunks(plan, cg):
+        part = _int8_conv(_stacked_inputs(x_bytes, plan.b[idx], groups), _stacked_weights(w_bytes, plan.a[idx]),
+                          spec)
+        part = jnp.left_shift(part, shift) if shift else part
+        total = part if total is None else total + part
+    if plan.u.any():  # sum over the kernel of u[w]: one value per output channel
+        total = total + jnp.take(jnp.asarray(_wrap32(plan.u)), w_bytes).sum(axis=(0, 1, 2), dtype=jnp.int32)
+    if plan.v.any():  # sum over each output's window of v[x], per group
+        vx = jnp.take(jnp.asarray(_wrap32(plan.v)), x_bytes)
+        n, h, wd, c = vx.shape
+        vx = vx.reshape(n, h, wd, groups, c // groups).sum(axis=-1, dtype=jnp.int32)
+        vwin = jax.lax.reduce_window(vx, jnp.int32(0), jax.lax.add, (1, kh, kw, 1), (1, *spec.stride, 1),
+                                     "VALID", window_dilation=(1, *spec.dilation, 1))
+        total = total + jnp.repeat(vwin, n_out // groups, axis=-1)
     return total
+
+
+def _wrap32(vec: np.ndarray) -> np.ndarray:
+    """int64 values modulo 2^32 as int32 (the ring the accumulation lives in)."""
+    return (np.asarray(vec, np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
