@@ -292,7 +292,7 @@ def test_decompose_random_integer_low_rank_and_full_rank():
 
 
 @pytest.mark.parametrize("name,terms", [("exact_s8", 1), ("exact_u8", 1), ("mul8s_1L2J", 1), ("mul8s_1KVA", 5),
-                                        ("trunc_u8_k4", 9), ("mul8u_2AC", 16)])
+                                        ("trunc_u8_k4", 5), ("mul8u_2AC", 10)])
 def test_int8_plan_reproduces_the_table_with_int8_factors(name, terms):
     """The plan's int8 terms, shifts and u / v vectors give back every table entry exactly."""
     table = multipliers.get(name).table
@@ -312,14 +312,13 @@ def test_auto_choice_is_inspectable_and_sensible():
     assert lutconv.explain((1, 15, 20, 64), (1, 1, 64, 64), exact).startswith("lowrank")
     full_rank = TABLES["random_s8"][0]
     assert lutconv.explain((1, 30, 40, 1488), (3, 3, 1488, 552), full_rank, padding=1).startswith("wstat")
-    # mul8u_2AC is 16 int8 terms: worth it on a long reduction, not on a 32-channel 1x1 layer
+    # mul8u_2AC is 10 int8 terms: still 2x faster than wstat on this layer (bench/compare.py)
     assert lutconv.explain((1, 30, 40, 1488), (3, 3, 1488, 552), approx, padding=1).startswith("lowrank")
-    assert lutconv.explain((1, 120, 160, 32), (1, 1, 32, 144), approx).startswith("wstat")
     why = lutconv.explain((1, 20, 20, 32), (3, 3, 1, 32), approx, padding=1, groups=32)
     assert why.startswith("dwrows") and "wstat" in why and "direct" in why
     why = lutconv.explain((1, 20, 20, 32), (3, 3, 2, 32), approx, padding=1, groups=16)
     assert why.startswith(("direct", "wstat")) and "dwrows: depthwise layers only" in why
-    why = lutconv.explain((1, 20, 20, 32), (3, 3, 32, 32), approx, padding=1, stride=2)
+    why = lutconv.explain((1, 20, 20, 32), (3, 3, 32, 32), full_rank, padding=1, stride=2)
     assert why.startswith("direct") and "wstat: needs stride 1" in why
     traced = lutconv.explain((1, 8, 8, 8), (3, 3, 8, 8), exact, traced=True)
     assert "loop" not in traced.split(":")[0] and "vectorized" not in traced.split(":")[0]

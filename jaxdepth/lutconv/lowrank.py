@@ -73,33 +73,30 @@ def _lll(basis: np.ndarray, delta: float = 0.99) -> np.ndarray:
     """LLL-reduce the rows of an integer basis (exact integer row operations, float Gram-Schmidt):
     the same lattice spanned by shorter rows, so the factorisation has small entries."""
     b = [row.copy() for row in basis]
+    ortho, mu = _gram_schmidt(b)
     k = 1
     while k < len(b):
-        for j in range(k - 1, -1, -1):  # size reduction
-            ortho, mu = _gram_schmidt(b)
+        for j in range(k - 1, -1, -1):  # size reduction; mu row k updated in place (b_k's GS vector is unchanged)
             q = int(round(mu[k, j]))
             if q:
                 b[k] = b[k] - q * b[j]
-        ortho, mu = _gram_schmidt(b)
+                mu[k, :j] -= q * mu[j, :j]
+                mu[k, j] -= q
         norms = np.einsum("ij,ij->i", ortho, ortho)
         if norms[k] >= (delta - mu[k, k - 1] ** 2) * norms[k - 1]:
             k += 1
         else:
             b[k], b[k - 1] = b[k - 1], b[k]
+            ortho, mu = _gram_schmidt(b)
             k = max(k - 1, 1)
     return np.array(b, dtype=np.int64)
 
 
 def _gram_schmidt(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    vecs = np.array(rows, dtype=np.float64)
-    ortho = np.zeros_like(vecs)
-    mu = np.eye(len(rows))
-    for i, v in enumerate(vecs):
-        ortho[i] = v
-        for j in range(i):
-            mu[i, j] = v @ ortho[j] / (ortho[j] @ ortho[j])
-            ortho[i] = ortho[i] - mu[i, j] * ortho[j]
-    return ortho, mu
+    """Gram-Schmidt vectors (r, n) and coefficients mu (r, r) of the rows, from a QR factorisation."""
+    q, r = np.linalg.qr(np.array(rows, dtype=np.float64).T)
+    diag = np.diag(r)
+    return (q * diag).T, (r / diag[:, None]).T
 
 
 def _coefficients(table: np.ndarray, basis: np.ndarray) -> Optional[np.ndarray]:
@@ -194,8 +191,16 @@ _PLANS: dict[str, Optional[Int8Plan]] = {}
 
 
 def _int8_plan(t: np.ndarray) -> Optional[Int8Plan]:
-    """The plan with fewer int8 terms of the two orientations (basis over x bytes or over w bytes)."""
-    plans = [_plan_from_rows(t), _transposed(_plan_from_rows(np.ascontiguousarray(t.T)))]
+    """The plan with the fewest int8 terms among: the table factorised as it is, and the exact product
+    (signed or unsigned bytes) as one term plus the factorised error (an approximate multiplier's error
+    often has small factors on both sides, where the table's own basis has one side wide); each with the
+    basis over input bytes or over weight bytes."""
+    plans = []
+    for base in (None, np.arange(256) - ((np.arange(256) & 0x80) << 1), np.arange(256)):
+        for transpose in (False, True):
+            tt = np.ascontiguousarray(t.T) if transpose else t
+            plan = _plan_from_rows(tt, base)
+            plans.append(_transposed(plan) if transpose else plan)
     plans = [p for p in plans if p is not None and np.array_equal(p.table(), t)]  # never an unverified plan
     if not plans:
         return None
@@ -217,16 +222,36 @@ def _split_power_of_two(vec: np.ndarray) -> tuple[np.ndarray, int]:
     return vec >> p, p
 
 
-def _plan_from_rows(t: np.ndarray) -> Optional[Int8Plan]:
-    """Plan from the integer row basis of t (rows: weight bytes, columns: input bytes)."""
-    u = t[:, 0].copy()
-    v = t[0, :] - t[0, 0]
+def _plan_from_rows(t: np.ndarray, base: Optional[np.ndarray] = None) -> Optional[Int8Plan]:
+    """Plan from the integer row basis of ``t - base base^T`` (rows: weight bytes, columns: input bytes)
+    plus the term ``base base^T`` when given: with the basis LLL-reduced (short input-side factors), and with
+    the coefficients LLL-reduced instead (short weight-side factors), whichever needs fewer int8 terms."""
     if np.abs(t).max() >= 2**31:
         return None
-    fac = decompose((t - u[:, None] - v[None, :]).astype(np.int32))
+    rest = t if base is None else t - np.outer(base, base)
+    u = rest[:, 0].copy()
+    v = rest[0, :] - rest[0, 0]
+    m = rest - u[:, None] - v[None, :]
+    fac = decompose(m.astype(np.int32)) if np.abs(m).max() < 2**31 else None
     if fac is None:
         return None
-    coef, basis = fac
+    candidates = [fac]
+    coef = fac[0]
+    if coef.any() and np.linalg.matrix_rank(coef.astype(np.float64)) == coef.shape[1]:
+        short_coef = _lll(coef.T).T
+        basis = _coefficients(m.T, short_coef.T)  # integer basis with short_coef @ basis == m, if one exists
+        if basis is not None:
+            candidates.append((short_coef, basis.T))
+    if base is not None:
+        candidates = [(np.concatenate([c, base[:, None]], axis=1), np.concatenate([b, base[None, :]], axis=0))
+                      for c, b in candidates]
+    plans = [_plan_from_factors(u, v, coef, basis) for coef, basis in candidates]
+    plans = [p for p in plans if p is not None]
+    return min(plans, key=lambda p: p.terms) if plans else None
+
+
+def _plan_from_factors(u: np.ndarray, v: np.ndarray, coef: np.ndarray, basis: np.ndarray) -> Optional[Int8Plan]:
+    """Centre, split into base-256 digits and collect the int8 terms of ``u + v + coef @ basis``."""
     a_list, b_list, shifts = [], [], []
     for a_vec, b_vec in zip(coef.T.astype(np.int64), basis.astype(np.int64)):
         if not a_vec.any() or not b_vec.any():
@@ -262,11 +287,11 @@ def supports(table: Optional[np.ndarray], w_shape: tuple[int, ...]) -> Optional[
 
 
 # Cost model of XLA's int8 convolution on CPU, fitted to 22 layer shapes measured on this machine (1x1 and
-# 3x3, reductions K = 16..13392, 32..1104 outputs; within a factor ~1.7): multiply-accumulates per second
-# RATE_INT8 * K / (K + K_HALF) * O / (O + O_HALF), plus the byte -> factor lookups of every input and weight
+# 3x3, 16..2208 input channels, 32..1104 outputs; within a factor ~1.7): multiply-accumulates per second
+# RATE_INT8 * C / (C + C_HALF) * O / (O + O_HALF) for C stacked input channels, plus the byte -> factor lookups of every input and weight
 # element per term, the int32 partial sums per convolution, and the window sums of v.
 RATE_INT8 = 3.6e11
-RATE_INT8_K_HALF = 150
+RATE_INT8_C_HALF = 48
 RATE_INT8_O_HALF = 8
 RATE_INT8_GROUPED = 1.2e8  # grouped / depthwise int8 convolution: no fast path in XLA's CPU backend
 MAP_COST = 1e-9            # seconds per input or weight element and term
@@ -292,8 +317,8 @@ def estimate(problem) -> Optional[float]:
         if problem.spec.groups != 1:
             seconds += macs / RATE_INT8_GROUPED
         else:
-            k = kh * kw * cg * idx.size
-            seconds += macs / (RATE_INT8 * k / (k + RATE_INT8_K_HALF) * n_out / (n_out + RATE_INT8_O_HALF))
+            c = cg * idx.size
+            seconds += macs / (RATE_INT8 * c / (c + RATE_INT8_C_HALF) * n_out / (n_out + RATE_INT8_O_HALF))
         seconds += PARTIAL_COST * out_elems + CALL_COST
     return seconds
 
