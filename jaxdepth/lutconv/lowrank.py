@@ -2,7 +2,7 @@
 
 Many tables are ``lut = sum_s a_s b_s^T`` with a few integer vectors: the exact product (one term),
 operand-truncated multipliers, broken-array multipliers (one term per kept partial-product row), many
-EvoApprox circuits (mul8u_2AC: 11 terms), and any table whose error a few outer products reproduce. Then
+EvoApprox circuits (mul8u_2AC: integer rank 11), and any table whose error a few outer products reproduce. Then
 
     acc[n, i, j, o] = sum_s conv(a_s[w_byte], b_s[x_byte])[n, i, j, o]
 
@@ -12,7 +12,8 @@ integer coefficients; LLL then shortens the basis so the factors stay small) and
 exactly before it is used.
 
 `int8_plan` rewrites it for XLA's int8 x int8 -> int32 convolution (on this CPU 4-8x the float32 rate:
-VNNI dot products through XLA's YNNPACK fusion): the table's first row and column are split off as
+VNNI dot products through XLA's YNNPACK fusion), trying the table as it is and as the exact product plus
+its error (whose factors are often small on both sides), with either side LLL-shortened: the table's first row and column are split off as
 ``u[w] + v[x]``; each factor is centred (the constant moves into u or v) and, when it still spans more
 than 256 values, written in signed base-256 digits; every (a digit, b digit) pair is one int8 term with a
 power-of-two weight. Terms of equal weight are stacked along the input channels into one convolution.
