@@ -113,6 +113,7 @@ CASES = [
     ((1, 9, 9, 4), (3, 3, 1, 8), 2, 1, 1, 4, 1),                 # depthwise, multiplier 2, stride 2
     ((1, 7, 7, 6), (3, 3, 2, 9), 1, "VALID", (2, 1), 3, 0),      # grouped, dilation
     ((2, 5, 6, 8), (1, 1, 8, 12), 1, 0, 1, 1, 0),                # pointwise
+    ((2, 7, 9, 6), (1, 1, 6, 10), 2, 0, 1, 1, 0),                # pointwise, stride 2 (lowrank: a strided dot)
     ((1, 7, 5, 8), (1, 1, 4, 16), 2, 0, 1, 2, 0),                # pointwise, grouped, stride 2
     ((1, 5, 4, 40), (2, 2, 40, 20), 1, "SAME", 1, 1, 5),         # even kernel, SAME, more channels
     ((1, 4, 37, 3), (3, 3, 3, 70), 1, 1, 1, 1, 2),               # > 64 outputs (not a multiple of 16)
