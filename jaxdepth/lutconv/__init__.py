@@ -7,7 +7,7 @@ Implementations (``impl=``) are listed by `implementations()`; ``"auto"`` picks 
 supports the call (a cost model per kernel), and `explain` says which and why.
 """
 from . import gather_kernel, lowrank, numba_kernel, numpy_kernels
-from .api import conv2d, dense, explain
+from .api import conv2d, dense, explain, window_sums
 from .registry import Kernel, Problem, choose, implementations, register_kernel
 from .numba_kernel import warmup
 from .spec import ConvSpec
@@ -41,4 +41,4 @@ register_kernel(Kernel("lowrank", lowrank.lowrank_conv,
                        supports=lambda p: lowrank.supports(p.table, p.w_shape), estimate=lowrank.estimate))
 
 __all__ = ["ConvSpec", "Kernel", "Problem", "choose", "conv2d", "dense", "explain", "implementations",
-           "register_kernel", "warmup"]
+           "register_kernel", "warmup", "window_sums"]

@@ -1,4 +1,4 @@
-"""Public entry points: `conv2d`, `dense`, `explain`."""
+"""Public entry points: `conv2d`, `dense`, `explain`, and `window_sums` (the per-group window sums of codes)."""
 from __future__ import annotations
 
 from typing import Any, Optional, Union
@@ -16,6 +16,20 @@ TableLike = Union[Multiplier, np.ndarray, jax.Array]
 
 def _is_traced(*arrays: Any) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def window_sums(values: jax.Array, kernel_hw: tuple[int, int], groups: int, stride: Any = 1,
+                dilation: Any = 1, pads: Any = ((0, 0), (0, 0)), pad_value: Any = 0) -> jax.Array:
+    """Sum of ``values`` (N, H, W, C) int32 over each output's receptive field, per channel group:
+    (N, Ho, Wo, groups) int32. ``pads`` (((top, bottom), (left, right))) add positions holding ``pad_value``
+    in every channel. The zero-point corrections of unsigned layers and `lowrank`'s ``v[x]`` term use it."""
+    n, h, w, c = values.shape
+    per_group = values.reshape(n, h, w, groups, c // groups).sum(axis=-1, dtype=jnp.int32)
+    per_group = jnp.pad(per_group, ((0, 0), *pads, (0, 0)),
+                        constant_values=jnp.asarray(pad_value, jnp.int32) * (c // groups))
+    return jax.lax.reduce_window(per_group, jnp.int32(0), jax.lax.add, (1, *kernel_hw, 1),
+                                 (1, *as_pair(stride, "stride"), 1), "VALID",
+                                 window_dilation=(1, *as_pair(dilation, "dilation"), 1))
 
 
 def _resolve_table(lut: TableLike, signed: Optional[bool]) -> tuple[Any, Optional[np.ndarray], Optional[bool]]:

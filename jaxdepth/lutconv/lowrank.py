@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .api import window_sums
 from .spec import ConvSpec
 
 MAX_TERMS = 24         # integer rank searched for; the cost model decides whether the terms pay off
@@ -394,10 +395,7 @@ def lowrank_conv(x: jax.Array, w: jax.Array, lut: np.ndarray, spec: ConvSpec) ->
         total = total + jnp.take(jnp.asarray(_wrap32(plan.u)), w_bytes).sum(axis=(0, 1, 2), dtype=jnp.int32)
     if plan.v.any():  # sum over each output's window of v[x], per group
         vx = jnp.take(jnp.asarray(_wrap32(plan.v)), x_bytes)
-        n, h, wd, c = vx.shape
-        vx = vx.reshape(n, h, wd, groups, c // groups).sum(axis=-1, dtype=jnp.int32)
-        vwin = jax.lax.reduce_window(vx, jnp.int32(0), jax.lax.add, (1, kh, kw, 1), (1, *spec.stride, 1),
-                                     "VALID", window_dilation=(1, *spec.dilation, 1))
+        vwin = window_sums(vx, (kh, kw), groups, spec.stride, spec.dilation)
         total = total + jnp.repeat(vwin, n_out // groups, axis=-1)
     return total
 

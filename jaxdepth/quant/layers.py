@@ -28,17 +28,6 @@ from ..multipliers import Multiplier
 from .params import QParams, quantize, weight_qparams
 
 
-def _window_sums(x_codes: jax.Array, pads, pad_code: jax.Array, kernel_hw: tuple[int, int], groups: int,
-                 stride, dilation) -> jax.Array:
-    """Sum of x codes (padded with ``pad_code``) over each output's receptive field, per group:
-    (N, Ho, Wo, groups), int32."""
-    n, h, w, c = x_codes.shape
-    per_group = x_codes.reshape(n, h, w, groups, c // groups).sum(axis=-1, dtype=jnp.int32)
-    per_group = jnp.pad(per_group, ((0, 0), *pads, (0, 0)), constant_values=pad_code * (c // groups))
-    return jax.lax.reduce_window(per_group, jnp.int32(0), jax.lax.add, (1, *kernel_hw, 1), (1, *stride, 1),
-                                 "VALID", window_dilation=(1, *dilation, 1))
-
-
 def _exact_conv(x, w, bias, cfg) -> jax.Array:
     """The float layer the table approximates (its gradient is the straight-through gradient)."""
     _, stride, pads, dilation, groups, _, _ = cfg
@@ -62,7 +51,7 @@ def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], cfg) -> jax.
         reduction = kernel_hw[0] * kernel_hw[1] * w.shape[2]
         z_w = jnp.broadcast_to(jnp.asarray(w_qp.zero_point, jnp.int32), (n_out,))
         sum_w = w_codes.reshape(-1, n_out).sum(axis=0, dtype=jnp.int32)
-        sum_x = _window_sums(x_codes, pads, z_x, kernel_hw, groups, stride, dilation)
+        sum_x = lutconv.window_sums(x_codes, kernel_hw, groups, stride, dilation, pads=pads, pad_value=z_x)
         sum_x = jnp.repeat(sum_x, n_out // groups, axis=-1)
         acc = acc - z_x * sum_w - z_w * sum_x + reduction * z_x * z_w
     scale = jnp.asarray(x_qp.scale, jnp.float32) * jnp.asarray(w_qp.scale, jnp.float32)
