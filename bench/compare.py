@@ -285,12 +285,13 @@ def main(argv=None) -> int:
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     rows = []
     for key in args.layers:
-        layer_impls = [i for i in impls if i != "lowrank" or (LAYERS[key].groups == 1 and lowrank.supports(
-            multipliers.get(args.table).table, LAYERS[key].w_shape) is None)]
+        dense = LAYERS[key].groups == 1  # XLA has no fast grouped int8 convolution: no lowrank rows there
+        layer_impls = [i for i in impls if i != "lowrank"
+                       or (dense and lowrank.supports(multipliers.get(args.table).table) is None)]
         rows += bench_layer(key, LAYERS[key], args.table, layer_impls, args.repeats)
         for t in args.lowrank_tables:
-            wanted = ["lowrank", "auto"] if LAYERS[key].groups == 1 else ["auto"]  # XLA has no fast grouped int8
-            rows += [r for r in bench_layer(key, LAYERS[key], t, wanted, args.repeats)
+            rows += [r for r in bench_layer(key, LAYERS[key], t, ["lowrank", "auto"] if dense else ["auto"],
+                                            args.repeats)
                      if r["impl"] != "exact float32 (XLA)"]
         print("\n".join(f"{r['layer']:>10} {r['impl']:>22} {r['table']:>10} {r['seconds']:10.4g}s "
                         f"{r['gmac_s']:8.3g} GMAC/s {r['ratio_to_float']:7.3g}x float"

@@ -38,7 +38,7 @@ register_kernel(Kernel("lowrank", lowrank.lowrank_conv,
                        "tables that are exactly a short sum of integer outer products: XLA's int8 x int8 -> "
                        "int32 convolution (VNNI) per int8 term, exact integer arithmetic",
                        jittable=True, priority=40,
-                       supports=lambda p: lowrank.supports(p.table, p.w_shape), estimate=lowrank.estimate))
+                       supports=lambda p: lowrank.supports(p.table), estimate=lowrank.estimate))
 
 __all__ = ["ConvSpec", "Kernel", "Problem", "choose", "conv2d", "dense", "explain", "implementations",
            "register_kernel", "warmup", "window_sums"]

@@ -228,8 +228,6 @@ def _plan_from_rows(t: np.ndarray, base: Optional[np.ndarray] = None) -> Optiona
     """Plan from the integer row basis of ``t - base base^T`` (rows: weight bytes, columns: input bytes)
     plus the term ``base base^T`` when given: with the basis LLL-reduced (short input-side factors), and with
     the coefficients LLL-reduced instead (short weight-side factors), whichever needs fewer int8 terms."""
-    if np.abs(t).max() >= 2**31:
-        return None
     rest = t if base is None else t - np.outer(base, base)
     u = rest[:, 0].copy()
     v = rest[0, :] - rest[0, 0]
@@ -278,7 +276,7 @@ def _plan_from_factors(u: np.ndarray, v: np.ndarray, coef: np.ndarray, basis: np
     return Int8Plan(np.array(a_list, np.int8), np.array(b_list, np.int8), np.array(shifts, np.int64), u, v)
 
 
-def supports(table: Optional[np.ndarray], w_shape: tuple[int, ...]) -> Optional[str]:
+def supports(table: Optional[np.ndarray]) -> Optional[str]:
     """None when `lowrank_conv` can run exactly on this table, else the reason."""
     if table is None:
         return "the table is traced (its factorisation is computed from a concrete table)"
