@@ -399,7 +399,7 @@ def dwrows_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -
     x = np.ascontiguousarray(x) if x.dtype == np.uint8 else np.ascontiguousarray(x & 0xFF, dtype=np.uint8)
     kh_n, kw_n, cg, n_out = np.shape(w)
     n_batch, h, wd, channels = x.shape
-    if not (cg == 1 and spec.groups == channels == n_out):
+    if not _one_filter_per_channel(x.shape, np.shape(w), spec.groups):
         raise ValueError(f"dwrows needs a depthwise layer (groups == C == O), got x {x.shape}, w {np.shape(w)}, "
                          f"groups {spec.groups}")
     ho, wo = spec.output_hw((h, wd), (kh_n, kw_n))
@@ -542,8 +542,15 @@ def estimate_wstat(problem) -> float:
             + CALL_OVERHEAD + GROUP_OVERHEAD * (problem.spec.groups - 1))
 
 
+def _one_filter_per_channel(x_shape, w_shape, groups: int) -> bool:
+    """The layer shape dwrows computes: depthwise with one filter per channel (groups == C == O)."""
+    return w_shape[2] == 1 and groups == x_shape[3] == w_shape[3]
+
+
 def dwrows_supports(problem) -> str | None:
-    return None if is_depthwise(problem) and problem.w_shape[3] == problem.x_shape[3] else "depthwise layers only"
+    if _one_filter_per_channel(problem.x_shape, problem.w_shape, problem.spec.groups) and problem.x_shape[3] > 1:
+        return None
+    return "depthwise layers only"
 
 
 def estimate_dwrows(problem) -> float:
