@@ -234,6 +234,54 @@ def test_depthwise_rows_kernel_inside_jit_and_vmap(table_name):
         np.testing.assert_array_equal(np.asarray(closed_table[k]), expected)
 
 
+DEPTHWISE_CASES = [c for c in CASES if c[1][2] == 1 and c[5] == c[0][3] == c[1][3]] + [
+    ((1, 5, 41, 20), (3, 3, 1, 20), 2, ((3, 0), (0, 4)), 1, 20, 7),   # pads beyond the kernel, 20 channels
+    ((2, 12, 33, 16), (3, 3, 1, 16), 1, ((0, 2), (2, 0)), 1, 16, -5),  # one side padded only
+]
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int8, np.uint8])
+@pytest.mark.parametrize("case", DEPTHWISE_CASES)
+def test_depthwise_rows_xla_ffi_pads_inside(case, dtype):
+    """dwrows under jit is an XLA FFI call that reads the caller's unpadded codes (any byte dtype) and a
+    traced pad code, and writes the padding itself."""
+    table_name = "random_s8" if dtype == np.int8 else "mul8u_2AC"
+    table, signed = TABLES[table_name]
+    if dtype == np.int32:
+        table, signed = TABLES["wide_s8"]  # an int32 table too
+    rng = np.random.default_rng(len(case[0]) + case[0][2])
+    x, w = _codes(rng, case[0], signed), _codes(rng, case[1], signed)
+    _, _, stride, padding, dilation, groups, pad_code = case
+    pad_code = pad_code if signed else pad_code & 0xFF
+    f = jax.jit(lambda x, w, p: lutconv.conv2d(x, w, table, stride=stride, padding=padding, dilation=dilation,
+                                               groups=groups, pad_code=p, signed=signed, impl="dwrows"))
+    assert "custom_call_target=\"jaxdepth_dwrows\"" in f.lower(x.astype(dtype), w, pad_code).as_text("hlo")
+    got = f(jnp.asarray(x.astype(dtype)), jnp.asarray(w), jnp.int32(pad_code))
+    want = reference_conv(x, w, table, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                          pad_code=pad_code)
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_xla_ffi_kernels_wait_for_the_shared_kernel_lock():
+    """A compiled handler takes the same mutex as host kernels: while it is held, a jitted call waits."""
+    import threading
+    import time
+    from jaxdepth.lutconv import xla_ffi
+
+    table, signed = TABLES["mul8u_2AC"]
+    x, w = np.zeros((1, 8, 8, 4), np.int32), np.ones((3, 3, 1, 4), np.int32)
+    f = jax.jit(lambda x: lutconv.conv2d(x, w, table, padding=1, groups=4, impl="dwrows"))
+    f(x).block_until_ready()
+    done = threading.Event()
+    with xla_ffi.KERNEL_LOCK:
+        worker = threading.Thread(target=lambda: (f(x).block_until_ready(), done.set()))
+        worker.start()
+        time.sleep(0.3)
+        assert not done.is_set()
+    worker.join(10)
+    assert done.is_set()
+
+
 @pytest.mark.parametrize("signed", [True, False])
 def test_exact_tables_match_xla_integer_convolution(signed):
     rng = np.random.default_rng(14)

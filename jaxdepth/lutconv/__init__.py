@@ -33,7 +33,7 @@ register_kernel(Kernel("dwrows", numba_kernel.dwrows_conv,
                        "numba, both cores, depthwise only: per band of output rows, channel and tap, the "
                        "weight byte's table row looked up along whole input rows (register permutes), any stride",
                        jittable=True, priority=25, supports=numba_kernel.dwrows_supports,
-                       estimate=numba_kernel.estimate_dwrows))
+                       estimate=numba_kernel.estimate_dwrows, pads_inside=True))
 register_kernel(Kernel("lowrank", lowrank.lowrank_conv,
                        "tables that are exactly a short sum of integer outer products: XLA's int8 x int8 -> "
                        "int32 convolution (VNNI) per int8 term, exact integer arithmetic",

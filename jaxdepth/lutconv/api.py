@@ -102,6 +102,8 @@ def conv2d(x: Any, w: Any, lut: TableLike, *, stride: Any = 1, padding: PaddingA
     """
     kernel, problem, table, pads = _prepare(x, w, lut, stride, padding, dilation, groups, pad_code,
                                             signed, impl)
+    if kernel.pads_inside:
+        return kernel.fn(x, w, table, problem.spec, pads, pad_code)
     pad_width = ((0, 0), pads[0], pads[1], (0, 0))
     if kernel.jittable:
         xp = jnp.pad(jnp.asarray(x, jnp.int32), pad_width, constant_values=jnp.asarray(pad_code, jnp.int32))

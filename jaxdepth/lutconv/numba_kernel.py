@@ -34,19 +34,23 @@ All are plain host functions on numpy arrays; `direct_conv` / `wstat_conv` / `dw
 """
 from __future__ import annotations
 
-import threading
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import carray, njit, prange
+
+from . import xla_ffi
 
 from .simd import (HAVE_AVX512, HAVE_AVX512BW, gather_add16, lookup_add_rows, lookup_row, strided_load16,
                    rows_sum_add16, table_gather_add16)
 from .spec import ConvSpec
 
-_LOCK = threading.Lock()  # one kernel at a time: each one already uses every core
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+_LOCK = xla_ffi.KERNEL_LOCK  # one kernel at a time: each one already uses every core
 _OUTPUTS_PER_TILE = 1280  # wstat: output positions per spatial tile (rows x cols)
 _COLS_PER_TILE = 160      # wstat: at most this many output columns per tile
 _T_BUDGET = 1 << 20       # wstat: bytes of precomputed product rows per channel chunk (~half of L2)
@@ -331,15 +335,19 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) ->
 # dwrows: depthwise layers as table-row lookups over whole rows of one channel
 # ----------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, boundscheck=False)
-def _dw_rows(x, roffs, lut, sh, sw, dh, dw, kh_n, kw_n, rows, row, out):  # pragma: no cover - compiled
-    """x (N,H,W,C) uint8 code bytes; roffs (KH*KW, C) weight byte * 256; out (N,Ho,Wo,C) int32 (overwritten).
+def _dw_rows(x, roffs, lut, sh, sw, dh, dw, kh_n, kw_n, rows, row, pad_top, pad_left, h, wd, pad_byte,
+             out):  # pragma: no cover - compiled
+    """x (N,H0,W0,C) codes (uint8, int8 or int32: the low byte is used); roffs (KH*KW, C) weight byte * 256;
+    out (N,Ho,Wo,C) int32 (overwritten). The convolution runs over x padded to (h, wd) with ``pad_top`` rows
+    and ``pad_left`` columns before it, padded positions holding ``pad_byte`` (the padding is written while
+    transposing: no padded copy of x is made).
     One task per (image, band of ``rows`` output rows); per block of 16 channels the band's input rows
     are transposed into channel-major bytes ``buf[c, r, p, m] = x[r, m * sw + p, c]`` (the stride phases
     of a row side by side, so each tap reads contiguous bytes; ``row`` >= every tap's whole 32-lane
     blocks), then per channel and tap `lookup_add_rows` adds the table row of the tap's weight byte
     looked up along the band's rows, and the block is written back channels-last (one 64-byte line per
     position)."""
-    n_batch, h, wd, channels = x.shape
+    n_batch, h0, w0, channels = x.shape
     _, ho, wo, _ = out.shape
     wop = (wo + 31) // 32 * 32
     bands = (ho + rows - 1) // rows
@@ -358,19 +366,31 @@ def _dw_rows(x, roffs, lut, sh, sw, dh, dw, kh_n, kw_n, rows, row, out):  # prag
             c1 = min(c0 + 16, channels)
             for r in range(nr_in):  # transpose: 16-lane strided gathers along a row phase, the 16
                 for ph in range(sw):  # channels of the block back to back (their source lines stay in L1)
-                    src = ((n * h + r0 + r) * wd + ph) * channels
                     dst = (r * sw + ph) * row
                     m_n = (wd - ph + sw - 1) // sw
-                    m = 0
+                    src_row = r0 + r - pad_top
+                    if src_row < 0 or src_row >= h0:  # a padding row
+                        m_lo, m_hi = m_n, m_n
+                    else:  # phase columns m with source column m * sw + ph - pad_left inside x
+                        m_lo = min(m_n, max(0, (pad_left - ph + sw - 1) // sw))
+                        m_hi = max(m_lo, min(m_n, (w0 + pad_left - ph + sw - 1) // sw))
+                    for c in range(c0, c1):
+                        base = (c - c0) * plane + dst
+                        buf[base:base + m_lo] = pad_byte
+                        buf[base + m_hi:base + m_n] = pad_byte
+                    if m_hi == m_lo:
+                        continue
+                    src = ((n * h0 + src_row) * w0 + m_lo * sw + ph - pad_left) * channels
+                    m = m_lo
                     # (x is gathered as dwords: stay 3 bytes clear of its end)
-                    while m + 16 <= m_n and src + (m + 15) * sw * channels + c1 + 3 < xflat.size:
+                    while m + 16 <= m_hi and src + (m - m_lo + 15) * sw * channels + c1 + 3 < xflat.size:
                         for c in range(c0, c1):
-                            strided_load16(buf, (c - c0) * plane + dst + m, xflat, src + m * sw * channels + c,
-                                           sw * channels)
+                            strided_load16(buf, (c - c0) * plane + dst + m, xflat,
+                                           src + (m - m_lo) * sw * channels + c, sw * channels)
                         m += 16
-                    for m in range(m, m_n):
+                    for m in range(m, m_hi):
                         for c in range(c0, c1):
-                            buf[(c - c0) * plane + dst + m] = xflat[src + m * sw * channels + c]
+                            buf[(c - c0) * plane + dst + m] = xflat[src + (m - m_lo) * sw * channels + c] & 0xFF
             acc[:] = 0
             for c in range(c0, c1):
                 for kh in range(kh_n):
@@ -389,29 +409,62 @@ def _dw_rows(x, roffs, lut, sh, sw, dh, dw, kh_n, kw_n, rows, row, out):  # prag
                             oflat[dst + c - c0] = acc[((c - c0) * nr + r) * wop + j]
 
 
-def dwrows_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -> np.ndarray:
+def dwrows_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec,
+                pads: Pads = ((0, 0), (0, 0)), pad_code: int = 0) -> np.ndarray:
     """The ``dwrows`` kernel on concrete arrays (int32 result): depthwise layers (groups == C == O), any
     stride and dilation. Channel-major rows of bytes per band of output rows, one table row per (channel,
-    tap): 32 lookups are 4 register permutes with a 16-bit table (int32 tables: gathers from the row)."""
-    x = np.asarray(x)
-    # bytes, whatever the caller's dtype: one compiled specialisation (the one `warmup` loads), and what
-    # the jitted path already passes
-    x = np.ascontiguousarray(x) if x.dtype == np.uint8 else np.ascontiguousarray(x & 0xFF, dtype=np.uint8)
-    kh_n, kw_n, cg, n_out = np.shape(w)
-    n_batch, h, wd, channels = x.shape
-    if not _one_filter_per_channel(x.shape, np.shape(w), spec.groups):
-        raise ValueError(f"dwrows needs a depthwise layer (groups == C == O), got x {x.shape}, w {np.shape(w)}, "
-                         f"groups {spec.groups}")
+    tap): 32 lookups are 4 register permutes with a 16-bit table (int32 tables: gathers from the row).
+    ``x`` is the unpadded input; ``pads`` rows and columns of ``pad_code`` surround it."""
+    x = _dw_codes(np.asarray(x))
+    (ho, wo), params = _dw_geometry(x.shape, np.shape(w), spec, pads)
+    out = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=np.int32)
+    with _LOCK:
+        _dw_rows(x, _dw_row_offsets(np.asarray(w, np.int32)), narrow_table(lut).reshape(-1), *params,
+                 int(pad_code) & 0xFF, out)
+    return out
+
+
+def _dw_codes(x):
+    """x as dwrows reads it: uint8 or int32 (the kernel uses the low byte), int8 viewed as uint8, other
+    integer dtypes converted to int32. Works on numpy (made C-contiguous) and jax arrays."""
+    if isinstance(x, jax.Array):
+        if x.dtype == jnp.int8:
+            return jax.lax.bitcast_convert_type(x, jnp.uint8)  # same bytes
+        return x if x.dtype in (jnp.uint8, jnp.int32) else x.astype(jnp.int32)
+    if x.dtype == np.int8:
+        return np.ascontiguousarray(x).view(np.uint8)
+    return np.ascontiguousarray(x if x.dtype in (np.uint8, np.int32) else x.astype(np.int32))
+
+
+def _dw_geometry(x_shape, w_shape, spec: ConvSpec, pads: Pads) -> tuple[tuple[int, int], tuple[int, ...]]:
+    """((Ho, Wo), params) of a dwrows call on an unpadded input: the output size and the kernel's scalar
+    parameters (sh, sw, dh, dw, kh, kw, rows, row, pad_top, pad_left, padded H, padded W), where ``rows``
+    is output rows per band and ``row`` bytes per transposed input row phase."""
+    kh_n, kw_n = w_shape[:2]
+    n_batch, h0, w0, _ = x_shape
+    if not _one_filter_per_channel(x_shape, w_shape, spec.groups):
+        raise ValueError(f"dwrows needs a depthwise layer (groups == C == O), got x {tuple(x_shape)}, "
+                         f"w {tuple(w_shape)}, groups {spec.groups}")
+    (pt, pb), (pl, pr) = pads
+    h, wd = h0 + pt + pb, w0 + pl + pr
     ho, wo = spec.output_hw((h, wd), (kh_n, kw_n))
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     wop = -(-wo // 32) * 32
     row = -(-max(-(-wd // sw), (kw_n - 1) * dw // sw + wop) // 16) * 16
     rows = _dw_band_rows(ho, n_batch, 16 * sh * sw * row)
-    roffs = ((np.asarray(w) & 0xFF).astype(np.int64) * 256).reshape(kh_n * kw_n, channels)
-    out = np.empty((n_batch, ho, wo, channels), dtype=np.int32)
-    with _LOCK:
-        _dw_rows(x, roffs, narrow_table(lut).reshape(-1), sh, sw, dh, dw, kh_n, kw_n, rows, row, out)
-    return out
+    return (ho, wo), (sh, sw, dh, dw, kh_n, kw_n, rows, row, pt, pl, h, wd)
+
+
+@njit(cache=True, boundscheck=False)
+def _dw_row_offsets(w):  # pragma: no cover - compiled
+    """w (KH, KW, 1, C) int32 codes -> (KH * KW, C) int64 offsets of each weight byte's table row."""
+    kh_n, kw_n, _, channels = w.shape
+    roffs = np.empty((kh_n * kw_n, channels), dtype=np.int64)
+    for kh in range(kh_n):
+        for kw in range(kw_n):
+            for c in range(channels):
+                roffs[kh * kw_n + kw, c] = (w[kh, kw, 0, c] & 0xFF) * 256
+    return roffs
 
 
 def _dw_band_rows(ho: int, n_batch: int, bytes_per_row: int) -> int:
@@ -471,7 +524,69 @@ def as_jax_kernel(host):
 
 direct_conv = as_jax_kernel(direct_host)
 wstat_conv = as_jax_kernel(wstat_host)
-dwrows_conv = as_jax_kernel(dwrows_host)
+_dwrows_callback_conv = as_jax_kernel(dwrows_host)
+
+
+def _dwrows_handler(frame):  # pragma: no cover - compiled into an XLA FFI handler
+    """XLA FFI handler of dwrows: arguments x (N,H,W,C) uint8 / int32 (unpadded), w (KH,KW,1,C)
+    int32, table (256,256) uint16 / int16 / int32, params (13,) int32 (`_dw_geometry`, then the pad
+    byte); result (N,Ho,Wo,C) int32."""
+    if not xla_ffi.is_execution(frame):
+        return 0
+    x_type, x_at, _, x_dims = xla_ffi.buffer(frame, 0, False)
+    _, w_at, _, w_dims = xla_ffi.buffer(frame, 1, False)
+    table_type, table_at, _, _ = xla_ffi.buffer(frame, 2, False)
+    _, params_at, _, _ = xla_ffi.buffer(frame, 3, False)
+    _, out_at, _, out_dims = xla_ffi.buffer(frame, 0, True)
+    w = carray(xla_ffi.as_voidptr(w_at), xla_ffi.dims4(w_dims), dtype=np.int32)
+    out = carray(xla_ffi.as_voidptr(out_at), xla_ffi.dims4(out_dims), dtype=np.int32)
+    p = carray(xla_ffi.as_voidptr(params_at), (13,), dtype=np.int32).astype(np.int64)  # as the host passes them
+    roffs = _dw_row_offsets(w)
+    xla_ffi.lock()
+    if x_type == xla_ffi.S32:
+        _dw_rows_any_table(carray(xla_ffi.as_voidptr(x_at), xla_ffi.dims4(x_dims), dtype=np.int32), roffs,
+                           table_type, table_at, p, out)
+    else:
+        _dw_rows_any_table(carray(xla_ffi.as_voidptr(x_at), xla_ffi.dims4(x_dims), dtype=np.uint8), roffs,
+                           table_type, table_at, p, out)
+    xla_ffi.unlock()
+    return 0
+
+
+@njit(cache=True, boundscheck=False)
+def _dw_rows_any_table(x, roffs, table_type, table_at, p, out):  # pragma: no cover - compiled
+    """`_dw_rows` with the table at address ``table_at`` in the XLA dtype ``table_type``."""
+    if table_type == xla_ffi.U16:
+        lut = carray(xla_ffi.as_voidptr(table_at), (65536,), dtype=np.uint16)
+        _dw_rows(x, roffs, lut, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12],
+                 out)
+    elif table_type == xla_ffi.S16:
+        lut16 = carray(xla_ffi.as_voidptr(table_at), (65536,), dtype=np.int16)
+        _dw_rows(x, roffs, lut16, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12],
+                 out)
+    else:
+        lut32 = carray(xla_ffi.as_voidptr(table_at), (65536,), dtype=np.int32)
+        _dw_rows(x, roffs, lut32, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12],
+                 out)
+
+
+def dwrows_conv(x, w, lut, spec: ConvSpec, pads: Pads = ((0, 0), (0, 0)), pad_code: Any = 0):
+    """jittable dwrows on the unpadded input: under tracing an XLA FFI custom call (XLA's own buffers, no
+    Python and no copies on the way, the padding written by the kernel), `dwrows_host` on concrete
+    arrays; `jax.pure_callback` on a padded copy where the FFI bridge is unavailable."""
+    if not any(isinstance(a, jax.core.Tracer) for a in (x, w, lut, pad_code)):
+        return jnp.asarray(dwrows_host(np.asarray(x), np.asarray(w), np.asarray(lut), spec, pads, int(pad_code)))
+    if not xla_ffi.AVAILABLE:  # pragma: no cover - non-POSIX hosts
+        xp = jnp.pad(jnp.asarray(x, jnp.int32), ((0, 0), *pads, (0, 0)), constant_values=pad_code)
+        return _dwrows_callback_conv(xp, w, lut, spec)
+    (ho, wo), params = _dw_geometry(tuple(x.shape), tuple(w.shape), spec, pads)
+    # a concrete table goes in narrowed (uint16 / int16 when it fits: register permutes, 128 KiB)
+    table = jnp.asarray(lut, jnp.int32) if isinstance(lut, jax.core.Tracer) else narrow_table(np.asarray(lut))
+    call = jax.ffi.ffi_call(xla_ffi.register("jaxdepth_dwrows", _dwrows_handler),
+                            jax.ShapeDtypeStruct((x.shape[0], ho, wo, x.shape[3]), jnp.int32),
+                            vmap_method="sequential")
+    params = jnp.concatenate([jnp.asarray(params, jnp.int32), jnp.asarray(pad_code, jnp.int32).reshape(1) & 0xFF])
+    return call(_dw_codes(jnp.asarray(x)), jnp.asarray(w, jnp.int32), table, params)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -571,9 +686,10 @@ def warmup() -> None:
     direct_host(x, np.zeros((3, 3, 2, 2), np.int32), lut, ConvSpec())
     direct_host(x, np.zeros((3, 3, 1, 2), np.int32), lut, ConvSpec(groups=2))
     wstat_host(x, np.zeros((3, 3, 2, 2), np.int32), lut, ConvSpec())
-    xb = x.astype(np.uint8)
-    xb.setflags(write=False)  # as jax.pure_callback hands it over (dwrows uses x in place: its own specialisation)
     signed = lut.copy()
     signed[0, 0] = -1  # a table that narrows to int16 (the zero table narrows to uint16)
-    for table in (lut, signed):
-        dwrows_host(xb, np.zeros((3, 3, 1, 2), np.int32), table, ConvSpec(groups=2))
+    for codes in (x, x.astype(np.uint8)):  # what models pass (int32 codes) and bytes
+        for table in (lut, signed):
+            dwrows_host(codes, np.zeros((3, 3, 1, 2), np.int32), table, ConvSpec(groups=2), ((1, 1), (1, 1)))
+    if xla_ffi.AVAILABLE:
+        xla_ffi.register("jaxdepth_dwrows", _dwrows_handler)

@@ -1,7 +1,7 @@
 """Kernel registry and automatic selection.
 
 A kernel computes the normalised problem of `spec` (VALID convolution of int32 codes, padding already
-applied) and returns int32 accumulators. Kernels register with a priority, a ``supports`` check and an
+applied, unless the kernel pads for itself: ``pads_inside``) and returns int32 accumulators. Kernels register with a priority, a ``supports`` check and an
 optional ``estimate`` (predicted seconds from the shape, a small cost model calibrated on this CPU);
 ``impl="auto"`` picks, among the kernels that support the call, the one with the lowest estimate (ties
 and kernels without an estimate: highest priority), and `explain` says which and why, with the
@@ -45,6 +45,8 @@ class Kernel:
     ``supports(problem)`` returns None when the kernel can run the problem, else the reason it cannot.
     ``jittable`` kernels accept traced inputs (inside `jax.jit`). ``estimate(problem)`` predicts the
     seconds the kernel needs (None: unknown); ``impl="auto"`` takes the lowest estimate, then ``priority``.
+    A ``pads_inside`` kernel is called as ``fn(x, w, table, spec, pads, pad_code)`` with the caller's
+    unpadded codes (any integer dtype) and pads them itself (no padded copy of the input).
     """
 
     name: str
@@ -54,6 +56,7 @@ class Kernel:
     priority: int
     supports: Callable[[Problem], Optional[str]] = lambda p: None
     estimate: Callable[[Problem], Optional[float]] = lambda p: None
+    pads_inside: bool = False
 
 
 _KERNELS: dict[str, Kernel] = {}
