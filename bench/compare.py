@@ -3,8 +3,7 @@
 Layers (batch 1 unless --batch): the seed's DenseNet-161 decoder ``conv2`` (1x15x20x2208, 1104 1x1 filters)
 and ``up1.convA`` (1x30x40x1488, 552 3x3 filters, padding 1), MobileNetV2 depthwise 3x3 layers
 (1x120x160x144, groups 144, stride 1 and 2), then whole networks at 480x640 as the sum over their layer
-shapes (bench/layer_shapes.py) with impl="auto" and an arbitrary (full-rank, non-commutative) table,
-and the real Flax models (jaxdepth.models, random init + calibration on a random image) end to end under
+shapes (bench/layer_shapes.py) with impl="auto", and the real Flax models (jaxdepth.models, random init + calibration on a random image) end to end under
 jax.jit at 480x640, every conv/dense through that table (plan {"*": table}), each model in its own
 process so its peak resident memory is its own, against the float model compiled in the same process.
 
@@ -14,6 +13,12 @@ GMAC/s, speed-up over the seed's figures (v2: 83 ms per conv2 output value, ~327
 channel; other layers at the v2 rate of 26,600 multiplications/s) and the ratio to the exact float32 XLA
 convolution measured in the same run. ``loop`` and ``vectorized`` (and ``gather`` on big layers) run on
 a slice of output channels and are extrapolated: marked "extrapolated".
+
+Tables: ``--table`` (default mul8u_2AC, an EvoApprox circuit: non-commutative, integer rank 11, an exact
+plan of 10 int8 terms) through every implementation, in the network sums and the real models;
+``--lowrank-tables`` (exact and few-term tables) through lowrank and auto; ``--fullrank-tables`` (default
+mul8u_197B, one of the 17 EvoApprox circuits with no int8 plan: the worst case, run on wstat / dwrows /
+direct) through auto, and in the network sums.
 
     python bench/compare.py --quick          # a short run
     python bench/compare.py                   # everything, results in bench/results/
@@ -266,6 +271,8 @@ def main(argv=None) -> int:
     ap.add_argument("--table", default="mul8u_2AC", help="arbitrary-table benchmark multiplier")
     ap.add_argument("--lowrank-tables", nargs="*", default=["exact_s8", "exact_u8", "mul8s_1KV8", "mul8s_1KVA", "trunc_u8_k4"],
                     help="tables benchmarked through the lowrank kernel as well")
+    ap.add_argument("--fullrank-tables", nargs="*", default=["mul8u_197B"],
+                    help="tables with no exact int8 plan (auto runs them on wstat / dwrows / direct)")
     ap.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=list(NETWORKS))
     ap.add_argument("--batch", type=int, nargs="*", default=[1], help="network batch sizes")
     ap.add_argument("--models", nargs="*", default=list(NETWORKS), choices=list(NETWORKS),
@@ -293,6 +300,9 @@ def main(argv=None) -> int:
             rows += [r for r in bench_layer(key, LAYERS[key], t, ["lowrank", "auto"] if dense else ["auto"],
                                             args.repeats)
                      if r["impl"] != "exact float32 (XLA)"]
+        for t in args.fullrank_tables:
+            rows += [r for r in bench_layer(key, LAYERS[key], t, ["auto"], args.repeats)
+                     if r["impl"] != "exact float32 (XLA)"]
         print("\n".join(f"{r['layer']:>10} {r['impl']:>22} {r['table']:>10} {r['seconds']:10.4g}s "
                         f"{r['gmac_s']:8.3g} GMAC/s {r['ratio_to_float']:7.3g}x float"
                         for r in rows if r["layer"] == key), flush=True)
@@ -304,6 +314,9 @@ def main(argv=None) -> int:
     for net in args.networks:
         for b in args.batch:
             nets.append(bench_network(net, args.table, b, max(1, args.repeats // 3)))
+            print(nets[-1], flush=True)
+        for t in args.fullrank_tables:
+            nets.append(bench_network(net, t, 1, max(1, args.repeats // 3)))
             print(nets[-1], flush=True)
     model_rows = []
     for preset in args.models:
