@@ -145,8 +145,8 @@ def direct_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -
 # ----------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
 def _wstat(xc, wt, slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk, images, out):  # pragma: no cover
-    """One group, stride 1. xc (N,C,H,W+pad) uint8 (spare zero columns: see wstat_host); wt (O,C,taps)
-    uint8 weight bytes; output (i, j) of tap t reads input (i + tap_r[t], j + tap_c[t]); slot[c, v]: row
+    """One group, stride 1. xc (N,C,H,W+pad) uint8 (spare zero columns: see wstat_host); wt (C,taps,O)
+    uint8 weight bytes (channel-major: a chunk's bytes are contiguous); output (i, j) of tap t reads input (i + tap_r[t], j + tap_c[t]); slot[c, v]: row
     of byte v in T for channel c; used[c, s]: the byte of row s; n_used[c]; lut: the flat table
     (256 * w + x), int32 or, when every entry fits, int16 / uint16 (T then holds 16-bit rows, built with
     register permutes and widened exactly in the row sums); out (N,O,Ho,Wo) int32 (overwritten).
@@ -155,7 +155,7 @@ def _wstat(xc, wt, slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk, ima
     batch costs fewer offsets per image). Rows of T and of the accumulators are padded to 16 lanes
     (padding lanes are discarded)."""
     n_batch, channels, _, _ = xc.shape
-    n_out, _, taps = wt.shape
+    _, taps, n_out = wt.shape
     _, _, ho, wo = out.shape
     halo_r = 0
     halo_c = 0
@@ -185,7 +185,7 @@ def _wstat(xc, wt, slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk, ima
         nc_in = nc + halo_c
         table = np.empty((n1 - n0) * per_image + 32, dtype=lut.dtype)
         acc = np.zeros((n1 - n0) * acc_image, dtype=np.int32)
-        offs = np.empty(chunk * taps, dtype=np.int64)
+        offs = np.empty((n_out, chunk * taps), dtype=np.int64)
         for c0 in range(0, channels, chunk):
             c1 = min(c0 + chunk, channels)
             for n in range(n0, n1):  # product rows T[n, c, v, :] = lut[v, x[n, c, :]] of this channel chunk
@@ -197,18 +197,19 @@ def _wstat(xc, wt, slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk, ima
                             # whole 32-lane blocks: may spill into the next (later built) row
                             lookup_row(table, tb, lut, roff, xc[n, c, i0 + rr], j0, nc_in)
             k_n = (c1 - c0) * taps
+            for c in range(c0, c1):  # row offsets of every output channel, streaming the chunk's weight bytes
+                for t in range(taps):
+                    k = (c - c0) * taps + t
+                    at = (c - c0) * vmax * plane + tap_r[t] * c_in + tap_c[t]
+                    for o in range(n_out):
+                        offs[o, k] = at + slot[c, wt[c, t, o]] * plane
             for o in range(n_out):  # every output channel sums whole rows, 16 lanes in a register
-                k = 0
-                for c in range(c0, c1):
-                    base = ((c - c0) * vmax) * plane
-                    for t in range(taps):
-                        offs[k] = base + slot[c, wt[o, c, t]] * plane + tap_r[t] * c_in + tap_c[t]
-                        k += 1
+                o_offs = offs[o]
                 for n in range(n1 - n0):
                     for r in range(nr):
                         ab = n * acc_image + (o * rows + r) * cols_pad
                         for q in range(0, nc, 16):
-                            rows_sum_add16(acc, ab + q, table, offs, k_n, n * per_image + r * c_in + q)
+                            rows_sum_add16(acc, ab + q, table, o_offs, k_n, n * per_image + r * c_in + q)
         for n in range(n0, n1):
             for o in range(n_out):
                 for r in range(nr):
@@ -246,17 +247,17 @@ def _image_groups(n_batch: int, channels: int, plane_bytes: int, taps: int) -> t
 
 @njit(cache=True, boundscheck=False)
 def _weight_prep(wb):  # pragma: no cover - compiled
-    """wb (KH,KW,Cg,Og) weight bytes -> wt (Og,Cg,KH,KW); per input channel the bytes it uses:
+    """wb (KH,KW,Cg,Og) weight bytes -> wt (Cg,KH,KW,Og); per input channel the bytes it uses:
     slot[c, v] (row of byte v), used[c, s] (byte of row s), n_used[c]."""
     kh_n, kw_n, channels, n_out = wb.shape
-    wt = np.empty((n_out, channels, kh_n, kw_n), dtype=np.uint8)
+    wt = np.empty((channels, kh_n, kw_n, n_out), dtype=np.uint8)
     present = np.zeros((channels, 256), dtype=np.bool_)
     for kh in range(kh_n):
         for kw in range(kw_n):
             for c in range(channels):
                 for o in range(n_out):
                     v = wb[kh, kw, c, o]
-                    wt[o, c, kh, kw] = v
+                    wt[c, kh, kw, o] = v
                     present[c, v] = True
     slot = np.zeros((channels, 256), dtype=np.int32)
     used = np.zeros((channels, 256), dtype=np.uint8)
@@ -323,7 +324,7 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) ->
                  * max(1, int(n_used.max())))
         images, chunk = _image_groups(n_batch, cg, plane, kh_n * kw_n)
         with _LOCK:
-            _wstat(xc[:, g * cg:(g + 1) * cg], wt.reshape(og, cg, kh_n * kw_n), slot, used, n_used, lut,
+            _wstat(xc[:, g * cg:(g + 1) * cg], wt.reshape(cg, kh_n * kw_n, og), slot, used, n_used, lut,
                    tap_r, tap_c, rows, cols, chunk, images, out[:, g * og:(g + 1) * og])
     out = np.moveaxis(out, 1, 3)
     if fh == 1 and fw != ho * wo:  # flattened rows of width W: keep the first wo columns of each
