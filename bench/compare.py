@@ -3,9 +3,10 @@
 Layers (batch 1 unless --batch): the seed's DenseNet-161 decoder ``conv2`` (1x15x20x2208, 1104 1x1 filters)
 and ``up1.convA`` (1x30x40x1488, 552 3x3 filters, padding 1), MobileNetV2 depthwise 3x3 layers
 (1x120x160x144, groups 144, stride 1 and 2), then whole networks at 480x640 as the sum over their layer
-shapes (bench/layer_shapes.py) with impl="auto", and the real Flax models (jaxdepth.models, random init + calibration on a random image) end to end under
-jax.jit at 480x640, every conv/dense through that table (plan {"*": table}), each model in its own
-process so its peak resident memory is its own, against the float model compiled in the same process.
+shapes (bench/layer_shapes.py) with impl="auto", and the real Flax models (jaxdepth.models, random init +
+calibration on a random image) end to end under jax.jit at 480x640, every conv/dense through ``--table``
+(plan {"*": table}), each model in its own process so its peak resident memory is its own, against the
+float model compiled in the same process.
 
 Per implementation: seconds per layer (median of --repeats; the best run is reported too, since the
 machine may be shared), time per output value (the seed's unit),

@@ -146,10 +146,11 @@ def direct_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -
 @njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
 def _wstat(xc, wt, slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk, images, out):  # pragma: no cover
     """One group, stride 1. xc (N,C,H,W+pad) uint8 (spare zero columns: see wstat_host); wt (C,taps,O)
-    uint8 weight bytes (channel-major: a chunk's bytes are contiguous); output (i, j) of tap t reads input (i + tap_r[t], j + tap_c[t]); slot[c, v]: row
-    of byte v in T for channel c; used[c, s]: the byte of row s; n_used[c]; lut: the flat table
-    (256 * w + x), int32 or, when every entry fits, int16 / uint16 (T then holds 16-bit rows, built with
-    register permutes and widened exactly in the row sums); out (N,O,Ho,Wo) int32 (overwritten).
+    uint8 weight bytes (channel-major: a chunk's bytes are contiguous); output (i, j) of tap t reads input
+    (i + tap_r[t], j + tap_c[t]); slot[c, v]: row of byte v in T for channel c; used[c, s]: the byte of
+    row s; n_used[c]; lut: the flat table (256 * w + x), int32 or, when every entry fits, int16 / uint16
+    (T then holds 16-bit rows, built with register permutes and widened exactly in the row sums);
+    out (N,O,Ho,Wo) int32 (overwritten).
     A task is a spatial tile of rows x cols outputs for a group of ``images`` images: the row offsets of
     each (output channel, channel chunk) are computed once and reused for every image of the group (so a
     batch costs fewer offsets per image). Rows of T and of the accumulators are padded to 16 lanes
@@ -338,7 +339,7 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) ->
 @njit(parallel=True, cache=True, boundscheck=False)
 def _dw_rows(x, roffs, lut, sh, sw, dh, dw, kh_n, kw_n, rows, row, pad_top, pad_left, h, wd, pad_byte,
              out):  # pragma: no cover - compiled
-    """x (N,H0,W0,C) codes (uint8, int8 or int32: the low byte is used); roffs (KH*KW, C) weight byte * 256;
+    """x (N,H0,W0,C) codes (uint8 or int32: the low byte is used); roffs (KH*KW, C) weight byte * 256;
     out (N,Ho,Wo,C) int32 (overwritten). The convolution runs over x padded to (h, wd) with ``pad_top`` rows
     and ``pad_left`` columns before it, padded positions holding ``pad_byte`` (the padding is written while
     transposing: no padded copy of x is made).

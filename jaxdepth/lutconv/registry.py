@@ -1,8 +1,9 @@
 """Kernel registry and automatic selection.
 
 A kernel computes the normalised problem of `spec` (VALID convolution of int32 codes, padding already
-applied, unless the kernel pads for itself: ``pads_inside``) and returns int32 accumulators. Kernels register with a priority, a ``supports`` check and an
-optional ``estimate`` (predicted seconds from the shape, a small cost model calibrated on this CPU);
+applied, unless the kernel pads for itself: ``pads_inside``) and returns int32 accumulators. Kernels
+register with a priority, a ``supports`` check and an optional ``estimate`` (predicted seconds from the
+shape, a small cost model calibrated on this CPU);
 ``impl="auto"`` picks, among the kernels that support the call, the one with the lowest estimate (ties
 and kernels without an estimate: highest priority), and `explain` says which and why, with the
 estimates. A GPU kernel (e.g. Pallas) would register here the same way.

@@ -2,7 +2,8 @@
 
 The front end (`jaxdepth.lutconv.conv2d`) validates the call, pads the input explicitly with the pad
 code, and hands every kernel the same normalised problem: a VALID convolution of int32 codes with
-``stride``, ``dilation`` and ``groups`` (a `ConvSpec`). Kernels therefore never see padding.
+``stride``, ``dilation`` and ``groups`` (a `ConvSpec`). Kernels therefore never see padding, except those
+registered with ``pads_inside`` (`registry.Kernel`), which get the unpadded codes and the pads.
 """
 from __future__ import annotations
 
