@@ -243,19 +243,16 @@ DEPTHWISE_CASES = [c for c in CASES if c[1][2] == 1 and c[5] == c[0][3] == c[1][
 @pytest.mark.parametrize("dtype", [np.int32, np.int8, np.uint8])
 @pytest.mark.parametrize("case", DEPTHWISE_CASES)
 def test_depthwise_rows_xla_ffi_pads_inside(case, dtype):
-    """dwrows under jit is an XLA FFI call that reads the caller's unpadded codes (any byte dtype) and a
-    traced pad code, and writes the padding itself."""
-    table_name = "random_s8" if dtype == np.int8 else "mul8u_2AC"
-    table, signed = TABLES[table_name]
-    if dtype == np.int32:
-        table, signed = TABLES["wide_s8"]  # an int32 table too
+    """dwrows under jit with a 16-bit table is an XLA FFI call that reads the caller's unpadded codes (as
+    bytes) and a traced pad code, and writes the padding itself (signed and unsigned table handlers)."""
+    table, signed = TABLES[{np.int32: "mul8s_1KVA", np.int8: "random_s8", np.uint8: "mul8u_2AC"}[dtype]]
     rng = np.random.default_rng(len(case[0]) + case[0][2])
     x, w = _codes(rng, case[0], signed), _codes(rng, case[1], signed)
     _, _, stride, padding, dilation, groups, pad_code = case
     pad_code = pad_code if signed else pad_code & 0xFF
     f = jax.jit(lambda x, w, p: lutconv.conv2d(x, w, table, stride=stride, padding=padding, dilation=dilation,
                                                groups=groups, pad_code=p, signed=signed, impl="dwrows"))
-    assert "custom_call_target=\"jaxdepth_dwrows\"" in f.lower(x.astype(dtype), w, pad_code).as_text("hlo")
+    assert "custom_call_target=\"jaxdepth_dwrows_" in f.lower(x.astype(dtype), w, pad_code).as_text("hlo")
     got = f(jnp.asarray(x.astype(dtype)), jnp.asarray(w), jnp.int32(pad_code))
     want = reference_conv(x, w, table, stride=stride, padding=padding, dilation=dilation, groups=groups,
                           pad_code=pad_code)

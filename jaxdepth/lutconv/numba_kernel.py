@@ -426,13 +426,9 @@ def dwrows_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec,
     return out
 
 
-def _dw_codes(x):
-    """x as dwrows reads it: uint8 or int32 (the kernel uses the low byte), int8 viewed as uint8, other
-    integer dtypes converted to int32. Works on numpy (made C-contiguous) and jax arrays."""
-    if isinstance(x, jax.Array):
-        if x.dtype == jnp.int8:
-            return jax.lax.bitcast_convert_type(x, jnp.uint8)  # same bytes
-        return x if x.dtype in (jnp.uint8, jnp.int32) else x.astype(jnp.int32)
+def _dw_codes(x: np.ndarray) -> np.ndarray:
+    """x as `dwrows_host` reads it: C-contiguous uint8 or int32 (the kernel uses the low byte), int8 viewed
+    as uint8, other integer dtypes converted to int32."""
     if x.dtype == np.int8:
         return np.ascontiguousarray(x).view(np.uint8)
     return np.ascontiguousarray(x if x.dtype in (np.uint8, np.int32) else x.astype(np.int32))
@@ -529,66 +525,70 @@ wstat_conv = as_jax_kernel(wstat_host)
 _dwrows_callback_conv = as_jax_kernel(dwrows_host)
 
 
-def _dwrows_handler(frame):  # pragma: no cover - compiled into an XLA FFI handler
-    """XLA FFI handler of dwrows: arguments x (N,H,W,C) uint8 / int32 (unpadded), w (KH,KW,1,C)
-    int32, table (256,256) uint16 / int16 / int32, params (13,) int32 (`_dw_geometry`, then the pad
-    byte); result (N,Ho,Wo,C) int32."""
-    if not xla_ffi.is_execution(frame):
-        return 0
-    x_type, x_at, _, x_dims = xla_ffi.buffer(frame, 0, False)
+@njit(cache=True, boundscheck=False)
+def _dwrows_execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handlers
+    """Run dwrows on an XLA FFI call frame: arguments x (N,H,W,C) uint8 (unpadded), w (KH,KW,1,C) int32,
+    the table (given here as ``lut``), params (13,) int32 (`_dw_geometry`, then the pad byte); result
+    (N,Ho,Wo,C) int32, written in place."""
+    _, x_at, _, x_dims = xla_ffi.buffer(frame, 0, False)
     _, w_at, _, w_dims = xla_ffi.buffer(frame, 1, False)
-    table_type, table_at, _, _ = xla_ffi.buffer(frame, 2, False)
     _, params_at, _, _ = xla_ffi.buffer(frame, 3, False)
     _, out_at, _, out_dims = xla_ffi.buffer(frame, 0, True)
+    x = carray(xla_ffi.as_voidptr(x_at), xla_ffi.dims4(x_dims), dtype=np.uint8)
     w = carray(xla_ffi.as_voidptr(w_at), xla_ffi.dims4(w_dims), dtype=np.int32)
     out = carray(xla_ffi.as_voidptr(out_at), xla_ffi.dims4(out_dims), dtype=np.int32)
     p = carray(xla_ffi.as_voidptr(params_at), (13,), dtype=np.int32).astype(np.int64)  # as the host passes them
     roffs = _dw_row_offsets(w)
     xla_ffi.lock()
-    if x_type == xla_ffi.S32:
-        _dw_rows_any_table(carray(xla_ffi.as_voidptr(x_at), xla_ffi.dims4(x_dims), dtype=np.int32), roffs,
-                           table_type, table_at, p, out)
-    else:
-        _dw_rows_any_table(carray(xla_ffi.as_voidptr(x_at), xla_ffi.dims4(x_dims), dtype=np.uint8), roffs,
-                           table_type, table_at, p, out)
+    _dw_rows(x, roffs, lut, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], out)
     xla_ffi.unlock()
+
+
+# One handler per 16-bit table type, each compiled (or loaded from numba's cache) on first use only.
+def _dwrows_handler_u16(frame):  # pragma: no cover - compiled
+    if xla_ffi.is_execution(frame):
+        _dwrows_execute(frame, carray(xla_ffi.as_voidptr(xla_ffi.buffer(frame, 2, False)[1]), (65536,),
+                                      dtype=np.uint16))
     return 0
 
 
-@njit(cache=True, boundscheck=False)
-def _dw_rows_any_table(x, roffs, table_type, table_at, p, out):  # pragma: no cover - compiled
-    """`_dw_rows` with the table at address ``table_at`` in the XLA dtype ``table_type``."""
-    if table_type == xla_ffi.U16:
-        lut = carray(xla_ffi.as_voidptr(table_at), (65536,), dtype=np.uint16)
-        _dw_rows(x, roffs, lut, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12],
-                 out)
-    elif table_type == xla_ffi.S16:
-        lut16 = carray(xla_ffi.as_voidptr(table_at), (65536,), dtype=np.int16)
-        _dw_rows(x, roffs, lut16, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12],
-                 out)
-    else:
-        lut32 = carray(xla_ffi.as_voidptr(table_at), (65536,), dtype=np.int32)
-        _dw_rows(x, roffs, lut32, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12],
-                 out)
+def _dwrows_handler_s16(frame):  # pragma: no cover - compiled
+    if xla_ffi.is_execution(frame):
+        _dwrows_execute(frame, carray(xla_ffi.as_voidptr(xla_ffi.buffer(frame, 2, False)[1]), (65536,),
+                                      dtype=np.int16))
+    return 0
+
+
+_DWROWS_HANDLERS = {np.dtype(np.uint16): ("jaxdepth_dwrows_u16", _dwrows_handler_u16),
+                    np.dtype(np.int16): ("jaxdepth_dwrows_s16", _dwrows_handler_s16)}
 
 
 def dwrows_conv(x, w, lut, spec: ConvSpec, pads: Pads = ((0, 0), (0, 0)), pad_code: Any = 0):
-    """jittable dwrows on the unpadded input: under tracing an XLA FFI custom call (XLA's own buffers, no
-    Python and no copies on the way, the padding written by the kernel), `dwrows_host` on concrete
-    arrays; `jax.pure_callback` on a padded copy where the FFI bridge is unavailable."""
+    """jittable dwrows on the unpadded input. Under tracing with a concrete table that fits 16 bits (every
+    8x8-bit multiplier): an XLA FFI custom call (XLA's own buffers, no Python and no copies on the way,
+    the padding written by the kernel). Concrete arrays: `dwrows_host`. Traced or wider tables, or no FFI
+    bridge: `jax.pure_callback` on a padded copy."""
     if not any(isinstance(a, jax.core.Tracer) for a in (x, w, lut, pad_code)):
         return jnp.asarray(dwrows_host(np.asarray(x), np.asarray(w), np.asarray(lut), spec, pads, int(pad_code)))
-    if not xla_ffi.AVAILABLE:  # pragma: no cover - non-POSIX hosts
+    table = None if isinstance(lut, jax.core.Tracer) else narrow_table(np.asarray(lut))
+    if not xla_ffi.AVAILABLE or table is None or table.dtype not in _DWROWS_HANDLERS:
         xp = jnp.pad(jnp.asarray(x, jnp.int32), ((0, 0), *pads, (0, 0)), constant_values=pad_code)
         return _dwrows_callback_conv(xp, w, lut, spec)
     (ho, wo), params = _dw_geometry(tuple(x.shape), tuple(w.shape), spec, pads)
-    # a concrete table goes in narrowed (uint16 / int16 when it fits: register permutes, 128 KiB)
-    table = jnp.asarray(lut, jnp.int32) if isinstance(lut, jax.core.Tracer) else narrow_table(np.asarray(lut))
-    call = jax.ffi.ffi_call(xla_ffi.register("jaxdepth_dwrows", _dwrows_handler),
+    call = jax.ffi.ffi_call(xla_ffi.register(*_DWROWS_HANDLERS[table.dtype]),
                             jax.ShapeDtypeStruct((x.shape[0], ho, wo, x.shape[3]), jnp.int32),
                             vmap_method="sequential")
     params = jnp.concatenate([jnp.asarray(params, jnp.int32), jnp.asarray(pad_code, jnp.int32).reshape(1) & 0xFF])
-    return call(_dw_codes(jnp.asarray(x)), jnp.asarray(w, jnp.int32), table, params)
+    return call(_code_bytes(jnp.asarray(x)), jnp.asarray(w, jnp.int32), table, params)
+
+
+def _code_bytes(x: jax.Array) -> jax.Array:
+    """The low byte of every code as uint8 (int8 codes: the same bytes, reinterpreted)."""
+    if x.dtype == jnp.uint8:
+        return x
+    if x.dtype == jnp.int8:
+        return jax.lax.bitcast_convert_type(x, jnp.uint8)
+    return (jnp.asarray(x, jnp.int32) & 0xFF).astype(jnp.uint8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -694,4 +694,5 @@ def warmup() -> None:
         for table in (lut, signed):
             dwrows_host(codes, np.zeros((3, 3, 1, 2), np.int32), table, ConvSpec(groups=2), ((1, 1), (1, 1)))
     if xla_ffi.AVAILABLE:
-        xla_ffi.register("jaxdepth_dwrows", _dwrows_handler)
+        for target in _DWROWS_HANDLERS.values():
+            xla_ffi.register(*target)
