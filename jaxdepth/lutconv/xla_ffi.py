@@ -19,23 +19,21 @@ computation per device when the host platform is split into devices).
 from __future__ import annotations
 
 import ctypes
+import re
+from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import llvmlite.binding as llvm
+import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# XLA_FFI_DataType codes (xla_data.proto PrimitiveType) of the dtypes the kernels accept
-DTYPE_CODES = {np.dtype(np.int8): 2, np.dtype(np.int16): 3, np.dtype(np.int32): 4, np.dtype(np.int64): 5,
-               np.dtype(np.uint8): 6, np.dtype(np.uint16): 7, np.dtype(np.uint32): 8}
-S16, S32, U16 = 3, 4, 7
 _EXECUTE = 3         # XLA_FFI_ExecutionStage_EXECUTE
 _METADATA = 1        # XLA_FFI_Extension_Metadata
 _API_VERSION = (0, 1)  # the oldest typed FFI API whose structs (as read below) this module relies on
-_FRAME_WORDS = 22    # XLA_FFI_CallFrame is 176 bytes on 64-bit targets
+_FRAME_WORDS = 15    # XLA_FFI_CallFrame words read (through rets.rets; the struct is 21-22 words)
 
 
 @intrinsic
@@ -55,7 +53,8 @@ def words(address, n):
 @njit(inline="always")
 def is_execution(frame_address):
     """True for a call that should run the kernel. A call carrying the metadata extension (XLA asks the
-    handler which FFI API version it speaks) is answered here and returns False; so do other stages."""
+    handler which FFI API version it speaks) is answered here and returns False; so do stages other than
+    execution (handlers are registered for execution only)."""
     frame = words(frame_address, _FRAME_WORDS)
     if frame[1] != 0:  # extension_start: XLA_FFI_Extension_Base {struct_size, type, next}
         extension = words(frame[1], 4)
@@ -65,7 +64,7 @@ def is_execution(frame_address):
             metadata[2] = 0
             metadata[3] = _API_VERSION[0] | (_API_VERSION[1] << 32)
             metadata[4] = 0  # no traits (and the padding after them)
-        return False
+            return False
     return (frame[4] & 0xFFFFFFFF) == _EXECUTE
 
 
@@ -106,8 +105,22 @@ def _pthread() -> tuple[Callable, Callable, int, ctypes.Array] | None:
     return lock, unlock, ctypes.addressof(storage), storage
 
 
+def _ffi_api_major() -> int | None:
+    """The XLA FFI API major version of the installed jaxlib (from the C header it ships), or None."""
+    try:
+        import jax.ffi
+
+        header = Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api" / "c_api.h"
+        found = re.search(r"#define\s+XLA_FFI_API_MAJOR\s+(\d+)", header.read_text())
+    except (AttributeError, OSError):
+        return None
+    return int(found.group(1)) if found else None
+
+
 _PTHREAD = _pthread()
-AVAILABLE = _PTHREAD is not None and ctypes.sizeof(ctypes.c_void_p) == 8
+# the struct offsets read above are those of API major version 0 (later 0.x versions only append fields);
+# another major version, or no header to tell, leaves the kernels on jax.pure_callback
+AVAILABLE = _PTHREAD is not None and ctypes.sizeof(ctypes.c_void_p) == 8 and _ffi_api_major() == 0
 
 
 class _KernelLock:
