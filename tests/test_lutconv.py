@@ -279,6 +279,36 @@ def test_xla_ffi_kernels_wait_for_the_shared_kernel_lock():
     assert done.is_set()
 
 
+_TWO_DEVICE_SCRIPT = """
+import json, numpy as np, jax
+from jaxdepth import lutconv, multipliers
+table = multipliers.get("mul8u_2AC")
+rng = np.random.default_rng(5)
+x = rng.integers(0, 256, (2, 3, 20, 33, 32)).astype(np.uint8)
+w = rng.integers(0, 256, (3, 3, 1, 32)).astype(np.int32)
+conv = lambda xs: lutconv.conv2d(xs, w, table, stride=2, padding=1, groups=32, impl="dwrows")
+got = np.asarray(jax.pmap(conv)(x))   # one FFI call per device, run concurrently by XLA
+want = np.stack([np.asarray(conv(x[k])) for k in range(2)])
+print(json.dumps({"devices": jax.local_device_count(), "equal": bool((got == want).all())}))
+"""
+
+
+def test_xla_ffi_kernel_on_two_devices_at_once():
+    """Two host devices run their dwrows FFI calls concurrently; the shared kernel lock keeps numba's
+    thread pool to one kernel at a time and both results stay exact."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", _TWO_DEVICE_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"devices": 2, "equal": True}
+
+
 @pytest.mark.parametrize("signed", [True, False])
 def test_exact_tables_match_xla_integer_convolution(signed):
     rng = np.random.default_rng(14)
