@@ -502,3 +502,21 @@ def test_simd_strided_load_matches_scalar_fallback(src_dtype, dst_dtype):
     want = src[7 + 37 * np.arange(16)].astype(dst_dtype)
     np.testing.assert_array_equal(run(simd._scalar_strided_load16)[2:18], want)
     np.testing.assert_array_equal(run(simd._avx512_strided_load16)[2:18], want)
+
+
+def test_impl_list_chooses_among_the_named_kernels():
+    table, signed = TABLES["mul8u_2AC"]
+    rng = np.random.default_rng(21)
+    x, w = _codes(rng, (1, 9, 10, 6), signed), _codes(rng, (3, 3, 6, 7), signed)
+    only = ["wstat", "direct"]
+    for stride, expected in [(2, "direct"), (1, None)]:
+        why = lutconv.explain(x.shape, w.shape, table, stride=stride, padding=1, impl=only)
+        assert why.split(":")[0] in only and (expected is None or why.startswith(expected))
+        got = lutconv.conv2d(x, w, table, stride=stride, padding=1, impl=only)
+        np.testing.assert_array_equal(np.asarray(got), reference_conv(x, w, table, stride=stride, padding=1))
+    with pytest.raises(ValueError, match="among"):
+        lutconv.conv2d(x, w, table, stride=2, padding=1, impl=["wstat"])
+    with pytest.raises(ValueError, match="unknown"):
+        lutconv.conv2d(x, w, table, impl=["wstat", "nope"])
+    with pytest.raises(ValueError, match="non-empty"):
+        lutconv.conv2d(x, w, table, impl=[])

@@ -272,3 +272,22 @@ def test_densenet161_decoder_conv2_exact_table_and_evoapprox():
     np.testing.assert_allclose(delta, expected, atol=0.5)
     wce = multipliers.metrics(multipliers.get("mul8s_1L2J"))["WCE"]
     assert np.abs(expected).max() <= 2208 * wce and np.abs(expected).max() > 0
+
+
+def test_plan_impl_list_restricts_auto_and_keeps_the_output(lite):
+    """``{"impl": [kernels]}``: auto chooses among those kernels only (here the callback kernels, which
+    compile fastest); every kernel is bit-exact, so the model output is the same as with plain auto."""
+    preset, variables, x, _, _, calibrated = lite
+    only = ["wstat", "dwrows", "direct"]
+    restricted = {"*": {"multiplier": "mul8u_2AC", "impl": only}}
+    infos = models.describe(models.build(preset, plan=restricted), x.shape)
+    chosen = {info.kernel().split(" ")[0] for info in infos}
+    assert chosen <= set(only) and "dwrows" in chosen and len(chosen) >= 2
+    auto_kernels = {info.kernel().split(" ")[0] for info in models.describe(
+        models.build(preset, plan={"*": "mul8u_2AC"}), x.shape)}
+    assert "lowrank" in auto_kernels
+    out_restricted, _, _ = _run(preset, restricted, variables, x, calibrated)
+    out_auto, _, _ = _run(preset, {"*": "mul8u_2AC"}, variables, x, calibrated)
+    np.testing.assert_array_equal(out_restricted, out_auto)
+    with pytest.raises(ValueError, match="among"):
+        _run(preset, {"*": {"multiplier": "mul8u_2AC", "impl": ["wstat"]}}, variables, x, calibrated)

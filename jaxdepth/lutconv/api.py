@@ -1,7 +1,7 @@
 """Public entry points: `conv2d`, `dense`, `explain`, and `window_sums` (the per-group window sums of codes)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +12,7 @@ from .registry import Problem, choose, get_kernel
 from .spec import ConvSpec, PaddingArg, as_pair, check_code_range, check_integer_codes, normalize_padding
 
 TableLike = Union[Multiplier, np.ndarray, jax.Array]
+ImplArg = Union[str, Sequence[str]]  # "auto", one kernel name, or the kernels "auto" may choose among
 
 
 def _is_traced(*arrays: Any) -> bool:
@@ -46,8 +47,18 @@ def _resolve_table(lut: TableLike, signed: Optional[bool]) -> tuple[Any, Optiona
     return table, table, signed
 
 
+def _allowed(impl: ImplArg) -> Optional[frozenset[str]]:
+    """None for "auto"; for a sequence of kernel names, those names (each checked)."""
+    if isinstance(impl, str):
+        return None
+    names = frozenset(get_kernel(name).name for name in impl)
+    if not names:
+        raise ValueError("impl must be 'auto', a kernel name or a non-empty list of kernel names")
+    return names
+
+
 def _prepare(x: Any, w: Any, lut: TableLike, stride: Any, padding: PaddingArg, dilation: Any,
-             groups: int, pad_code: int, signed: Optional[bool], impl: str):
+             groups: int, pad_code: int, signed: Optional[bool], impl: ImplArg):
     check_integer_codes(x, "x")
     check_integer_codes(w, "w")
     if len(np.shape(x)) != 4:
@@ -79,8 +90,8 @@ def _prepare(x: Any, w: Any, lut: TableLike, stride: Any, padding: PaddingArg, d
     spec.output_hw(padded_shape[1:3], (kh, kw))  # raises when the kernel does not fit
     traced = _is_traced(x, w, table, pad_code)
     problem = Problem(padded_shape, (kh, kw, cg, o), spec, concrete, traced)
-    if impl == "auto":
-        kernel, _ = choose(problem)
+    if not isinstance(impl, str) or impl == "auto":
+        kernel, _ = choose(problem, _allowed(impl))
     else:
         kernel = get_kernel(impl)
         if traced and not kernel.jittable:
@@ -92,13 +103,14 @@ def _prepare(x: Any, w: Any, lut: TableLike, stride: Any, padding: PaddingArg, d
 
 
 def conv2d(x: Any, w: Any, lut: TableLike, *, stride: Any = 1, padding: PaddingArg = 0, dilation: Any = 1,
-           groups: int = 1, pad_code: Any = 0, signed: Optional[bool] = None, impl: str = "auto") -> jax.Array:
+           groups: int = 1, pad_code: Any = 0, signed: Optional[bool] = None, impl: ImplArg = "auto") -> jax.Array:
     """LUT convolution of integer codes: int32 accumulators ``sum lut[w_byte, x_byte]``.
 
     x: (N, H, W, C) integer codes; w: (KH, KW, C // groups, O) integer codes; lut: a `Multiplier` or a
     (256, 256) int32 table indexed ``[w_byte, x_byte]``. Padded positions hold ``pad_code`` and pass
     through the table like any other operand (``pad_code`` may be traced inside jit).
-    ``impl``: "auto" or one of `implementations()`.
+    ``impl``: "auto", one of `implementations()`, or a list of them that "auto" chooses among (e.g.
+    ``["wstat", "dwrows", "direct"]``: the callback kernels only, which compile fastest).
     """
     kernel, problem, table, pads = _prepare(x, w, lut, stride, padding, dilation, groups, pad_code,
                                             signed, impl)
@@ -112,7 +124,7 @@ def conv2d(x: Any, w: Any, lut: TableLike, *, stride: Any = 1, padding: PaddingA
     return jnp.asarray(kernel.fn(xp, np.asarray(w, np.int32), np.asarray(table), problem.spec))
 
 
-def dense(x: Any, w: Any, lut: TableLike, *, signed: Optional[bool] = None, impl: str = "auto") -> jax.Array:
+def dense(x: Any, w: Any, lut: TableLike, *, signed: Optional[bool] = None, impl: ImplArg = "auto") -> jax.Array:
     """LUT matrix product of integer codes: x (N, I), w (I, O) -> int32 (N, O)."""
     if len(np.shape(x)) != 2 or len(np.shape(w)) != 2:
         raise ValueError(f"dense expects x (N, I) and w (I, O), got {np.shape(x)} and {np.shape(w)}")
@@ -123,8 +135,9 @@ def dense(x: Any, w: Any, lut: TableLike, *, signed: Optional[bool] = None, impl
 
 
 def explain(x_shape: tuple[int, ...], w_shape: tuple[int, ...], lut: TableLike, *, stride: Any = 1,
-            padding: PaddingArg = 0, dilation: Any = 1, groups: int = 1, traced: bool = False) -> str:
-    """Which kernel ``impl="auto"`` would use for such a call, and why."""
+            padding: PaddingArg = 0, dilation: Any = 1, groups: int = 1, traced: bool = False,
+            impl: ImplArg = "auto") -> str:
+    """Which kernel ``impl="auto"`` (or "auto" among a list of kernels) would use for such a call, and why."""
     table = lut.table if isinstance(lut, Multiplier) else validate_table(np.asarray(lut))
     n, h, wd, c = x_shape
     kh, kw, cg, o = w_shape
@@ -132,4 +145,6 @@ def explain(x_shape: tuple[int, ...], w_shape: tuple[int, ...], lut: TableLike, 
     pads = normalize_padding(padding, (h, wd), (kh, kw), stride_p, dilation_p)
     problem = Problem((n, h + sum(pads[0]), wd + sum(pads[1]), c), tuple(w_shape),
                       ConvSpec(stride_p, dilation_p, groups), table, traced)
-    return choose(problem)[1]
+    if isinstance(impl, str) and impl != "auto":
+        return f"{impl} (forced)"
+    return choose(problem, _allowed(impl))[1]

@@ -11,7 +11,7 @@ estimates. A GPU kernel (e.g. Pallas) would register here the same way.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Collection, Optional
 
 import numpy as np
 
@@ -80,11 +80,14 @@ def get_kernel(name: str) -> Kernel:
     return _KERNELS[name]
 
 
-def choose(problem: Problem) -> tuple[Kernel, str]:
-    """The kernel ``impl="auto"`` uses for ``problem`` and a one-line reason."""
+def choose(problem: Problem, allowed: Optional[Collection[str]] = None) -> tuple[Kernel, str]:
+    """The kernel ``impl="auto"`` uses for ``problem`` and a one-line reason; ``allowed``: choose among
+    these kernel names only (``impl=[...]``)."""
     skipped, candidates = [], []
     for kernel in sorted(_KERNELS.values(), key=lambda k: -k.priority):
-        if kernel.name in ("loop", "vectorized"):
+        if allowed is not None and kernel.name not in allowed:
+            continue
+        if allowed is None and kernel.name in ("loop", "vectorized"):
             continue  # reference implementations are never chosen automatically
         if problem.traced and not kernel.jittable:
             skipped.append(f"{kernel.name}: not usable on traced inputs")
@@ -96,7 +99,9 @@ def choose(problem: Problem) -> tuple[Kernel, str]:
         est = kernel.estimate(problem)
         candidates.append((float("inf") if est is None else est, -kernel.priority, kernel))
     if not candidates:
-        raise RuntimeError("no LUT convolution kernel supports this call: " + "; ".join(skipped))
+        among = "" if allowed is None else f" among {sorted(allowed)}"
+        error = RuntimeError if allowed is None else ValueError
+        raise error(f"no LUT convolution kernel{among} supports this call: " + "; ".join(skipped))
     candidates.sort(key=lambda c: c[:2])
     kernel = candidates[0][2]
     reason = f"{kernel.name}: {kernel.description}"

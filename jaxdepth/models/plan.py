@@ -7,7 +7,7 @@
 Rules are tried in order and the first match wins; unmatched layers use ``default`` ("float").
 A rule's value is ``"float"``, ``"int8"`` (the exact signed table, which the fast kernels run natively),
 any name `jaxdepth.multipliers.get` accepts, a `Multiplier`, or ``{"multiplier": name, "impl": kernel}``
-to force a `jaxdepth.lutconv` kernel (``impl="auto"`` otherwise).
+to force a `jaxdepth.lutconv` kernel (``impl="auto"`` otherwise; a list of kernels: auto among those).
 Layer names are the Flax module paths joined by dots, e.g. ``encoder.denseblock3.denselayer7.conv2``,
 ``encoder.block4.depthwise``, ``decoder.up1.convA``; `describe` lists them.
 """
@@ -36,7 +36,7 @@ class Arithmetic:
     """How one layer multiplies: exact float, or integer codes through ``multiplier``'s table."""
 
     multiplier: Optional[Multiplier] = None     # None = float
-    impl: str = "auto"
+    impl: Union[str, tuple[str, ...]] = "auto"  # "auto", a kernel, or the kernels auto chooses among
     label: str = FLOAT                          # what the plan said ("float", "int8", a circuit name)
 
     @property
@@ -64,13 +64,20 @@ def _arith(value: RuleValue) -> Arithmetic:
         inner = _arith(value["multiplier"])
         if inner.is_float:
             return inner
-        return dataclasses.replace(inner, impl=str(value.get("impl", "auto")))
+        impl = value.get("impl", "auto")
+        impl = str(impl) if isinstance(impl, str) else tuple(str(name) for name in impl)
+        return dataclasses.replace(inner, impl=impl)
     if not isinstance(value, str):
         raise TypeError(f"plan value must be 'float', a multiplier name, a Multiplier or a dict, got {value!r}")
     key = value.strip()
     if key.lower() in ("float", "fp32", "none"):
         return FLOAT_ARITH
     return Arithmetic(_multiplier(key), "auto", key)
+
+
+def _forced(impl: Union[str, tuple[str, ...]]) -> bool:
+    """True when the plan names one kernel (not "auto", not a list to choose among)."""
+    return isinstance(impl, str) and impl != "auto"
 
 
 def _jsonable(value: Any) -> Any:
@@ -175,7 +182,7 @@ class LayerInfo:
     def kernel(self, verbose: bool = False) -> str:
         """The kernel ``impl="auto"`` picks (with its estimated time; ``verbose``: lutconv.explain's reason)."""
         text = self._explain()
-        if verbose or self.arith.is_float or self.arith.impl != "auto":
+        if verbose or self.arith.is_float or _forced(self.arith.impl):
             return text
         name = text.split(":", 1)[0]
         est = re.search(rf"estimated: {re.escape(name)} ([0-9.e+-]+) (\w+)", text)
@@ -190,11 +197,11 @@ class LayerInfo:
         if self.arith.is_float:
             return "xla conv (float32)"
         from .. import lutconv
-        if self.arith.impl != "auto":
+        if _forced(self.arith.impl):
             return f"{self.arith.impl} (forced by the plan)"
         try:
             return lutconv.explain(self.x_shape, self.w_shape, self.arith.multiplier, stride=self.stride,
-                                   padding=self.padding, groups=self.groups, traced=True)
+                                   padding=self.padding, groups=self.groups, traced=True, impl=self.arith.impl)
         except Exception as e:  # explain must never break a listing
             return f"? ({e})"
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import lutconv
+from ..lutconv.api import ImplArg
 from ..lutconv.spec import as_pair, normalize_padding
 from ..multipliers import Multiplier
 from .params import QParams, quantize, weight_qparams
@@ -88,7 +89,7 @@ _straight_through_conv.defvjp(_ste_forward, _ste_backward)
 
 def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
                stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
-               w_qp: Optional[QParams] = None, per_channel: bool = True, impl: str = "auto",
+               w_qp: Optional[QParams] = None, per_channel: bool = True, impl: ImplArg = "auto",
                straight_through: bool = False) -> jax.Array:
     """A float NHWC convolution (HWIO weights) computed in integer codes through ``multiplier``.
 
@@ -110,7 +111,7 @@ def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp
 
 
 def lut_dense(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
-              w_qp: Optional[QParams] = None, per_channel: bool = True, impl: str = "auto",
+              w_qp: Optional[QParams] = None, per_channel: bool = True, impl: ImplArg = "auto",
               straight_through: bool = False) -> jax.Array:
     """A float dense layer (N, I) @ (I, O) computed in integer codes through ``multiplier``."""
     x = jnp.asarray(x)
