@@ -520,3 +520,6 @@ def test_impl_list_chooses_among_the_named_kernels():
         lutconv.conv2d(x, w, table, impl=["wstat", "nope"])
     with pytest.raises(ValueError, match="non-empty"):
         lutconv.conv2d(x, w, table, impl=[])
+    assert lutconv.explain(x.shape, w.shape, table, stride=2, padding=1, impl="direct").startswith("direct")
+    with pytest.raises(ValueError, match="cannot run"):  # explain checks a forced kernel as conv2d does
+        lutconv.explain(x.shape, w.shape, table, stride=2, padding=1, impl="wstat")

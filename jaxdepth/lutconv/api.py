@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..multipliers import Multiplier, validate_table
-from .registry import Problem, choose, get_kernel
+from .registry import Kernel, Problem, choose, get_kernel
 from .spec import ConvSpec, PaddingArg, as_pair, check_code_range, check_integer_codes, normalize_padding
 
 TableLike = Union[Multiplier, np.ndarray, jax.Array]
@@ -90,16 +90,21 @@ def _prepare(x: Any, w: Any, lut: TableLike, stride: Any, padding: PaddingArg, d
     spec.output_hw(padded_shape[1:3], (kh, kw))  # raises when the kernel does not fit
     traced = _is_traced(x, w, table, pad_code)
     problem = Problem(padded_shape, (kh, kw, cg, o), spec, concrete, traced)
-    if not isinstance(impl, str) or impl == "auto":
-        kernel, _ = choose(problem, _allowed(impl))
-    else:
-        kernel = get_kernel(impl)
-        if traced and not kernel.jittable:
-            raise ValueError(f"impl={impl!r} runs on concrete arrays only; use a jittable impl inside jit")
-        why_not = kernel.supports(problem)
-        if why_not:
-            raise ValueError(f"impl={impl!r} cannot run this call: {why_not}")
+    kernel, _ = _select(problem, impl)
     return kernel, problem, table, pads
+
+
+def _select(problem: Problem, impl: ImplArg) -> tuple[Kernel, str]:
+    """The kernel ``impl`` runs ``problem`` with, and why; a forced kernel that cannot run it raises."""
+    if not isinstance(impl, str) or impl == "auto":
+        return choose(problem, _allowed(impl))
+    kernel = get_kernel(impl)
+    if problem.traced and not kernel.jittable:
+        raise ValueError(f"impl={impl!r} runs on concrete arrays only; use a jittable impl inside jit")
+    why_not = kernel.supports(problem)
+    if why_not:
+        raise ValueError(f"impl={impl!r} cannot run this call: {why_not}")
+    return kernel, f"{kernel.name}: forced (impl={impl!r})"
 
 
 def conv2d(x: Any, w: Any, lut: TableLike, *, stride: Any = 1, padding: PaddingArg = 0, dilation: Any = 1,
@@ -137,7 +142,8 @@ def dense(x: Any, w: Any, lut: TableLike, *, signed: Optional[bool] = None, impl
 def explain(x_shape: tuple[int, ...], w_shape: tuple[int, ...], lut: TableLike, *, stride: Any = 1,
             padding: PaddingArg = 0, dilation: Any = 1, groups: int = 1, traced: bool = False,
             impl: ImplArg = "auto") -> str:
-    """Which kernel ``impl="auto"`` (or "auto" among a list of kernels) would use for such a call, and why."""
+    """Which kernel ``impl`` ("auto", "auto" among a list of kernels, or one forced kernel) would use for
+    such a call, and why; raises as `conv2d` would when a forced kernel cannot run it."""
     table = lut.table if isinstance(lut, Multiplier) else validate_table(np.asarray(lut))
     n, h, wd, c = x_shape
     kh, kw, cg, o = w_shape
@@ -145,6 +151,4 @@ def explain(x_shape: tuple[int, ...], w_shape: tuple[int, ...], lut: TableLike, 
     pads = normalize_padding(padding, (h, wd), (kh, kw), stride_p, dilation_p)
     problem = Problem((n, h + sum(pads[0]), wd + sum(pads[1]), c), tuple(w_shape),
                       ConvSpec(stride_p, dilation_p, groups), table, traced)
-    if isinstance(impl, str) and impl != "auto":
-        return f"{impl} (forced)"
-    return choose(problem, _allowed(impl))[1]
+    return _select(problem, impl)[1]
