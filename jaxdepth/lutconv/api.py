@@ -9,14 +9,11 @@ import numpy as np
 
 from ..multipliers import Multiplier, validate_table
 from .registry import Kernel, Problem, choose, get_kernel
-from .spec import ConvSpec, PaddingArg, as_pair, check_code_range, check_integer_codes, normalize_padding
+from .spec import (ConvSpec, PaddingArg, as_pair, check_code_range, check_integer_codes, is_traced,
+                   normalize_padding)
 
 TableLike = Union[Multiplier, np.ndarray, jax.Array]
 ImplArg = Union[str, Sequence[str]]  # "auto", one kernel name, or the kernels "auto" may choose among
-
-
-def _is_traced(*arrays: Any) -> bool:
-    return any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
 def window_sums(values: jax.Array, kernel_hw: tuple[int, int], groups: int, stride: Any = 1,
@@ -39,7 +36,7 @@ def _resolve_table(lut: TableLike, signed: Optional[bool]) -> tuple[Any, Optiona
         if signed is not None and signed != lut.signed:
             raise ValueError(f"signed={signed} contradicts multiplier {lut.name} (signed={lut.signed})")
         return lut.table, lut.table, lut.signed
-    if isinstance(lut, jax.core.Tracer):
+    if is_traced(lut):
         if tuple(lut.shape) != (256, 256):
             raise ValueError(f"a product table must have shape (256, 256), got {tuple(lut.shape)}")
         return lut, None, signed
@@ -76,19 +73,19 @@ def _prepare(x: Any, w: Any, lut: TableLike, stride: Any, padding: PaddingArg, d
                          f"(expected w.shape[2] == {c // groups})")
     table, concrete, signed = _resolve_table(lut, signed)
     if signed is None:  # infer from the codes when the table is a bare array
-        lows = [int(np.min(a)) for a in (x, w) if not _is_traced(a) and np.size(a)]
+        lows = [int(np.min(a)) for a in (x, w) if not is_traced(a) and np.size(a)]
         signed = bool(lows) and min(lows) < 0
     check_code_range(x, signed, "x")
     check_code_range(w, signed, "w")
     lo, hi = (-128, 127) if signed else (0, 255)
-    if not _is_traced(pad_code) and not lo <= int(pad_code) <= hi:
+    if not is_traced(pad_code) and not lo <= int(pad_code) <= hi:
         raise ValueError(f"pad_code {pad_code} outside [{lo}, {hi}]")
     stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     pads = normalize_padding(padding, (h, wd), (kh, kw), stride_p, dilation_p)
     spec = ConvSpec(stride_p, dilation_p, int(groups))
     padded_shape = (n, h + sum(pads[0]), wd + sum(pads[1]), c)
     spec.output_hw(padded_shape[1:3], (kh, kw))  # raises when the kernel does not fit
-    traced = _is_traced(x, w, table, pad_code)
+    traced = is_traced(x, w, table, pad_code)
     problem = Problem(padded_shape, (kh, kw, cg, o), spec, concrete, traced)
     kernel, _ = _select(problem, impl)
     return kernel, problem, table, pads

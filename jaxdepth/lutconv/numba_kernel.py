@@ -46,7 +46,7 @@ from . import xla_ffi
 
 from .simd import (HAVE_AVX512, HAVE_AVX512BW, gather_add16, lookup_add_rows, lookup_row, strided_load16,
                    rows_sum_add16, table_gather_add16)
-from .spec import ConvSpec
+from .spec import ConvSpec, is_traced
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -501,14 +501,14 @@ def as_jax_kernel(host):
     """Wrap a host kernel ``host(x, w, lut, spec) -> int32 ndarray`` as a jittable kernel function."""
 
     def kernel(x, w, lut, spec: ConvSpec):
-        if not any(isinstance(a, jax.core.Tracer) for a in (x, w, lut)):
+        if not is_traced(x, w, lut):
             return jnp.asarray(host(np.asarray(x), np.asarray(w), np.asarray(lut), spec))
         ho, wo = spec.output_hw(tuple(x.shape[1:3]), tuple(w.shape[:2]))
         result = jax.ShapeDtypeStruct((x.shape[0], ho, wo, w.shape[3]), jnp.int32)
         run = _batched_host(host, spec)
         # the callback copies its operands: hand over bytes (the kernels only read x & 0xFF), 4x less
         x, w = (jnp.asarray(x, jnp.int32) & 0xFF).astype(jnp.uint8), jnp.asarray(w, jnp.int32)
-        if isinstance(lut, jax.core.Tracer):
+        if is_traced(lut):
             return jax.pure_callback(run, result, x, w, jnp.asarray(lut, jnp.int32), vmap_method="expand_dims")
         # A concrete table stays on the host, closed over by the callback: passed as an operand it would be
         # embedded as a 256 KiB constant in the compiled program once per layer (slow compiles, big HLO).
@@ -568,9 +568,9 @@ def dwrows_conv(x, w, lut, spec: ConvSpec, pads: Pads = ((0, 0), (0, 0)), pad_co
     8x8-bit multiplier): an XLA FFI custom call (XLA's own buffers, no Python and no copies on the way,
     the padding written by the kernel). Concrete arrays: `dwrows_host`. Traced or wider tables, or no FFI
     bridge: `jax.pure_callback` on a padded copy."""
-    if not any(isinstance(a, jax.core.Tracer) for a in (x, w, lut, pad_code)):
+    if not is_traced(x, w, lut, pad_code):
         return jnp.asarray(dwrows_host(np.asarray(x), np.asarray(w), np.asarray(lut), spec, pads, int(pad_code)))
-    table = None if isinstance(lut, jax.core.Tracer) else narrow_table(np.asarray(lut))
+    table = None if is_traced(lut) else narrow_table(np.asarray(lut))
     if not xla_ffi.AVAILABLE or table is None or table.dtype not in _DWROWS_HANDLERS:
         xp = jnp.pad(jnp.asarray(x, jnp.int32), ((0, 0), *pads, (0, 0)), constant_values=pad_code)
         return _dwrows_callback_conv(xp, w, lut, spec)

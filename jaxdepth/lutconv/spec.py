@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence, Union
 
+import jax
 import numpy as np
 
 Pair = tuple[int, int]
@@ -34,6 +35,11 @@ class ConvSpec:
                                  f"kernel {kernel_hw} with dilation {self.dilation}")
             out.append((size - span) // s + 1)
         return out[0], out[1]
+
+
+def is_traced(*arrays: Any) -> bool:
+    """True when any argument is a jax tracer (the call is being traced inside jit / vmap)."""
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
 def as_pair(value: Any, what: str) -> Pair:
