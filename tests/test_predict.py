@@ -8,17 +8,7 @@ from PIL import Image
 from jaxdepth import inference, predict
 from jaxdepth.cli import common
 
-STANDIN = '''
-import flax.linen as nn, jax, jax.numpy as jnp
-class TinyDepth(nn.Module):
-    scale: float = 4.0
-    @nn.compact
-    def __call__(self, x, train=False):
-        x = nn.Conv(4, (3, 3))(x)
-        x = nn.avg_pool(jnp.tanh(x), (2, 2), (2, 2))
-        return 1.0 + self.scale * nn.sigmoid(nn.Conv(1, (1, 3))(x))
-'''
-exec(STANDIN)
+from standin import TinyDepth  # noqa: E402  (tests/standin.py, on sys.path via conftest)
 
 
 class _Preset:
@@ -29,8 +19,7 @@ class _Preset:
 def tiny(monkeypatch):
     import jax
     import jax.numpy as jnp
-    model = TinyDepth()
-    model.__dict__["preset"] = _Preset()
+    model = TinyDepth(preset=_Preset())
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
     monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
     approx = TinyDepth(scale=3.0)
