@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from . import common
 from .common import CliError
 
 DESCRIPTION = __doc__.split("\n\n")[0]
@@ -26,7 +27,9 @@ DESCRIPTION = __doc__.split("\n\n")[0]
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m jaxdepth.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 parents=[common.parent_parser("out", "progress", "compile_cache", out_default="runs/train",
+                                                               out_help="run folder: checkpoint/, log.json, loss.png, report.*")])
     g = ap.add_argument_group("model")
     g.add_argument("--preset", default="mobilenetv2_lite", help="model preset to train from scratch (without --init)")
     g.add_argument("--init", help="start from this checkpoint folder (required with --plan)")
@@ -63,8 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="training input size (default: the model's native size, else 240 320)")
     t.add_argument("--save-every", type=int, default=500)
-    ap.add_argument("--out", default="runs/train", help="run folder: checkpoint/, log.json, loss.png, report.*")
-    ap.add_argument("--no-progress", action="store_true")
     return ap
 
 
@@ -92,14 +93,11 @@ def _parse_plan(text: str) -> Any:
     return {"*": s}
 
 
-def _check_out(out: Path) -> None:
-    for parent in (out, *out.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise CliError(f"--out {out}: {parent} is a file, not a folder")
-            break
-    if out.exists() and any(out.iterdir()) and not (out / "log.json").exists() and not (out / "checkpoint").exists():
+def _check_out(out: Path) -> Path:
+    """--out: a writable folder that is empty or an earlier training run (never someone's other files)."""
+    if out.is_dir() and any(out.iterdir()) and not (out / "log.json").exists() and not (out / "checkpoint").exists():
         raise CliError(f"--out {out} is a non-empty folder that is not a training run; choose another")
+    return common.check_out_dir(out)
 
 
 def _checkpoint_preset(path: str, flag: str) -> Any:
@@ -124,8 +122,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # ---- checks before any work -----------------------------------------------------------------------------
     if args.steps < 1 or args.batch_size < 1:
         raise CliError("--steps and --batch-size must be >= 1")
-    out = Path(args.out)
-    _check_out(out)
     plan = _parse_plan(args.plan) if args.plan else None
     if plan is not None and not args.init:
         raise CliError("--plan fine-tunes a trained model: give the checkpoint with --init")
@@ -167,6 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise CliError(str(e)) from None
     if args.target in ("teacher", "both") and plan is None and not args.teacher:
         raise CliError(f"--target {args.target} needs a teacher: --plan (the float --init model teaches) or --teacher")
+    out = _check_out(Path(args.out))
 
     # ---- data ------------------------------------------------------------------------------------------------
     try:
@@ -225,13 +222,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result = run(args)
-    except CliError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _main(args: argparse.Namespace) -> int:
+    result = run(args)
     out = result["out"]
     if "report" in result:
         from ..training import format_report
@@ -242,6 +234,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"held-out: delta1 {r['delta1']:.4f} abs_rel {r['abs_rel']:.4f} rmse {r['rmse']:.3f} m")
     print(f"checkpoint: {out / 'checkpoint'}\nlog: {out / 'log.json'}\nloss curve: {out / 'loss.png'}")
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return common.run(build_parser(), _main, argv)
 
 
 if __name__ == "__main__":

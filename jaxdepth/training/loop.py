@@ -8,9 +8,7 @@ float layer's backward (straight-through estimator), so a plan's model trains li
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -138,13 +136,6 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *, target: str
     return step
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary name, then rename): an interrupt never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_size: int = 8, lr: float = 3e-4,
           seed: int = 0, minutes: Optional[float] = None, out: Optional[Path] = None, preset: Any = None,
           log_every: int = 20, save_every: int = 500, val: Optional[ArrayData] = None, val_every: int = 0,
@@ -258,7 +249,7 @@ def validate(model: Any, variables: dict, val: ArrayData, batch_size: int = 8) -
     """Metrics of the model's predictions (input resized to the preset's native size, output upsampled to the
     gt size, no flip) on ``val``."""
     from .. import metrics
-    from ..evaluate import resize_batch, upsample_depth
+    from ..inference import resize_batch, upsample_depth
     from ..models import to_metres
     size = getattr(getattr(model, "preset", None), "input_size", None)
     if id(model) not in _APPLY_CACHE:
@@ -274,15 +265,16 @@ def validate(model: Any, variables: dict, val: ArrayData, batch_size: int = 8) -
 
 def save_run(out: Path, model: Any, preset: Any, variables: dict, log: dict) -> None:
     """The run folder: ``checkpoint/`` (with the model's plan), ``log.json``, ``loss.png``."""
-    from ..io import checkpoint
+    from ..io import atomic, checkpoint
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.save(out / "checkpoint", preset if preset is not None else model.preset, variables,
                     plan=getattr(model, "plan", None),
                     extra={"trained_by": "jaxdepth.train", "steps": log["steps"][-1] if log["steps"] else 0,
                            "input_size": log["config"]["input_size"], "config": log["config"]})
-    _write_json(out / "log.json", log)
+    atomic.write_json(out / "log.json", log)
     try:
         from .. import viz
-        viz.loss_curve(log, out / "loss.png")
+        with atomic.replacing(out / "loss.png") as tmp:
+            viz.loss_curve(log, tmp)
     except Exception as e:  # a figure must not kill a training run
         print(f"warning: loss curve not written: {e}", file=sys.stderr)

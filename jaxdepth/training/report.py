@@ -16,7 +16,7 @@ import numpy as np
 
 from .data import ArrayData
 
-HIGHER_IS_BETTER = ("delta1", "delta2", "delta3", "psnr")
+METRICS = ("delta1", "delta2", "delta3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "psnr")
 
 
 def before_after(exact: tuple[Any, dict], before: tuple[Any, dict], after: tuple[Any, dict], val: ArrayData, *,
@@ -27,7 +27,7 @@ def before_after(exact: tuple[Any, dict], before: tuple[Any, dict], after: tuple
     from tqdm import tqdm
 
     from .. import metrics as M
-    from ..evaluate import make_predictor, upsample_depth
+    from ..inference import make_predictor, upsample_depth
 
     preds = {k: make_predictor(m, v, flip=flip, input_size=input_size)
              for k, (m, v) in (("exact", exact), ("before", before), ("after", after))}
@@ -58,6 +58,8 @@ def recovered(res: dict[str, Any]) -> dict[str, Optional[float]]:
     out: dict[str, Optional[float]] = {}
     if "vs_gt" in res["exact"]:
         for m, e in res["exact"]["vs_gt"].items():
+            if m not in METRICS:
+                continue
             b, a = res["before"]["vs_gt"][m], res["after"]["vs_gt"][m]
             out[f"{m}_vs_gt"] = None if abs(e - b) < 1e-12 else (a - b) / (e - b)
     b, a = res["before"]["vs_exact"]["delta1"], res["after"]["vs_exact"]["delta1"]
@@ -87,20 +89,18 @@ def format_report(res: dict[str, Any]) -> str:
 def write_report(out: Path, res: dict[str, Any], log: Optional[dict] = None, title: str = "") -> tuple[Path, Path]:
     """``out/report.json`` (``res`` plus the loss curve) and ``out/report.png`` (delta1 bars, PSNR vs exact,
     loss curve); written atomically."""
-    import os
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .loop import _write_json
+    from ..io import atomic
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = {**res}
     if log is not None:
         data["loss_curve"] = {"steps": log.get("steps", []), "loss": log.get("loss", []), "time": log.get("time", [])}
     json_path = out / "report.json"
-    _write_json(json_path, data)
+    atomic.write_json(json_path, data)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     ax = axes[0]
     names, vals, colors = [], [], []
@@ -138,8 +138,7 @@ def write_report(out: Path, res: dict[str, Any], log: Optional[dict] = None, tit
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     png_path = out / "report.png"
-    tmp = out / f".report.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic.replacing(png_path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, png_path)
     return json_path, png_path
