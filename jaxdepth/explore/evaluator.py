@@ -103,20 +103,6 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:32]
 
 
-def degenerate(depth: np.ndarray, lo: float = 0.1, hi: float = 10.0) -> Optional[str]:
-    """A warning when a depth map (metres) carries no structure: near-constant, or mostly at the clip bounds."""
-    d = np.asarray(depth, np.float64)
-    if d.size == 0 or not np.isfinite(d).all():
-        return "depth has non-finite values"
-    mean, std = float(d.mean()), float(d.std())
-    if std <= 1e-3 * max(abs(mean), 1e-6):
-        return f"depth is constant ({mean:.2f} m)"
-    clipped = float(np.mean((d <= lo * 1.0001) | (d >= hi * 0.9999)))
-    if clipped > 0.9:
-        return f"{100 * clipped:.0f}% of the depth is pinned to the {lo:g}-{hi:g} m clip range"
-    return None
-
-
 class Evaluator:
     """Configurations of one model on one dataset under one protocol (see the module docstring).
 
@@ -127,8 +113,7 @@ class Evaluator:
 
     def __init__(self, model: Any, variables: dict, info: dict, batches: list, *, description: dict,
                  protocol: Protocol = Protocol(), calib_images: Optional[np.ndarray] = None):
-        import jax
-        from ..evaluate import resize_batch
+        from ..inference import model_input_size, resize_batch
         from ..models import FLOAT_PLAN, describe
         if not batches:
             raise ValueError("no frames to evaluate")
@@ -136,9 +121,7 @@ class Evaluator:
         self.model = model.clone(plan=FLOAT_PLAN) if getattr(model, "plan", None) is not None else model
         self.variables = variables
         self.info = info
-        size = getattr(getattr(model, "preset", None), "input_size", None) or (info.get("extra") or {}).get(
-            "input_size")
-        self.input_size = tuple(int(v) for v in size) if size else None
+        self.input_size = model_input_size(model, info)
         self.batches = batches
         self._x = {id(b[0]): resize_batch(np.asarray(b[0], np.uint8), self.input_size) for b in batches}
         shape = next(iter(self._x.values())).shape
@@ -155,15 +138,18 @@ class Evaluator:
         self._compiled: dict[Any, Any] = {}
         self.compile_seconds = 0.0
         self.frames = sum(len(b[0]) for b in batches)
-        t0 = time.time()
-        exact = self._function(tuple(("float",) for _ in self.layer_names))
-        self._exact: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for b in batches:
-            x = self._x[id(b[0])]
-            metres, raw = exact(self._base, x)
-            self._exact[id(b[0])] = (np.asarray(metres), np.asarray(raw))
-        self.reference_seconds = time.time() - t0
-        del jax
+        self._exact_cache: Optional[dict[int, tuple[np.ndarray, np.ndarray]]] = None
+
+    @property
+    def _exact(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The exact (float) model's (metres, raw) per batch, computed on first use."""
+        if self._exact_cache is None:
+            exact = self._function(tuple(("float",) for _ in self.layer_names))
+            self._exact_cache = {}
+            for b in self.batches:
+                metres, raw = exact(self._base, self._x[id(b[0])])
+                self._exact_cache[id(b[0])] = (np.asarray(metres), np.asarray(raw))
+        return self._exact_cache
 
     # ---- keys -------------------------------------------------------------------------------------------
     def assignment(self, config: Config) -> dict[str, Optional[Multiplier]]:
@@ -252,14 +238,13 @@ class Evaluator:
     # ---- evaluation ---------------------------------------------------------------------------------------
     def evaluate(self, config: Config) -> dict[str, Any]:
         """Evaluate one configuration; returns the record the store keeps (see the module docstring)."""
-        from ..evaluate import evaluate
+        from ..evaluation import evaluate
         t0 = time.time()
         compile0 = self.compile_seconds
         assignment = self.assignment(config)
         fn = self._function(self.structure(assignment))
         v = self.variables_for(assignment)
         sums = {"raw_d": 0.0, "raw_e": 0.0, "dep_d": 0.0, "dep_e": 0.0}
-        worst: list[Optional[str]] = []
 
         def predict(rgb):
             x = self._x[id(rgb)]
@@ -270,7 +255,6 @@ class Evaluator:
             sums["raw_e"] += float(np.sum(ref_raw.astype(np.float64) ** 2))
             sums["dep_d"] += float(np.sum((metres.astype(np.float64) - ref_m) ** 2))
             sums["dep_e"] += float(np.sum(ref_m.astype(np.float64) ** 2))
-            worst.extend(degenerate(d) for d in metres)
             return metres
 
         def reference(rgb):
@@ -278,7 +262,7 @@ class Evaluator:
 
         res = evaluate(predict, self.batches, reference=reference, mean=self.protocol.mean,
                        max_depth=self.protocol.max_depth)
-        warnings = [w for w in worst if w]
+        check = res["checks"]["prediction"]
         cost = network_cost(self.infos, assignment)
         return {
             "key": self.key(config), "context": self.context, "label": config.label, "kind": config.kind,
@@ -289,7 +273,7 @@ class Evaluator:
                          "depth_rel_rms": math.sqrt(sums["dep_d"] / max(sums["dep_e"], 1e-300)),
                          "decoder_rel_rms": math.sqrt(sums["raw_d"] / max(sums["raw_e"], 1e-300))},
             "cost": cost, "frames": res["frames"],
-            "warning": (f"{len(warnings)}/{len(worst)} frames degenerate: {warnings[0]}" if warnings else None),
+            "warning": check.describe() if check.problems else None,
             "seconds": time.time() - t0, "compile_seconds": self.compile_seconds - compile0,
         }
 

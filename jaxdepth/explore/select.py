@@ -65,7 +65,7 @@ def _family(term: str) -> list[str]:
 
 def parse_filter(term: str) -> Optional[tuple[str, str, float]]:
     """``"power < 0.3 mW"`` -> ("power_mW", "<", 0.3); None when ``term`` is not a filter."""
-    if not any(op in term for op in _OPS):
+    if not re.search(r"[<>=!~\s]", term.strip()):
         return None
     m = _FILTER.match(term)
     if not m or m.group(1).lower() not in FILTER_KEYS:
@@ -84,11 +84,19 @@ def figure(m: Multiplier, key: str) -> Optional[float]:
     return metrics(m)[key]
 
 
-def _load_file(term: str) -> Multiplier:
+def _load_file(term: str, signed: Optional[bool]) -> Multiplier:
+    """A user table; its signedness is ``signed`` or the one stored with it (`jaxdepth.multipliers.save`),
+    never guessed."""
     from ..multipliers import load
+    from ..multipliers.loaders import _read_file
     try:
-        return load(term)
+        if signed is None and _read_file(term)[3] is None:
+            raise SelectionError(f"{term}: say whether the table is signed (int8 operands) or unsigned (uint8): "
+                                 f"--signed / --unsigned (or save it with jaxdepth.multipliers.save)")
+        return load(term, signed=signed)
     except (OSError, ValueError, KeyError) as e:
+        if isinstance(e, SelectionError):
+            raise
         raise SelectionError(f"{term}: not a readable multiplier table ({e})") from None
 
 
@@ -97,8 +105,9 @@ def _is_file_term(term: str) -> bool:
     return base.lower().endswith(_TABLE_SUFFIXES) or os.sep in term and os.path.exists(base)
 
 
-def select_multipliers(terms: Sequence[str]) -> list[Multiplier]:
-    """The multipliers ``terms`` select, in first-mention order, without duplicates (see the module doc)."""
+def select_multipliers(terms: Sequence[str], signed: Optional[bool] = None) -> list[Multiplier]:
+    """The multipliers ``terms`` select, in first-mention order, without duplicates (see the module doc).
+    ``signed``: the signedness of the table files among the terms (else the one stored with them)."""
     from ..multipliers import get
     chosen: list[Multiplier] = []
     seen: set[str] = set()
@@ -117,7 +126,7 @@ def select_multipliers(terms: Sequence[str]) -> list[Multiplier]:
         if flt is not None:
             filters.append(flt)
         elif _is_file_term(term):
-            add(_load_file(term))
+            add(_load_file(term, signed))
         elif term.lower() in FAMILIES:
             for name in _family(term.lower()):
                 add(get(name))

@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS results (
     key TEXT PRIMARY KEY, context TEXT NOT NULL, kind TEXT NOT NULL, label TEXT NOT NULL,
     record TEXT NOT NULL, created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS results_context ON results (context);
+CREATE TABLE IF NOT EXISTS evaluations (key TEXT NOT NULL, finished REAL NOT NULL, seconds REAL);
 """
 
 
@@ -91,11 +92,16 @@ class ResultStore:
         return _decode(json.loads(row[0])) if row else None
 
     def put(self, key: str, context: str, record: dict) -> None:
-        """Store one finished configuration (first write wins: a key is never evaluated twice)."""
-        self._db.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?)",
-                         (key, context, record.get("kind", ""), record.get("label", ""),
-                          json.dumps(_encode(record)), time.time()))
-        self._db.commit()
+        """Store one finished configuration (first write wins) and log the evaluation (`evaluations`)."""
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                             (key, context, record.get("kind", ""), record.get("label", ""),
+                              json.dumps(_encode(record)), time.time()))
+            self._db.execute("INSERT INTO evaluations VALUES (?, ?, ?)", (key, time.time(), record.get("seconds")))
+
+    def evaluation_log(self) -> list[tuple[str, float]]:
+        """(key, finish time) of every evaluation ever stored, in order (a key twice = evaluated twice)."""
+        return [tuple(r) for r in self._db.execute("SELECT key, finished FROM evaluations ORDER BY rowid")]
 
     def records(self, context: Optional[str] = None, kinds: Optional[Iterable[str]] = None) -> list[dict]:
         """Stored records (oldest first), optionally of one context and some kinds."""
