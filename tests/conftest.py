@@ -16,6 +16,9 @@ sys.path.insert(0, str(Path(__file__).parent))   # `import standin` from any tes
 
 import standin  # noqa: E402
 
+# CLIs called in-process must not write JAX's persistent compilation cache into the user's home during tests.
+os.environ.setdefault("JAXDEPTH_COMPILE_CACHE", "0")
+
 try:
     from hypothesis import HealthCheck, settings
 except ImportError:  # hypothesis is in the `test` extra; without it only the property tests are skipped

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdepth import predict
+from jaxdepth import inference, predict
 from jaxdepth.cli import common
 
 from standin import TinyDepth  # noqa: E402  (tests/standin.py, on sys.path via conftest)
@@ -23,7 +23,7 @@ def tiny(monkeypatch):
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
     monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
     approx = TinyDepth(scale=3.0)
-    monkeypatch.setattr(common, "quantized", lambda m, v, plan, calib: (approx, variables))
+    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib: (approx, variables))
     return model
 
 
@@ -75,16 +75,16 @@ def test_make_plan_and_table_file(tmp_path):
     assert common.make_plan("mul8s_1L2J", ["decoder.*", "encoder.conv0"]) == {"decoder.*": "mul8s_1L2J",
                                                                               "encoder.conv0": "mul8s_1L2J"}
     np.save(tmp_path / "mine.npy", multipliers.exact().table)
-    plan = common.make_plan(str(tmp_path / "mine.npy"))
+    plan = common.make_plan(str(tmp_path / "mine.npy"), signed=True)
     assert plan["*"].signed and np.array_equal(plan["*"].table, multipliers.exact().table)
     np.save(tmp_path / "bad.npy", np.zeros((3, 3)))
-    with pytest.raises(common.CliError, match="256x256"):
-        common.make_plan(str(tmp_path / "bad.npy"))
+    with pytest.raises(common.CliError, match="256, 256"):
+        common.make_plan(str(tmp_path / "bad.npy"), signed=True)
 
 
 def test_model_size_rule():
-    assert predict._model_size((120, 160), (480, 640)) == (120, 160)
-    assert predict._model_size(None, (470, 650)) == (448, 640)
+    assert inference.run_size((120, 160), (480, 640)) == (120, 160)
+    assert inference.run_size(None, (470, 650)) == (448, 640)
 
 
 def test_help_runs():
