@@ -44,7 +44,7 @@ def select_trainable(params: dict, which: str = "all") -> set[tuple[str, ...]]:
     return keys
 
 
-def _split(variables: dict, keys: set[tuple[str, ...]], learn_ranges: bool) -> tuple[dict, dict]:
+def split_variables(variables: dict, keys: set[tuple[str, ...]], learn_ranges: bool) -> tuple[dict, dict]:
     """(trainable, frozen): flat dicts; trainable = {"params": {path: w}, "ranges": {path: log-factor}}."""
     flat = traverse_util.flatten_dict(variables["params"])
     trainable: dict[str, Any] = {"params": {k: v for k, v in flat.items() if k in keys}}
@@ -165,7 +165,7 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
         raise ValueError(f"{data.name} has no depth maps: train with target='teacher' (distillation)")
     rng = np.random.default_rng(seed)
     keys = select_trainable(variables["params"], trainable)
-    state, frozen = _split(variables, keys, learn_ranges)
+    state, frozen = split_variables(variables, keys, learn_ranges)
     tx = make_optimizer(lr, steps, warmup, range_lr=range_lr if learn_ranges else None)
     opt_state = tx.init(state)
     step_fn = make_train_step(model, tx, target=target, teacher=teacher, teacher_weight=teacher_weight,
