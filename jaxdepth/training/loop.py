@@ -200,6 +200,8 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
             state, frozen, opt_state, loss, parts = step_fn(state, frozen, opt_state, jnp.asarray(x), y,
                                                             teacher_variables)
             vals = {"loss": float(loss), **{k: float(v) for k, v in parts.items()}}
+            if step == 1:
+                log["config"]["first_step_seconds"] = time.time() - t0     # includes compiling the step
             if not math.isfinite(vals["loss"]):
                 raise FloatingPointError(f"loss became {vals['loss']} at step {step}")
             for k, v in vals.items():
