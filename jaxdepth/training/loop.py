@@ -21,7 +21,7 @@ import optax
 from flax import traverse_util
 
 from .data import ArrayData, augment
-from .loss import depth_loss, depth_to_target, teacher_target
+from .loss import clip_straight_through, depth_loss, depth_to_target, teacher_target
 
 TRAINABLE = ("all", "decoder", "bn")
 TARGETS = ("gt", "teacher", "both")
@@ -119,7 +119,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *, target: str
             loss, parts = depth_loss(out, y, **loss_kwargs)
         if target in ("teacher", "both"):
             t = teacher_target(teacher.apply(tvars, x))
-            d_loss, d_parts = depth_loss(jnp.clip(out, 1.0, 100.0), t, **loss_kwargs)
+            d_loss, d_parts = depth_loss(clip_straight_through(out), t, **loss_kwargs)
             if target == "teacher":
                 parts = d_parts
             parts = {**parts, "distill": d_loss}
