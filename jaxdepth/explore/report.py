@@ -29,6 +29,9 @@ def flatten(record: dict) -> dict[str, Any]:
     quantized = [n for n, m in plan.items() if m is not None]
     meta = record.get("meta", {})
     layers = meta.get("layers") or (f"{len(quantized)}/{len(plan)} layers" if plan else "")
+    if meta.get("assignment"):    # a search trial: the groups not on the exact table
+        picked = [f"{g}: {m}" for g, m in meta["assignment"] if not str(m).startswith("exact")]
+        layers = "; ".join(picked) if picked else "all exact"
     row: dict[str, Any] = {"label": record["label"], "kind": record["kind"], "multipliers": " ".join(used) or "float",
                            "layers": layers}
     row.update({k: record["accuracy"].get(k) for k in ACCURACY})
