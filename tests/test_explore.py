@@ -244,3 +244,32 @@ def test_unwritable_output_is_reported_before_the_sweep(tiny_ckpt, tmp_path, cap
     code = main(["sweep", "--multipliers", "mul8u_2AC", "--model", str(tiny_ckpt), "--data", DATA,
                  "--out", str(tmp_path / "file" / "sub"), "--no-progress"])
     assert code == 2 and "file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ray_workers_give_the_local_results_and_survive_a_killed_worker(tiny_ckpt, tiny_ev, tmp_path):
+    ray = pytest.importorskip("ray")
+    from jaxdepth.explore import EvalSpec, Protocol, run_configs, sweep_configs
+    from jaxdepth.explore.ray_backend import RayExecutor
+    configs = sweep_configs([multipliers.get(n) for n in ("mul8u_2AC", "mul8u_L93", "mul8u_DM1")], ["*"],
+                            references=False)
+    with ResultStore(tmp_path / "local.sqlite") as st:
+        local = run_configs(tiny_ev, st, configs)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)   # a local 2-CPU cluster
+    try:
+        spec = EvalSpec(model=str(tiny_ckpt), data=DATA, protocol=Protocol(batch_size=2, calib_frames=2))
+        ex = RayExecutor(spec, None, workers=2, expected_context=tiny_ev.context)
+        results = ex.run(configs)
+        first = next(results)
+        ray.kill(ex.actors[0], no_restart=False)        # a worker dies mid-run: restarted, its config resubmitted
+        with ResultStore(tmp_path / "ray.sqlite") as st:
+            for c, rec in [first, *results]:
+                st.put(tiny_ev.key(c), tiny_ev.context, rec)
+            remote = {r["label"]: r for r in st.records()}
+        ex.shutdown()
+    finally:
+        ray.shutdown()
+    assert set(remote) == {c.label for c in configs}
+    for rec in local:
+        for part in ("accuracy", "fidelity", "cost"):
+            assert remote[rec["label"]][part] == rec[part], (rec["label"], part)

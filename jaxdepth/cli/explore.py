@@ -33,6 +33,9 @@ def _data_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-frames", type=common.positive_int, default=8,
                    help="frames used to calibrate quantization when the checkpoint's calibration does not apply")
     g.add_argument("--store", help="results database (default: OUT/results.sqlite)")
+    g.add_argument("--ray", metavar="ADDRESS", help="evaluate on Ray workers: 'auto' (the running cluster, "
+                                                    "ray start --head), 'local' (start one here), or host:port")
+    g.add_argument("--ray-workers", type=common.positive_int, help="Ray actors (default: one per cluster CPU)")
     g.add_argument("--metric", default="delta1", help="metric of the front and the ranking: delta1, abs_rel, "
                                                      "rmse, ... (vs ground truth) or psnr, depth_rel_rms, "
                                                      "decoder_rel_rms (vs the exact model)")
@@ -153,6 +156,17 @@ def _print_rows(rows: list[dict], metric: str) -> None:
               f"{r.get('warning') or ''}")
 
 
+def _executor(args: argparse.Namespace, ev):
+    """None (in process) or the Ray executor --ray asks for (built once per command)."""
+    if not getattr(args, "ray", None):
+        return None
+    if getattr(args, "_executor", None) is None:
+        from ..explore.ray_backend import RayExecutor
+        args._executor = RayExecutor(_spec(args), args.ray, workers=args.ray_workers, expected_context=ev.context)
+        print(f"Ray: {len(args._executor.actors)} worker(s)", flush=True)
+    return args._executor
+
+
 def _run(ev, store, configs, args, done) -> list[dict]:
     from ..explore import run_configs
     done.what, done.total, done.where = "configurations", len(configs), store.path
@@ -162,7 +176,8 @@ def _run(ev, store, configs, args, done) -> list[dict]:
         counts["new" if new else "stored"] += 1
         done.add(rec["label"])
 
-    records = run_configs(ev, store, configs, progress=not args.no_progress, on_record=on_record)
+    records = run_configs(ev, store, configs, executor=_executor(args, ev), progress=not args.no_progress,
+                          on_record=on_record)
     print(f"{counts['new']} configuration(s) evaluated, {counts['stored']} read from {store.path}; "
           f"compile {ev.compile_seconds:.1f} s", flush=True)
     return records
@@ -281,8 +296,10 @@ def _search(args: argparse.Namespace, done: common.Done) -> int:
             ranking = [r["group"] for r in rank(_run(ev, store, sensitivity_configs(cheapest, groups), args, done),
                                                 args.metric)]
         done.what, done.total = "search trials", args.trials
+        executor = _executor(args, ev)
         records = search(ev, store, cands[1:], groups, n_trials=args.trials, metric=args.metric, ranking=ranking,
                          seed=args.seed, population=args.population, progress=not args.no_progress,
+                         executor=executor, batch=len(executor.actors) if executor else 1,
                          on_record=lambda rec, new: done.add(rec["label"]))
     rows = [flatten(r) for r in refs] + [flatten(r) for r in records]
     best = front(records, args.metric)

@@ -87,7 +87,8 @@ def write_tables(rows: Sequence[dict], out: Path, stem: str = "results") -> list
     return [write_text(out / f"{stem}.csv", to_csv(rows)), write_json(out / f"{stem}.json", clean)]
 
 
-def _place_labels(ax, points: Sequence[tuple[float, float, str]]) -> None:
+def _place_labels(ax, points: Sequence[tuple[float, float, str]],
+                  obstacles: Sequence[tuple[float, float]] = ()) -> None:
     """Label points without overlapping text: each label tries offsets around its point (nearest first) and
     takes the first whose box overlaps no earlier label, no marker and stays inside the axes; a label
     with no free place is drawn further out with a leader line."""
@@ -95,10 +96,13 @@ def _place_labels(ax, points: Sequence[tuple[float, float, str]]) -> None:
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     axbox = ax.get_window_extent(renderer)
-    marker_boxes = []
+    marker_boxes, other_markers = [], []
     for x, y, _ in points:
         px, py = ax.transData.transform((x, y))
         marker_boxes.append((px - 4, py - 4, px + 4, py + 4))
+    for x, y in obstacles:
+        px, py = ax.transData.transform((x, y))
+        other_markers.append((px - 5, py - 5, px + 5, py + 5))
     taken: list[tuple[float, float, float, float]] = []
     offsets = [(6, 4), (6, -12), (-6, 4), (-6, -12), (0, 10), (0, -16), (12, 14), (12, -22), (-12, 14),
                (-12, -22), (20, 0), (-20, 0), (24, 24), (24, -30), (-24, 24), (-24, -30)]
@@ -116,7 +120,7 @@ def _place_labels(ax, points: Sequence[tuple[float, float, str]]) -> None:
                                 arrowprops=None if far == 1 else dict(arrowstyle="-", lw=0.5, color="0.5"))
                 bb = t.get_window_extent(renderer)
                 box = (bb.x0, bb.y0, bb.x1, bb.y1)
-                others = [b for b in marker_boxes if b is not mbox]
+                others = [b for b in marker_boxes if b is not mbox] + other_markers
                 inside = box[0] >= axbox.x0 and box[2] <= axbox.x1 and box[1] >= axbox.y0 and box[3] <= axbox.y1
                 if inside and not overlaps(box, taken) and not overlaps(box, others):
                     taken.append(box)
@@ -162,7 +166,9 @@ def pareto_plot(rows: Sequence[dict], path: Path, metric: str = "delta1", cost: 
     if len(labels) > max_labels:   # label a spread along the front
         step = (len(labels) - 1) / (max_labels - 1)
         labels = [labels[round(i * step)] for i in range(max_labels)]
-    _place_labels(ax, [(value(r, cost), value(r, metric), r["label"]) for r in labels])
+    refs = [(value(r, cost), value(r, metric)) for r in rows if r["kind"] == "reference" and r["label"] != "float"
+            and value(r, cost) is not None and value(r, metric) is not None]
+    _place_labels(ax, [(value(r, cost), value(r, metric), r["label"]) for r in labels], refs)
     return _save(fig, path)
 
 
