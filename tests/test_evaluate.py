@@ -137,3 +137,36 @@ def test_cli_with_multiplier_writes_json_and_plot(tmp_path, monkeypatch, capsys)
     assert "approx vs exact" in text and "exact vs gt" in text
     assert E.main(["--data", str(tmp_path / "nothing")]) == 2
     assert E.main(["--data", str(tmp_path), "--multiplier", "no_such_mult"]) == 2
+
+
+def test_cli_errors_checked_first_and_results_printed_before_writing(tmp_path, monkeypatch, capsys):
+    """--out under a file fails before the evaluation; all-NaN ground truth is an error, not a table of nan;
+    a write failure after the evaluation still leaves the metrics printed."""
+    from PIL import Image
+
+    from jaxdepth import inference
+    from jaxdepth.cli import common
+    from jaxdepth.cli import evaluate as cli
+    model, variables = tiny(0)
+    monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
+    rgb, gt = _data(2, 16, 24)
+    for i in range(2):
+        Image.fromarray(rgb[i]).save(tmp_path / f"f{i}.png")
+        np.save(tmp_path / f"f{i}_depth.npy", np.full_like(gt[i], np.nan))
+    (tmp_path / "file").write_text("x")
+    calls = []
+    real_make = inference.make_predictor
+    monkeypatch.setattr(inference, "make_predictor", lambda *a, **k: calls.append(1) or real_make(*a, **k))
+    assert cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "file" / "res"), "--no-progress"]) == 2
+    assert "is a file" in capsys.readouterr().err and not calls          # nothing was computed
+    assert cli.main(["--data", str(tmp_path), "--no-progress"]) == 2
+    assert "no valid ground-truth pixel" in capsys.readouterr().err
+    for i in range(2):
+        np.save(tmp_path / f"f{i}_depth.npy", gt[i])
+
+    def fail(res, out):
+        raise PermissionError(13, "Permission denied", str(out))
+    monkeypatch.setattr(cli, "write_outputs", fail)
+    assert cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "res"), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "model vs gt" in captured.out and "delta1" in captured.out and "Permission denied" in captured.err

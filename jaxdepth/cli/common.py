@@ -195,9 +195,14 @@ def enable_compile_cache() -> Optional[Path]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
-    import jax
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    settings = {"jax_compilation_cache_dir": str(folder), "jax_persistent_cache_min_compile_time_secs": 0.5}
+    if "jax" in sys.modules:                 # already imported (in-process callers): update its config
+        import jax
+        for key, value in settings.items():
+            jax.config.update(key, value)
+    else:                                    # not yet: JAX reads these at import (no 2-4 s import for a usage error)
+        for key, value in settings.items():
+            os.environ.setdefault(key.upper(), str(value))
     return folder
 
 
@@ -245,8 +250,9 @@ def load_model(spec: Optional[str]) -> tuple[Any, dict, dict]:
     if path.exists():
         try:
             return checkpoint.load(path)
-        except (FileNotFoundError, ValueError) as e:
-            raise CliError(str(e)) from None
+        except (OSError, ValueError, KeyError) as e:      # corrupt / truncated files: name the checkpoint
+            text = error_line(e)
+            raise CliError(text if str(path) in text else f"--model {path}: {text}") from None
     if spec and spec in models.list_presets():
         model = models.build(spec)
         return model, models.init_variables(model, 0), {"preset_name": spec, "random_weights": True}
