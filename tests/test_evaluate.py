@@ -10,7 +10,8 @@ import pytest
 
 from jaxdepth import metrics as M
 from jaxdepth.data import load
-from jaxdepth.evaluate import evaluate, make_predictor, upsample_depth
+from jaxdepth.evaluation import evaluate
+from jaxdepth.inference import make_predictor, upsample_depth
 
 ROOT = Path(__file__).parents[1]
 
@@ -76,7 +77,8 @@ SHARD_SCRIPT = '''
 import json, sys, numpy as np, jax
 sys.path.insert(0, %r)
 from standin import tiny
-from jaxdepth.evaluate import evaluate, make_predictor
+from jaxdepth.evaluation import evaluate
+from jaxdepth.inference import make_predictor
 m, v = tiny()
 rng = np.random.default_rng(3)
 rgb = rng.integers(0, 256, (5, 16, 24, 3), dtype=np.uint8)   # 5 frames: the last batch of 3 is padded
