@@ -167,3 +167,12 @@ def test_python_m_shims_give_one_line_errors(module, argv, message, tmp_path):
     res = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, env=env,
                          timeout=120)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_library_warnings_become_one_line(capsys):
+    import warnings
+
+    def body(args):
+        warnings.warn("12 prediction pixels are NaN", RuntimeWarning)
+    assert common.run(_parser("out"), body, []) == 0
+    assert capsys.readouterr().err == "warning: 12 prediction pixels are NaN\n"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -131,7 +132,9 @@ def run(parser: argparse.ArgumentParser, body: Callable[..., Optional[int]],
     done = Done()
     takes_done = len(inspect.signature(body).parameters) >= 2
     try:
-        code = body(args, done) if takes_done else body(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            code = body(args, done) if takes_done else body(args)
         return 0 if code is None else int(code)
     except BrokenPipeError:             # the reader went away (``... | head``): stop quietly, as Unix tools do
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -158,6 +161,11 @@ def error_line(e: BaseException) -> str:
     else:
         text = str(e) or type(e).__name__
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (e.g. NaN pixels left out of the metrics) as one ``warning: ...`` line."""
+    print(f"warning: {error_line(message) if isinstance(message, BaseException) else message}", file=sys.stderr)
 
 
 def _flush() -> None:
