@@ -125,7 +125,7 @@ def test_cli_with_multiplier_writes_json_and_plot(tmp_path, monkeypatch, capsys)
     approx, avars = tiny(1)
     monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
     from jaxdepth import inference
-    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib: (approx, avars))
+    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib, **kw: (approx, avars))
     rgb, gt = _data(3, 16, 24)
     for i in range(3):
         Image.fromarray(rgb[i]).save(tmp_path / f"f{i}.png")

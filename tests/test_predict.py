@@ -23,7 +23,7 @@ def tiny(monkeypatch):
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
     monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
     approx = TinyDepth(scale=3.0)
-    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib: (approx, variables))
+    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib, **kw: (approx, variables))
     return model
 
 
