@@ -142,7 +142,7 @@ def test_degenerate_and_nan_outputs_are_reported(tmp_path, tiny, monkeypatch, ca
     import jax
     folder, out = _images(tmp_path, 1), tmp_path / "out"
     model, variables, _ = common.load_model(None)
-    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib: (TinyDepth(scale=0.0), variables))
+    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib, **kw: (TinyDepth(scale=0.0), variables))
     assert predict.main([str(folder), "--multiplier", "mul8s_1L2J", "--out", str(out), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "approximate depth looks degenerate" in err and "constant 10.00 m" in err and "clipped to 10.0 m" in err
