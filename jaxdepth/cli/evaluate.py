@@ -132,8 +132,11 @@ def write_outputs(res: dict[str, Any], out: str | Path) -> list[Path]:
     return files
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, done: common.Done) -> int:
+    done.what, done.total = "evaluations", 1
+    done.note = "nothing written (--out gets results only from a complete evaluation)" if args.out else ""
     res = run(args)
+    done.add(args.data)
     warnings = check_result(res)
     print(f"{res['frames']} frames in {res['seconds']:.1f} s on {res['config']['devices']} device(s)")
     print(M.format_table(rows(res)), flush=True)
