@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     Every usage error (model, multiplier, layers, data, --out) is raised before the evaluation starts."""
     from ..data import load
     from ..evaluation import evaluate
-    from .predict import check_layers
     plan = common.make_plan(args.multiplier, args.layers, args.signed)
     if args.out:
         common.check_out_dir(args.out)
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, plan = inference.exact_and_plan(model, plan)
     size = inference.model_input_size(model, info)
     if args.multiplier:
-        check_layers(model, args.layers, size)
+        common.check_layers(model, args.layers, size)
     if info.get("random_weights"):
         print(f"warning: {args.model} has random weights (a preset name, not a checkpoint)", file=sys.stderr)
     exact = inference.make_predictor(model, variables, flip=not args.no_flip, input_size=size)
