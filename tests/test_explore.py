@@ -258,7 +258,10 @@ def test_ray_workers_give_the_local_results_and_survive_a_killed_worker(tiny_ckp
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)   # a local 2-CPU cluster
     try:
         spec = EvalSpec(model=str(tiny_ckpt), data=DATA, protocol=Protocol(batch_size=2, calib_frames=2))
-        ex = RayExecutor(spec, None, workers=2, expected_context=tiny_ev.context)
+        try:
+            ex = RayExecutor(spec, None, workers=2, expected_context=tiny_ev.context, startup_timeout=600)
+        except ray.exceptions.GetTimeoutError:     # Ray's own start-up (raylet, agents) failed on this host
+            pytest.skip("the local Ray cluster did not start within 10 minutes (see /tmp/ray/session_latest/logs)")
         results = ex.run(configs)
         first = next(results)
         ray.kill(ex.actors[0], no_restart=False)        # a worker dies mid-run: restarted, its config resubmitted

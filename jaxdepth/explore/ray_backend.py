@@ -51,7 +51,7 @@ class RayExecutor:
 
     def __init__(self, spec: EvalSpec, address: Optional[str] = "auto", *, workers: Optional[int] = None,
                  cpus_per_worker: float = 1.0, retries: int = 2, num_cpus: Optional[int] = None,
-                 expected_context: Optional[str] = None):
+                 expected_context: Optional[str] = None, startup_timeout: float = 1800.0):
         ray = connect(address, num_cpus)
         self.ray = ray
         self.retries = retries
@@ -59,7 +59,7 @@ class RayExecutor:
         actor = ray.remote(num_cpus=cpus_per_worker, max_restarts=retries, max_task_retries=0)(_Worker)
         self.actors = [actor.remote(spec) for _ in range(n)]
         if expected_context is not None:
-            contexts = set(ray.get([a.context.remote() for a in self.actors]))
+            contexts = set(ray.get([a.context.remote() for a in self.actors], timeout=startup_timeout))
             if contexts != {expected_context}:
                 raise RuntimeError(f"Ray workers see a different model / data / protocol than the driver "
                                    f"({contexts} vs {expected_context}): same files on every node?")
