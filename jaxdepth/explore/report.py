@@ -29,9 +29,8 @@ def flatten(record: dict) -> dict[str, Any]:
     quantized = [n for n, m in plan.items() if m is not None]
     meta = record.get("meta", {})
     layers = meta.get("layers") or (f"{len(quantized)}/{len(plan)} layers" if plan else "")
-    if meta.get("assignment"):    # a search trial: the groups not on the exact table
-        picked = [f"{g}: {m}" for g, m in meta["assignment"] if not str(m).startswith("exact")]
-        layers = "; ".join(picked) if picked else "all exact"
+    if meta.get("assignment"):    # a search trial: which circuit on which groups (exact ones left out)
+        layers = describe_assignment(meta["assignment"])
     row: dict[str, Any] = {"label": record["label"], "kind": record["kind"], "multipliers": " ".join(used) or "float",
                            "layers": layers}
     row.update({k: record["accuracy"].get(k) for k in ACCURACY})
@@ -40,6 +39,25 @@ def flatten(record: dict) -> dict[str, Any]:
     row.update({k: record.get("cost", {}).get(k) for k in ("power", "area", "delay")})
     row.update(warning=record.get("warning") or "", seconds=record.get("seconds"), key=record.get("key"))
     return row
+
+
+def describe_assignment(assignment: Iterable, show: int = 4) -> str:
+    """``circuit: group, group, ... (+k)`` per approximate circuit of a group assignment, compactly."""
+    pairs = [(str(g), str(m)) for g, m in assignment]
+    by: dict[str, list[str]] = {}
+    for g, m in pairs:
+        by.setdefault(m, []).append(g)
+    parts = []
+    for m, gs in by.items():
+        if m.startswith("exact"):
+            continue
+        if len(gs) == len(pairs):
+            parts.append(f"{m}: all {len(gs)} groups")
+        else:
+            more = f" (+{len(gs) - show})" if len(gs) > show else ""
+            parts.append(f"{m}: {', '.join(gs[:show])}{more}")
+    exact = len(by.get("exact_u8", [])) + len(by.get("exact_s8", []))
+    return "; ".join(parts + ([f"exact: {exact} groups"] if exact and parts else [])) or "all exact"
 
 
 def value(row: dict, metric: str) -> Optional[float]:
@@ -200,7 +218,8 @@ def markdown(rows: Sequence[dict], metric: str = "delta1", cost: str = "power", 
     lines += [f"Pareto front ({len(front)} of {len(rows)} configurations; {metric} "
               f"{'higher' if higher_is_better(metric) else 'lower'} is better, {cost} relative to int8):", ""]
     lines += table(front[:limit]) + [""]
-    int8 = next((r for r in refs if r["label"] == "int8"), None)
+    int8 = next((r for r in refs if r["label"] == "int8"), None) or next(
+        (r for r in refs if r["label"] == "uint8"), None)
     if int8 is not None and value(int8, metric) is not None:
         base = value(int8, metric)
         for tol in (0.01, 0.05):
@@ -208,7 +227,7 @@ def markdown(rows: Sequence[dict], metric: str = "delta1", cost: str = "power", 
                 value(r, metric) >= base * (1 - tol) if higher_is_better(metric) else value(r, metric) <= base * (1 + tol))]
             if ok:
                 best = min(ok, key=lambda r: value(r, cost))
-                lines.append(f"- within {tol:.0%} of int8's {metric} ({base:.4f}): **{best['label']}** "
+                lines.append(f"- within {tol:.0%} of {int8['label']}'s {metric} ({base:.4f}): **{best['label']}** "
                              f"({best['multipliers']}; {best['layers']}) at {cost} {value(best, cost):.3f} "
                              f"(saves {100 * (1 - value(best, cost)):.1f} % of the multiplier {cost}), "
                              f"{metric} {value(best, metric):.4f}")
