@@ -51,38 +51,73 @@ def target_shape(torch_shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
     return tuple(torch_shape)
 
 
-def _conv(km: KeyMap, torch_name: str, flax_path: tuple[str, ...], bias: bool = False) -> None:
-    km[f"{torch_name}.weight"] = Target("params", (*flax_path, "kernel"), "conv")
+class Naming(NamedTuple):
+    """How a checkpoint format spells a layer's tensors: ``<layer><suffix>``."""
+
+    kernel: str
+    kernel_transform: str
+    bias: str
+    bn: tuple[str, str, str, str]      # scale, shift, running mean, running variance
+
+
+TORCH = Naming(".weight", "conv", ".bias", (".weight", ".bias", ".running_mean", ".running_var"))
+KERAS = Naming("/kernel", "copy", "/bias", ("/gamma", "/beta", "/moving_mean", "/moving_variance"))
+
+
+def _conv(km: KeyMap, name: str, flax_path: tuple[str, ...], bias: bool = False, naming: Naming = TORCH) -> None:
+    km[name + naming.kernel] = Target("params", (*flax_path, "kernel"), naming.kernel_transform)
     if bias:
-        km[f"{torch_name}.bias"] = Target("params", (*flax_path, "bias"), "copy")
+        km[name + naming.bias] = Target("params", (*flax_path, "bias"), "copy")
 
 
-def _bn(km: KeyMap, torch_name: str, flax_path: tuple[str, ...]) -> None:
-    km[f"{torch_name}.weight"] = Target("params", (*flax_path, "scale"), "copy")
-    km[f"{torch_name}.bias"] = Target("params", (*flax_path, "bias"), "copy")
-    km[f"{torch_name}.running_mean"] = Target("batch_stats", (*flax_path, "mean"), "copy")
-    km[f"{torch_name}.running_var"] = Target("batch_stats", (*flax_path, "var"), "copy")
+def _bn(km: KeyMap, name: str, flax_path: tuple[str, ...], naming: Naming = TORCH) -> None:
+    for suffix, (collection, leaf) in zip(naming.bn, (("params", "scale"), ("params", "bias"),
+                                                       ("batch_stats", "mean"), ("batch_stats", "var"))):
+        km[name + suffix] = Target(collection, (*flax_path, leaf), "copy")
+
+
+def _torch_densenet_name(part: str, block: int = 0, layer: int = 0) -> str:
+    if part in ("conv0", "norm0", "norm5"):
+        return f"features.{part}"
+    if part in ("norm", "conv"):
+        return f"features.transition{block}.{part}"
+    return f"features.denseblock{block}.denselayer{layer}.{part}"
+
+
+def _keras_densenet_name(part: str, block: int = 0, layer: int = 0) -> str:
+    """keras.applications names: stage s = torchvision block s - 1; ``pool{s}`` = ``transition{s-1}``."""
+    fixed = {"conv0": "conv1_conv", "norm0": "conv1_bn", "norm5": "bn"}
+    if part in fixed:
+        return fixed[part]
+    if part in ("norm", "conv"):
+        return f"pool{block + 1}_{'bn' if part == 'norm' else 'conv'}"
+    suffix = {"norm1": "0_bn", "conv1": "1_conv", "norm2": "1_bn", "conv2": "2_conv"}[part]
+    return f"conv{block + 1}_block{layer}_{suffix}"
+
+
+def _densenet_map(preset: Preset, name: Callable[..., str], naming: Naming) -> KeyMap:
+    """A DenseNet's checkpoint names (``name(part, block, layer)``) -> Flax ``encoder/...`` paths."""
+    km: KeyMap = {}
+    enc = ("encoder",)
+    _conv(km, name("conv0"), (*enc, "conv0"), naming=naming)
+    _bn(km, name("norm0"), (*enc, "conv0", "bn"), naming)
+    for b, n in enumerate(preset.block_config, start=1):
+        for layer in range(1, n + 1):
+            f = (*enc, f"denseblock{b}", f"denselayer{layer}")
+            _bn(km, name("norm1", b, layer), (*f, "norm1"), naming)
+            _conv(km, name("conv1", b, layer), (*f, "conv1"), naming=naming)
+            _bn(km, name("norm2", b, layer), (*f, "conv1", "bn"), naming)
+            _conv(km, name("conv2", b, layer), (*f, "conv2"), naming=naming)
+        if b != len(preset.block_config):
+            _bn(km, name("norm", b), (*enc, f"transition{b}", "norm"), naming)
+            _conv(km, name("conv", b), (*enc, f"transition{b}", "conv"), naming=naming)
+    _bn(km, name("norm5"), (*enc, "norm5"), naming)
+    return km
 
 
 def densenet_keymap(preset: Preset) -> KeyMap:
     """torchvision DenseNet ``features.*`` keys -> Flax ``encoder/...`` paths."""
-    km: KeyMap = {}
-    enc = ("encoder",)
-    _conv(km, "features.conv0", (*enc, "conv0"))
-    _bn(km, "features.norm0", (*enc, "conv0", "bn"))
-    for b, n in enumerate(preset.block_config, start=1):
-        for layer in range(1, n + 1):
-            t, f = f"features.denseblock{b}.denselayer{layer}", (*enc, f"denseblock{b}", f"denselayer{layer}")
-            _bn(km, f"{t}.norm1", (*f, "norm1"))
-            _conv(km, f"{t}.conv1", (*f, "conv1"))
-            _bn(km, f"{t}.norm2", (*f, "conv1", "bn"))
-            _conv(km, f"{t}.conv2", (*f, "conv2"))
-        if b != len(preset.block_config):
-            t, f = f"features.transition{b}", (*enc, f"transition{b}")
-            _bn(km, f"{t}.norm", (*f, "norm"))
-            _conv(km, f"{t}.conv", (*f, "conv"))
-    _bn(km, "features.norm5", (*enc, "norm5"))
-    return km
+    return _densenet_map(preset, _torch_densenet_name, TORCH)
 
 
 def mobilenetv2_keymap(preset: Preset) -> KeyMap:
@@ -113,6 +148,51 @@ def decoder_keymap(preset: Preset) -> KeyMap:
         for conv in ("convA", "convB"):
             _conv(km, f"decoder.{blk.name}.{conv}", ("decoder", blk.name, conv), bias=True)
     _conv(km, "decoder.conv3", ("decoder", "conv3"), bias=True)
+    return km
+
+
+# ---- Keras (keras.applications names; kernels are already HWIO) ------------------------------------------------
+def densenet_keras_keymap(preset: Preset) -> KeyMap:
+    """keras.applications DenseNet weights (``conv1_conv/kernel``, ``conv2_block1_0_bn/gamma``, ...; Keras 2's
+    ``conv1/conv`` normalised to ``conv1_conv``) -> Flax ``encoder/...`` paths (kernels already HWIO)."""
+    return _densenet_map(preset, _keras_densenet_name, KERAS)
+
+
+def densenet_keras_taps(preset: Preset) -> dict[int, str]:
+    """Feature-list index -> the keras.applications DenseNet layer whose output it is."""
+    taps = {0: "input", 1: "conv1_conv", 2: "conv1_bn", 3: "conv1_relu", 4: "pool1"}
+    i = 5
+    for b, n in enumerate(preset.block_config, start=1):
+        taps[i] = f"conv{b + 1}_block{n}_concat"
+        i += 1
+        if b != len(preset.block_config):
+            taps[i] = f"pool{b + 1}_pool"
+            i += 1
+    taps[i] = "bn"
+    return taps
+
+
+def decoder_keras_keymap(preset: Preset) -> KeyMap:
+    """DenseDepth's Keras decoder (``conv2``, ``up1_convA``, ``up1_convB``, ..., ``conv3``)."""
+    km: KeyMap = {}
+    _conv(km, "conv2", ("decoder", "conv2"), True, KERAS)
+    for blk in preset.up_blocks:
+        for conv in ("convA", "convB"):
+            _conv(km, f"{blk.name}_{conv}", ("decoder", blk.name, conv), True, KERAS)
+    _conv(km, "conv3", ("decoder", "conv3"), True, KERAS)
+    return km
+
+
+KERAS_ENCODER_KEYMAPS: dict[str, Callable[[Preset], KeyMap]] = {"densenet": densenet_keras_keymap}
+
+
+def keras_keymap(preset: Preset, *, full: bool = True) -> KeyMap:
+    """The key map of a Keras DenseDepth ``.h5`` (``full``) or of the keras.applications encoder alone."""
+    if preset.encoder not in KERAS_ENCODER_KEYMAPS:
+        raise ValueError(f"no Keras key map for encoder kind {preset.encoder!r}")
+    km = KERAS_ENCODER_KEYMAPS[preset.encoder](preset)
+    if full:
+        km.update(decoder_keras_keymap(preset))
     return km
 
 

@@ -15,8 +15,6 @@ torch is imported lazily, only by `load_state_dict`.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import pickle
 import re
 from pathlib import Path
@@ -26,18 +24,8 @@ import numpy as np
 
 from ..models.presets import PRESETS, Preset, get_preset, make_divisible
 from . import keymap as km
-
-_MAX_LISTED = 60
-
-
-class ConversionError(ValueError):
-    """A checkpoint that does not match the preset; the message lists the offending keys."""
-
-
-def _listing(title: str, keys: list[str]) -> str:
-    shown = "\n".join(f"    {k}" for k in keys[:_MAX_LISTED])
-    more = f"\n    ... and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
-    return f"  {title} ({len(keys)}):\n{shown}{more}"
+from .core import ConversionError, ConversionReport, assemble
+from .core import listing as _listing
 
 
 # ---- reading ------------------------------------------------------------------------------------------------
@@ -172,7 +160,8 @@ def _encoder_config(enc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _encoder_matches(preset: Preset, cfg: Mapping[str, Any]) -> bool:
-    return all(getattr(preset, k) == v for k, v in cfg.items())
+    """Same encoder configuration, and PyTorch's BatchNorm epsilon (the Keras presets differ only there)."""
+    return preset.bn_eps == 1e-5 and all(getattr(preset, k) == v for k, v in cfg.items())
 
 
 def detect_preset(sd: Mapping[str, Any]) -> tuple[Preset, str]:
@@ -211,40 +200,6 @@ def _with_decoder_width(preset: Preset, width: int, c_in: int) -> Preset:
 
 
 # ---- conversion ---------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class ConversionReport:
-    preset: Preset
-    layout: str
-    converted: int
-    ignored: list[str]
-    decoder_initialised: bool
-
-    def summary(self) -> str:
-        s = (f"preset {self.preset.name} ({self.preset.encoder}), {self.layout} checkpoint: {self.converted} "
-             f"tensors converted, {len(self.ignored)} ignored (classifier / num_batches_tracked)")
-        if self.decoder_initialised:
-            s += "; decoder freshly initialised (encoder-only checkpoint)"
-        return s
-
-
-@functools.lru_cache(maxsize=16)
-def _flax_shapes(preset: Preset) -> dict[tuple[str, ...], tuple[int, ...]]:
-    import jax
-
-    from ..models import build, describe
-    _, shapes = describe(build(preset), (1, 64, 64, 3), return_shapes=True)
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(dict(shapes))[0]:
-        out[tuple(getattr(p, "key", str(p)) for p in path)] = tuple(leaf.shape)
-    return out
-
-
-def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
 def convert_state_dict(state_dict: Mapping[str, Any], preset: Union[None, str, Preset] = None, *,
                        seed: int = 0, **overrides: Any) -> tuple[Preset, dict, ConversionReport]:
     """Flax ``{"params", "batch_stats"}`` from a PyTorch state dict (tensors or arrays).
@@ -253,71 +208,17 @@ def convert_state_dict(state_dict: Mapping[str, Any], preset: Union[None, str, P
     ``overrides``: preset settings that cannot be seen in the weights (``conv2_padding``, ``leakyrelu_a``,
     ``bottleneck``, ``input_size`` ...). Raises `ConversionError` listing missing / unexpected / mis-shaped keys.
     """
-    import jax
-
-    from ..models import build, init_variables
-
     sd = normalize_keys({k: (v.detach().cpu().float().numpy() if hasattr(v, "detach") else np.asarray(v))
                          for k, v in state_dict.items()})
     detected, layout = detect_preset(sd)
     chosen = get_preset(preset if preset is not None else detected, **overrides)
     kmap = km.keymap(chosen, full=(layout == "full"))
     ignored = sorted(k for k in sd if km.is_ignored(k))
-    present = {k for k in sd if not km.is_ignored(k)}
-    missing = sorted(set(kmap) - present)
-    unexpected = sorted(present - set(kmap))
-    flax_shapes = _flax_shapes(chosen)
-    wrong = []
-    for key in sorted(set(kmap) & present):
-        t = kmap[key]
-        want = flax_shapes.get((t.collection, *t.path))
-        if want is None:  # the key map names a Flax variable the model does not have: a jaxdepth bug
-            raise RuntimeError(f"key map of {chosen.encoder} maps {key} to missing Flax variable "
-                               f"{t.collection}/{'/'.join(t.path)}")
-        got = km.target_shape(np.shape(sd[key]), t.transform) if len(np.shape(sd[key])) in (1, 4) else None
-        if got != want:
-            wrong.append(f"{key}: checkpoint {tuple(np.shape(sd[key]))}, expected "
-                         f"{_torch_shape(want, t.transform)}")
-    if missing or unexpected or wrong:
-        parts = [f"checkpoint does not match preset {chosen.name!r} ({layout} {chosen.encoder} checkpoint; "
-                 f"detected preset {detected.name!r}):"]
-        if missing:
-            parts.append(_listing("missing keys", missing))
-        if unexpected:
-            parts.append(_listing("unexpected keys", unexpected))
-        if wrong:
-            parts.append(_listing("mis-shaped keys", wrong))
-        parts.append("  (choose another preset with --preset, or override settings with --set key=value)")
-        raise ConversionError("\n".join(parts))
-    if layout == "full":
-        variables: dict = {"params": {}, "batch_stats": {}}
-    else:
-        variables = jax.tree_util.tree_map(np.asarray, init_variables(build(chosen), seed))
-    for key, t in kmap.items():
-        _set(variables[t.collection], t.path, km.transform(sd[key], t.transform))
-    if layout == "full":
-        covered = {(t.collection, *t.path) for t in kmap.values()}
-        if covered != set(flax_shapes):
-            raise RuntimeError(f"key map does not cover the Flax model: {sorted(set(flax_shapes) - covered)[:10]}")
-    variables = jax.device_put(variables)
-    report = ConversionReport(chosen, layout, len(kmap), ignored, layout != "full")
+    variables, report = assemble(sd, kmap, chosen, detected=detected, layout=layout, ignored=ignored, seed=seed)
     return chosen, variables, report
 
 
-def _torch_shape(flax_shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
-    if kind == "conv":
-        kh, kw, i, o = flax_shape
-        return (o, i, kh, kw)
-    return tuple(flax_shape)
-
-
-def convert_file(src: Union[str, Path], dst: Union[str, Path], preset: Union[None, str, Preset] = None, *,
-                 plan: Any = None, seed: int = 0, **overrides: Any) -> ConversionReport:
-    """Convert a PyTorch checkpoint file to a jaxdepth (orbax) checkpoint directory."""
-    from ..io import checkpoint
-
-    chosen, variables, report = convert_state_dict(load_state_dict(src), preset, seed=seed, **overrides)
-    checkpoint.save(dst, chosen, variables, plan=plan,
-                    extra={"converted_from": str(Path(src).absolute()), "layout": report.layout,
-                           "decoder_initialised": report.decoder_initialised, "seed": seed})
-    return report
+def convert_torch_file(src: Union[str, Path], preset: Union[None, str, Preset] = None, *, seed: int = 0,
+                       **overrides: Any) -> tuple[Preset, dict, ConversionReport]:
+    """(preset, variables, report) of a PyTorch checkpoint file."""
+    return convert_state_dict(load_state_dict(src), preset, seed=seed, **overrides)

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .layers import BatchNorm, QConv
+from .layers import BN_EPS, BatchNorm, QConv
 from .plan import FLOAT_PLAN, Plan
 from .presets import Preset
 
@@ -20,12 +20,13 @@ class DenseLayer(nn.Module):
     growth_rate: int
     bn_size: int
     plan: Plan = FLOAT_PLAN
+    bn_eps: float = BN_EPS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = nn.relu(BatchNorm(x.shape[-1], name="norm1")(x, train))
+        y = nn.relu(BatchNorm(x.shape[-1], eps=self.bn_eps, name="norm1")(x, train))
         y = QConv(self.bn_size * self.growth_rate, 1, norm=True, plan=self.plan, weight_init="he_fan_in",
-                  name="conv1")(y, train)                 # conv1 + norm2 (folded when quantized)
+                  bn_eps=self.bn_eps, name="conv1")(y, train)       # conv1 + norm2 (folded when quantized)
         y = nn.relu(y)
         return QConv(self.growth_rate, 3, padding=1, plan=self.plan, weight_init="he_fan_in", name="conv2")(y)
 
@@ -35,12 +36,14 @@ class DenseBlock(nn.Module):
     growth_rate: int
     bn_size: int
     plan: Plan = FLOAT_PLAN
+    bn_eps: float = BN_EPS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         feats = [x]
         for i in range(self.num_layers):
-            layer = DenseLayer(self.growth_rate, self.bn_size, self.plan, name=f"denselayer{i + 1}")
+            layer = DenseLayer(self.growth_rate, self.bn_size, self.plan, self.bn_eps,
+                               name=f"denselayer{i + 1}")
             feats.append(layer(jnp.concatenate(feats, axis=-1) if len(feats) > 1 else feats[0], train))
         return jnp.concatenate(feats, axis=-1)
 
@@ -48,10 +51,11 @@ class DenseBlock(nn.Module):
 class Transition(nn.Module):
     features: int
     plan: Plan = FLOAT_PLAN
+    bn_eps: float = BN_EPS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = nn.relu(BatchNorm(x.shape[-1], name="norm")(x, train))
+        y = nn.relu(BatchNorm(x.shape[-1], eps=self.bn_eps, name="norm")(x, train))
         y = QConv(self.features, 1, plan=self.plan, weight_init="he_fan_in", name="conv")(y)
         return nn.avg_pool(y, (2, 2), strides=(2, 2))
 
@@ -67,7 +71,7 @@ class DenseNetEncoder(nn.Module):
         p = self.preset
         feats = [x]
         y, pre = QConv(p.num_init_features, 7, stride=2, padding=3, norm=True, plan=self.plan,
-                       weight_init="he_fan_in", name="conv0")(x, train, return_pre_norm=True)
+                       weight_init="he_fan_in", bn_eps=p.bn_eps, name="conv0")(x, train, return_pre_norm=True)
         feats += [y if pre is None else pre, y]               # conv0, norm0
         y = nn.relu(y)
         feats.append(y)                                       # relu0
@@ -75,12 +79,13 @@ class DenseNetEncoder(nn.Module):
         feats.append(y)                                       # pool0
         c = p.num_init_features
         for i, n in enumerate(p.block_config):
-            y = DenseBlock(n, p.growth_rate, p.bn_size, self.plan, name=f"denseblock{i + 1}")(y, train)
+            y = DenseBlock(n, p.growth_rate, p.bn_size, self.plan, p.bn_eps,
+                           name=f"denseblock{i + 1}")(y, train)
             c += n * p.growth_rate
             feats.append(y)
             if i != len(p.block_config) - 1:
                 c //= 2
-                y = Transition(c, self.plan, name=f"transition{i + 1}")(y, train)
+                y = Transition(c, self.plan, p.bn_eps, name=f"transition{i + 1}")(y, train)
                 feats.append(y)
-        feats.append(BatchNorm(c, name="norm5")(y, train))     # norm5 (no ReLU: that is the classifier's)
+        feats.append(BatchNorm(c, eps=p.bn_eps, name="norm5")(y, train))   # norm5 (no ReLU: the classifier's)
         return feats

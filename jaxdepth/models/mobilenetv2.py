@@ -9,7 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from .layers import QConv
+from .layers import BN_EPS, QConv
 from .ops import relu6
 from .plan import FLOAT_PLAN, Plan
 from .presets import Preset
@@ -21,6 +21,7 @@ class InvertedResidual(nn.Module):
     stride: int
     expand_ratio: int
     plan: Plan = FLOAT_PLAN
+    bn_eps: float = BN_EPS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -28,10 +29,12 @@ class InvertedResidual(nn.Module):
         hidden = int(round(c_in * self.expand_ratio))
         y = x
         if self.expand_ratio != 1:
-            y = relu6(QConv(hidden, 1, norm=True, plan=self.plan, weight_init="he_fan_out", name="expand")(y, train))
+            y = relu6(QConv(hidden, 1, norm=True, plan=self.plan, weight_init="he_fan_out", bn_eps=self.bn_eps,
+                            name="expand")(y, train))
         y = relu6(QConv(hidden, 3, stride=self.stride, padding=1, groups=hidden, norm=True, plan=self.plan,
-                        weight_init="he_fan_out", name="depthwise")(y, train))
-        y = QConv(self.out_channels, 1, norm=True, plan=self.plan, weight_init="he_fan_out", name="project")(y, train)
+                        weight_init="he_fan_out", bn_eps=self.bn_eps, name="depthwise")(y, train))
+        y = QConv(self.out_channels, 1, norm=True, plan=self.plan, weight_init="he_fan_out", bn_eps=self.bn_eps,
+                  name="project")(y, train)
         if self.stride == 1 and c_in == self.out_channels:
             y = x + y
         return y
@@ -48,12 +51,12 @@ class MobileNetV2Encoder(nn.Module):
         p = self.preset
         feats = [x]
         y = relu6(QConv(p.mobilenet_stem_channels(), 3, stride=2, padding=1, norm=True, plan=self.plan,
-                        weight_init="he_fan_out", name="stem")(x, train))
+                        weight_init="he_fan_out", bn_eps=p.bn_eps, name="stem")(x, train))
         feats.append(y)
         for i, (_, c_out, stride, t) in enumerate(p.mobilenet_blocks()):
-            y = InvertedResidual(c_out, stride, t, self.plan, name=f"block{i + 1}")(y, train)
+            y = InvertedResidual(c_out, stride, t, self.plan, p.bn_eps, name=f"block{i + 1}")(y, train)
             feats.append(y)
         y = relu6(QConv(p.mobilenet_last_channels(), 1, norm=True, plan=self.plan, weight_init="he_fan_out",
-                        name="head")(y, train))
+                        bn_eps=p.bn_eps, name="head")(y, train))
         feats.append(y)
         return feats

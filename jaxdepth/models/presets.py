@@ -18,6 +18,9 @@ DENSENET_CONFIGS: dict[str, tuple[int, tuple[int, ...], int]] = {
     "densenet201": (32, (6, 12, 48, 32), 64),
 }
 
+#: BatchNorm epsilon of keras.applications (DenseNet, ResNet, ...); PyTorch's default is 1e-5
+KERAS_BN_EPS = 1.001e-5
+
 #: torchvision MobileNetV2 inverted residual setting: (expand ratio t, channels c, repeats n, stride s)
 MOBILENETV2_SETTING: tuple[tuple[int, int, int, int], ...] = (
     (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
@@ -54,6 +57,7 @@ class Preset:
     decoder_width: float                          # decoder features = int(bottleneck channels * width)
     conv2_padding: int                            # padding of the 1x1 conv2 (1 in some published code)
     leakyrelu_a: bool                             # whether LeakyReLU(0.2) follows convA
+    bn_eps: float = 1e-5                          # BatchNorm epsilon: PyTorch 1e-5, Keras applications 1.001e-5
     # DenseNet encoder
     growth_rate: int = 32
     block_config: tuple[int, ...] = (6, 12, 24, 16)
@@ -151,8 +155,8 @@ _MOBILENET_UP = (UpBlock("up0", 18, 2), UpBlock("up1", 15, 2), UpBlock("up2", 9,
                  UpBlock("up4", 4, 8), UpBlock("up5", 2, 16))
 
 
-def _densenet(name: str, **kw: Any) -> Preset:
-    growth, blocks, init = DENSENET_CONFIGS[name]
+def _densenet(name: str, arch: Optional[str] = None, **kw: Any) -> Preset:
+    growth, blocks, init = DENSENET_CONFIGS[arch or name]
     base = dict(name=name, encoder="densenet", up_blocks=_DENSENET_UP, bottleneck=12, bottleneck_relu=True,
                 decoder_width=1.0, conv2_padding=0, leakyrelu_a=False, growth_rate=growth, block_config=blocks,
                 num_init_features=init, input_size=(480, 640))
@@ -179,6 +183,16 @@ PRESETS: dict[str, Preset] = {
         bottleneck_relu=False, decoder_width=0.25, conv2_padding=1, leakyrelu_a=True, width_mult=0.5,
         input_size=(240, 320),
         description="project default: MobileNetV2 x0.5 encoder, decoder width 0.25 (~2.9M params), 240x320"),
+    # The authors' Keras files. nyu.h5 / kitti.h5: full-width decoder, no LeakyReLU after convA (their own
+    # PyTorch/load_weight_from_keras.py loads nyu.h5 into that model); Keras BatchNorm epsilon 1.001e-5.
+    "densedepth_nyu": _densenet(
+        "densedepth_nyu", "densenet169", bn_eps=KERAS_BN_EPS,
+        description="published Keras nyu.h5 / kitti.h5: DenseNet-169, full-width decoder, no leakyreluA, "
+                    "Keras BatchNorm eps 1.001e-5"),
+    "densedepth_half": _densenet(
+        "densedepth_half", "densenet169", decoder_width=0.5, leakyrelu_a=True, bn_eps=KERAS_BN_EPS,
+        description="DenseDepth model.py (Keras, later files): DenseNet-169, half-width decoder, LeakyReLU after "
+                    "convA and convB, Keras BatchNorm eps 1.001e-5"),
 }
 
 
