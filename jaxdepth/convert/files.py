@@ -25,16 +25,17 @@ def file_kind(src: Union[str, Path]) -> str:
 
 
 def convert(src: Union[str, Path], preset: Union[None, str, Preset] = None, *, seed: int = 0,
-            **overrides: Any) -> tuple[Preset, dict, ConversionReport]:
-    """(preset, Flax variables, report) of a Keras ``.h5`` or PyTorch checkpoint file, in memory."""
+            trust_pickle: bool = False, **overrides: Any) -> tuple[Preset, dict, ConversionReport]:
+    """(preset, Flax variables, report) of a Keras ``.h5`` or PyTorch checkpoint file, in memory
+    (``trust_pickle``: PyTorch files only, see `torch_loading.load_state_dict`)."""
     if file_kind(src) == "keras":
         from .keras_loading import convert_keras_file
         return convert_keras_file(src, preset, seed=seed, **overrides)
     from .torch_loading import convert_torch_file
-    return convert_torch_file(src, preset, seed=seed, **overrides)
+    return convert_torch_file(src, preset, seed=seed, trust_pickle=trust_pickle, **overrides)
 
 
-def detect_file(src: Union[str, Path]) -> tuple[Preset, str, str]:
+def detect_file(src: Union[str, Path], *, trust_pickle: bool = False) -> tuple[Preset, str, str]:
     """(detected preset, layout "full" | "encoder", source "keras" | "pytorch") without converting."""
     if file_kind(src) == "keras":
         from .core import ConversionError
@@ -46,17 +47,19 @@ def detect_file(src: Union[str, Path]) -> tuple[Preset, str, str]:
             raise ConversionError(str(e)) from None
         return preset, layout, "keras"
     from .torch_loading import detect_preset, load_state_dict, normalize_keys
-    preset, layout = detect_preset(normalize_keys(load_state_dict(src)))
+    preset, layout = detect_preset(normalize_keys(load_state_dict(src, trust_pickle=trust_pickle)))
     return preset, layout, "pytorch"
 
 
 def convert_file(src: Union[str, Path], dst: Union[str, Path], preset: Union[None, str, Preset] = None, *,
-                 plan: Any = None, seed: int = 0, **overrides: Any) -> ConversionReport:
-    """Convert a Keras ``.h5`` or PyTorch checkpoint file to a jaxdepth (orbax) checkpoint directory."""
+                 plan: Any = None, seed: int = 0, trust_pickle: bool = False, overwrite: bool = False,
+                 **overrides: Any) -> ConversionReport:
+    """Convert a Keras ``.h5`` or PyTorch checkpoint file to a jaxdepth (orbax) checkpoint directory (an
+    existing ``dst`` is replaced only with ``overwrite=True``)."""
     from ..io import checkpoint
 
-    chosen, variables, report = convert(src, preset, seed=seed, **overrides)
-    checkpoint.save(dst, chosen, variables, plan=plan,
+    chosen, variables, report = convert(src, preset, seed=seed, trust_pickle=trust_pickle, **overrides)
+    checkpoint.save(dst, chosen, variables, plan=plan, overwrite=overwrite,
                     extra={"converted_from": str(Path(src).absolute()), "source": report.source,
                            "layout": report.layout, "decoder_initialised": report.decoder_initialised,
                            "seed": seed, "settings": report.settings})

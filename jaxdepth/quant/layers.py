@@ -37,15 +37,17 @@ def _exact_conv(x, w, bias, cfg) -> jax.Array:
     return y + bias
 
 
-def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], cfg) -> jax.Array:
-    """The integer-code forward pass through the table (the reference semantics above)."""
+def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], table, cfg) -> jax.Array:
+    """The integer-code forward pass through the table (the reference semantics above); ``table`` (None:
+    the multiplier's own) is a runtime (256, 256) table, possibly traced, used with the multiplier's signedness."""
     multiplier, stride, pads, dilation, groups, per_channel, impl = cfg
     if w_qp is None:
         w_qp = weight_qparams(w, multiplier.signed, per_channel)
     x_codes, w_codes = quantize(x, x_qp), quantize(w, w_qp)
     kernel_hw = tuple(w.shape[:2])
     z_x = jnp.asarray(x_qp.zero_point, jnp.int32)
-    acc = lutconv.conv2d(x_codes, w_codes, multiplier, stride=stride, padding=pads, dilation=dilation,
+    lut = multiplier if table is None else table
+    acc = lutconv.conv2d(x_codes, w_codes, lut, signed=multiplier.signed, stride=stride, padding=pads, dilation=dilation,
                          groups=groups, pad_code=z_x, impl=impl)
     if not multiplier.signed:
         n_out = w.shape[-1]
@@ -59,14 +61,14 @@ def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], cfg) -> jax.
     return acc.astype(jnp.float32) * scale + bias
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _straight_through_conv(x, w, bias, x_qp, w_qp, cfg):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _straight_through_conv(x, w, bias, x_qp, w_qp, table, cfg):
     """Forward: the table result, bit for bit. Backward: the exact float layer's gradient."""
-    return _table_conv(x, w, bias, x_qp, w_qp, cfg)
+    return _table_conv(x, w, bias, x_qp, w_qp, table, cfg)
 
 
-def _ste_forward(x, w, bias, x_qp, w_qp, cfg):
-    return _table_conv(x, w, bias, x_qp, w_qp, cfg), (x, w, bias, x_qp, w_qp)
+def _ste_forward(x, w, bias, x_qp, w_qp, table, cfg):
+    return _table_conv(x, w, bias, x_qp, w_qp, table, cfg), (x, w, bias, x_qp, w_qp, table)
 
 
 def _zero_cotangent(leaf: Any) -> Any:
@@ -77,11 +79,10 @@ def _zero_cotangent(leaf: Any) -> Any:
 
 
 def _ste_backward(cfg, residuals, g):
-    x, w, bias, x_qp, w_qp = residuals
+    x, w, bias, x_qp, w_qp, table = residuals
     _, vjp = jax.vjp(lambda x, w, b: _exact_conv(x, w, b, cfg), x, w, bias)
     dx, dw, db = vjp(g)
-    return (dx, dw, db, jax.tree_util.tree_map(_zero_cotangent, x_qp),
-            jax.tree_util.tree_map(_zero_cotangent, w_qp))
+    return (dx, dw, db, *(jax.tree_util.tree_map(_zero_cotangent, t) for t in (x_qp, w_qp, table)))
 
 
 _straight_through_conv.defvjp(_ste_forward, _ste_backward)
@@ -90,11 +91,14 @@ _straight_through_conv.defvjp(_ste_forward, _ste_backward)
 def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
                stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
                w_qp: Optional[QParams] = None, per_channel: bool = True, impl: ImplArg = "auto",
-               straight_through: bool = False) -> jax.Array:
+               straight_through: bool = False, table: Optional[Any] = None) -> jax.Array:
     """A float NHWC convolution (HWIO weights) computed in integer codes through ``multiplier``.
 
     Weights are quantised per output channel (``per_channel=False``: per tensor) unless ``w_qp`` is given.
     ``straight_through=True`` keeps the forward value bit-identical and gives the exact layer's gradient.
+    ``table``: a (256, 256) int32 product table (may be traced: a runtime operand of a jitted function, so one
+    compilation serves many tables) used instead of ``multiplier.table``; ``multiplier`` then only gives
+    the signedness.
     """
     if x_qp.signed != multiplier.signed:
         raise ValueError(f"activation qparams are {'signed' if x_qp.signed else 'unsigned'} but multiplier "
@@ -105,9 +109,11 @@ def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp
     stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     pads = normalize_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), stride_p, dilation_p)
     cfg = (multiplier, stride_p, tuple(pads), dilation_p, int(groups), bool(per_channel), impl)
+    if table is not None:
+        table = jnp.asarray(table, jnp.int32)
     if straight_through:
-        return _straight_through_conv(x, w, bias, x_qp, w_qp, cfg)
-    return _table_conv(x, w, bias, x_qp, w_qp, cfg)
+        return _straight_through_conv(x, w, bias, x_qp, w_qp, table, cfg)
+    return _table_conv(x, w, bias, x_qp, w_qp, table, cfg)
 
 
 def lut_dense(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
