@@ -63,6 +63,15 @@ def densenet169(height: int, width: int):
         return keras.applications.DenseNet169(weights=None, include_top=False, input_shape=(height, width, 3))
 
 
+def small_densenet(height: int, width: int, blocks=(2, 2, 2, 2)):
+    """keras.applications' DenseNet builder with few layers per block: the same layer names, seconds to build
+    and compile (for the tests that need many files or a second architecture)."""
+    from keras.src.applications.densenet import DenseNet
+
+    with cheap_initializers():
+        return DenseNet(list(blocks), include_top=False, weights=None, input_shape=(height, width, 3))
+
+
 def densedepth(base, *, half: bool, leaky_a: bool, prefix: str = "") -> keras.Model:
     """The DenseDepth decoder on a DenseNet base (``half``: model.py's is_halffeatures; ``leaky_a``: LeakyReLU
     after convA). ``prefix`` keeps decoder layer names distinct when two decoders share one base."""

@@ -69,13 +69,11 @@ def _keras_ref(nyu):
     return nyu["ref"]
 
 
-def _flax_out(nyu, variables, preset="densedepth_nyu"):
-    if preset == "densedepth_nyu":
-        if nyu["fn"] is None:
-            nyu["fn"] = models.compile_apply(models.build(preset), variables, nyu["x"].shape, fast_compile=True)
-        return np.asarray(nyu["fn"](variables, nyu["x"]))
-    fn = models.compile_apply(models.build(preset), variables, nyu["x"].shape, fast_compile=True)
-    return np.asarray(fn(variables, nyu["x"]))
+def _flax_out(nyu, variables):
+    """The converted densedepth_nyu model's output (compiled once per session)."""
+    if nyu["fn"] is None:
+        nyu["fn"] = models.compile_apply(models.build("densedepth_nyu"), variables, nyu["x"].shape, fast_compile=True)
+    return np.asarray(nyu["fn"](variables, nyu["x"]))
 
 
 @pytest.mark.slow
@@ -116,57 +114,68 @@ def test_keras2_layout_of_the_published_files_matches_keras(nyu):
     assert _rel_err(_flax_out(nyu, variables), _keras_ref(nyu)) <= TOL
 
 
-def test_weights_only_saves_use_the_documented_default(nyu, tmp_path):
-    """Keras 2 ``save_weights`` layout and Keras 3's legacy weights writer: no model_config, so the preset is
-    the registered one with the file's shapes (densedepth_nyu); the arrays equal the whole-model conversion."""
-    kd.write_keras2_h5(nyu["model"], tmp_path / "w2.h5", whole_model=False)
-    kd.write_keras3_weights_h5(nyu["model"], tmp_path / "w3.h5")
-    _, whole, _ = convert.convert(nyu["dir"] / "keras3.h5")
-    for name in ("w2.h5", "w3.h5"):
-        preset, variables, report = convert.convert(tmp_path / name)
-        assert preset.name == "densedepth_nyu", name
-        assert report.settings["leakyrelu_a"].startswith("weights-only file"), name
-        leaves = jax.tree_util.tree_leaves_with_path(variables)
-        ref = dict(jax.tree_util.tree_leaves_with_path(whole))
-        assert len(leaves) == len(ref)
-        assert all(np.array_equal(v, ref[k]) for k, v in leaves), name
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A DenseDepth on keras.applications' DenseNet builder with blocks (2, 2, 2, 2) (same layer names, a
+    custom encoder configuration), both decoder variants, saved by Keras 3."""
+    d = tmp_path_factory.mktemp("keras_small")
+    out = {"dir": d, "x": np.random.default_rng(2).random((1, H, W, 3), dtype=np.float32)}
+    for name, half, leaky in (("full", False, False), ("half", True, True)):
+        model = kd.densedepth(kd.small_densenet(H, W), half=half, leaky_a=leaky)   # one base each
+        kd.randomize(model, 3 if half else 4)
+        model.save(d / f"{name}.h5")
+        out[name] = model
+    return out
 
 
-@pytest.mark.slow
-def test_half_width_variant_with_leaky_convA_detected_and_matches_keras(nyu, tmp_path):
-    """DenseDepth's model.py (decoder width 0.5, LeakyReLU after convA): read from model_config."""
-    model = kd.densedepth(nyu["base"], half=True, leaky_a=True)
-    kd.randomize(model, 1)
-    model.save(tmp_path / "half.h5")
+def test_half_width_leaky_convA_variant_matches_keras(small):
+    """Decoder width 0.5 with LeakyReLU after convA (DenseDepth model.py), on a DenseNet with a custom block
+    configuration: every setting comes from the file (model_config and shapes), outputs match Keras."""
+    preset, variables, report = convert.convert(small["dir"] / "half.h5")
+    assert preset.name == "densedepth_custom" and preset.block_config == (2, 2, 2, 2)
+    assert preset.leakyrelu_a and preset.decoder_features() == 64 and preset.bn_eps == pytest.approx(1.001e-5)
+    assert report.settings["leakyrelu_a"] == "read from the Keras 3 model_config"
+    fn = models.compile_apply(models.build(preset), variables, small["x"].shape, fast_compile=True)
+    assert _rel_err(np.asarray(fn(variables, small["x"])), _keras_run(small["half"], small["x"])) <= TOL
+
+
+def test_detection_of_each_keras_preset(nyu, tmp_path):
+    """nyu.h5 architecture -> densedepth_nyu (above); model.py's half-width decoder with LeakyReLU after convA
+    -> densedepth_half; keras.applications DenseNet169 alone -> encoder layout (fresh decoder); a full-width
+    file whose convA is followed by a LeakyReLU matches no registered preset -> densedepth_custom."""
+    half = kd.densedepth(nyu["base"], half=True, leaky_a=True)
+    half.save(tmp_path / "half.h5")
     preset, layout, source = convert.detect_file(tmp_path / "half.h5")
     assert (preset.name, layout, source) == ("densedepth_half", "full", "keras")
     assert preset.leakyrelu_a and preset.decoder_features() == 832
-    _, variables, _ = convert.convert(tmp_path / "half.h5")
-    ref = _keras_run(model, nyu["x"])
-    assert _rel_err(_flax_out(nyu, variables, "densedepth_half"), ref) <= TOL
-
-
-def test_encoder_only_and_custom_settings_detected(nyu, tmp_path):
-    """keras.applications DenseNet169 alone -> encoder layout (fresh decoder); a LeakyReLU-after-convA model
-    at full width matches no registered preset -> densedepth_custom with the setting read from the file."""
+    (tmp_path / "half.h5").unlink()
     nyu["base"].save(tmp_path / "enc.h5")
     preset, layout, _ = convert.detect_file(tmp_path / "enc.h5")
     assert layout == "encoder" and preset.name == "densedepth_nyu"
-    # rewire the saved config: a full-width model whose convA is followed by a LeakyReLU
-    src = nyu["dir"] / "keras2.h5"
-    shutil.copy(src, tmp_path / "leaky.h5")
-    with h5py.File(tmp_path / "leaky.h5", "r+") as f:
-        cfg = _text(f.attrs["model_config"])
-        cfg = cfg.replace('[["up1_convA", 0, 0, {}]]', '[["up1_leakyA", 0, 0, {}]]', 1)
-        cfg = cfg.replace(', {"name": "up1_convB"', ', {"name": "up1_leakyA", "class_name": "LeakyReLU", '
-                          '"config": {"name": "up1_leakyA", "alpha": 0.2}, "inbound_nodes": '
-                          '[[["up1_convA", 0, 0, {}]]]}, {"name": "up1_convB"', 1)
-        f.attrs["model_config"] = cfg.encode()
+    full = kd.densedepth(nyu["base"], half=False, leaky_a=True)
+    full.save(tmp_path / "leaky.h5")
     preset, _, _ = convert.detect_file(tmp_path / "leaky.h5")
     assert preset.name == "densedepth_custom" and preset.leakyrelu_a and preset.decoder_width == 1.0
 
 
-def test_bad_files_fail_with_one_clear_error_naming_the_keys(nyu, tmp_path):
+def test_weights_only_saves_use_the_documented_default(small, tmp_path):
+    """Keras 2 ``save_weights`` layout and Keras 3's legacy weights writer: no model_config, so LeakyReLU after
+    convA takes the documented default (False, as nyu.h5); the arrays equal the whole-model conversion."""
+    model = small["full"]
+    kd.write_keras2_h5(model, tmp_path / "w2.h5", whole_model=False)
+    kd.write_keras3_weights_h5(model, tmp_path / "w3.h5")
+    whole_preset, whole, _ = convert.convert(small["dir"] / "full.h5")
+    ref = dict(jax.tree_util.tree_leaves_with_path(whole))
+    for name in ("w2.h5", "w3.h5"):
+        preset, variables, report = convert.convert(tmp_path / name)
+        assert preset == whole_preset and not preset.leakyrelu_a, name
+        assert report.settings["leakyrelu_a"].startswith("weights-only file"), name
+        leaves = jax.tree_util.tree_leaves_with_path(variables)
+        assert len(leaves) == len(ref) == len(model.weights)
+        assert all(np.array_equal(v, ref[k]) for k, v in leaves), name
+
+
+def test_bad_files_fail_with_one_clear_error_naming_the_keys(small, tmp_path):
     # another architecture
     inp = keras.Input((32, 32, 3))
     other = keras.Model(inp, keras.layers.Conv2D(4, 3, name="my_conv")(keras.layers.Conv2D(8, 3, name="stem")(inp)))
@@ -175,7 +184,8 @@ def test_bad_files_fail_with_one_clear_error_naming_the_keys(nyu, tmp_path):
         convert.convert(tmp_path / "other.h5")
     assert "my_conv" in str(err.value) and "stem" in str(err.value)
     # truncated file
-    src = nyu["dir"] / "keras2.h5"
+    kd.write_keras2_h5(small["full"], tmp_path / "keras2.h5")
+    src = tmp_path / "keras2.h5"
     with open(src, "rb") as f, open(tmp_path / "cut.h5", "wb") as g:
         g.write(f.read(os.path.getsize(src) // 2))
     with pytest.raises(ConversionError, match="truncated"):
@@ -200,10 +210,10 @@ def test_bad_files_fail_with_one_clear_error_naming_the_keys(nyu, tmp_path):
         convert.convert(tmp_path / "rewired.h5")
     assert "up2: concatenates" in str(err.value)
     # Keras 3's native weights format has no layer names
-    nyu["model"].save_weights(tmp_path / "native.weights.h5")
+    small["full"].save_weights(tmp_path / "native.weights.h5")
     with pytest.raises(ConversionError, match="native weights file"):
         convert.convert(tmp_path / "native.weights.h5")
-    # the CLI: exit 2, the message on stderr, no checkpoint written
-    from jaxdepth.convert.__main__ import main
+    # the CLI: exit 2, one line on stderr, no checkpoint written
+    from jaxdepth.cli.convert import main
     assert main([str(tmp_path / "cut.h5"), str(tmp_path / "ck")]) == 2
     assert not (tmp_path / "ck").exists()
