@@ -95,6 +95,7 @@ def _run(devices):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_two_devices_equal_one_device():
     one, two = _run(1), _run(2)
     assert one["devices"] == 1 and two["devices"] == 2

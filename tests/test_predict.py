@@ -93,6 +93,7 @@ def test_help_runs():
     assert e.value.code == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (common.DEFAULT_MODEL / "jaxdepth.json").exists(), reason="bundled model absent")
 def test_no_arguments_runs_bundled_model_on_samples(tmp_path, monkeypatch, capsys):
     """The real default model on the bundled synthetic samples: depth files at input size, sensible accuracy."""

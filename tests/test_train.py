@@ -47,6 +47,7 @@ def test_targets_and_augmentation():
     assert x.dtype == np.float32 and x.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_short_training_lowers_loss(tmp_path, tiny_model):
     from jaxdepth.data import synthetic
     images, depths = synthetic.generate(8, seed=3, height=32, width=48)
