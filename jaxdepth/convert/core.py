@@ -122,6 +122,10 @@ def assemble(arrays: Mapping[str, np.ndarray], kmap: km.KeyMap, chosen: Preset, 
             parts.append(listing("mis-shaped keys", wrong))
         parts.append(f"  ({hint})")
         raise ConversionError("\n".join(parts))
+    nonfinite = sorted(k for k in kmap if np.asarray(arrays[k]).dtype.kind == "f"
+                       and not np.isfinite(arrays[k]).all())
+    if nonfinite:  # a broken or diverged checkpoint: the converted model could only output NaN
+        raise ConversionError("checkpoint holds NaN or infinite weights:\n" + listing("tensors", nonfinite))
     if layout == "full":
         variables: dict = {"params": {}, "batch_stats": {}}
     else:

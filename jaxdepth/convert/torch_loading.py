@@ -251,51 +251,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], preset: Union[None, str, P
     chosen = get_preset(preset if preset is not None else detected, **overrides)
     kmap = km.keymap(chosen, full=(layout == "full"))
     ignored = sorted(k for k in sd if km.is_ignored(k))
-<<<<<<< HEAD
     variables, report = assemble(sd, kmap, chosen, detected=detected, layout=layout, ignored=ignored, seed=seed)
-=======
-    present = {k for k in sd if not km.is_ignored(k)}
-    missing = sorted(set(kmap) - present)
-    unexpected = sorted(present - set(kmap))
-    flax_shapes = _flax_shapes(chosen)
-    wrong = []
-    for key in sorted(set(kmap) & present):
-        t = kmap[key]
-        want = flax_shapes.get((t.collection, *t.path))
-        if want is None:  # the key map names a Flax variable the model does not have: a jaxdepth bug
-            raise RuntimeError(f"key map of {chosen.encoder} maps {key} to missing Flax variable "
-                               f"{t.collection}/{'/'.join(t.path)}")
-        got = km.target_shape(np.shape(sd[key]), t.transform) if len(np.shape(sd[key])) in (1, 4) else None
-        if got != want:
-            wrong.append(f"{key}: checkpoint {tuple(np.shape(sd[key]))}, expected "
-                         f"{_torch_shape(want, t.transform)}")
-    if missing or unexpected or wrong:
-        parts = [f"checkpoint does not match preset {chosen.name!r} ({layout} {chosen.encoder} checkpoint; "
-                 f"detected preset {detected.name!r}):"]
-        if missing:
-            parts.append(_listing("missing keys", missing))
-        if unexpected:
-            parts.append(_listing("unexpected keys", unexpected))
-        if wrong:
-            parts.append(_listing("mis-shaped keys", wrong))
-        parts.append("  (choose another preset with --preset, or override settings with --set key=value)")
-        raise ConversionError("\n".join(parts))
-    nonfinite = sorted(k for k in kmap if np.asarray(sd[k]).dtype.kind == "f" and not np.isfinite(sd[k]).all())
-    if nonfinite:  # a broken or diverged checkpoint: the converted model could only output NaN
-        raise ConversionError("checkpoint holds NaN or infinite weights:\n" + _listing("tensors", nonfinite))
-    if layout == "full":
-        variables: dict = {"params": {}, "batch_stats": {}}
-    else:
-        variables = jax.tree_util.tree_map(np.asarray, init_variables(build(chosen), seed))
-    for key, t in kmap.items():
-        _set(variables[t.collection], t.path, km.transform(sd[key], t.transform))
-    if layout == "full":
-        covered = {(t.collection, *t.path) for t in kmap.values()}
-        if covered != set(flax_shapes):
-            raise RuntimeError(f"key map does not cover the Flax model: {sorted(set(flax_shapes) - covered)[:10]}")
-    variables = jax.device_put(variables)
-    report = ConversionReport(chosen, layout, len(kmap), ignored, layout != "full")
->>>>>>> main
     return chosen, variables, report
 
 
