@@ -24,6 +24,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from ..models.family import families, get_family
 from ..models.presets import KERAS_BN_EPS, PRESETS, Preset, get_preset
 from . import keymap as km
 from .core import ConversionError, ConversionReport, assemble, listing
@@ -34,22 +35,16 @@ WEIGHTS_ONLY_DEFAULTS = "the registered Keras preset with the file's decoder wid
                         "LeakyReLU after convA)"
 
 
-def _densenet_config(w: dict[str, np.ndarray]) -> dict[str, Any]:
-    if "conv1_conv/kernel" not in w or "conv2_block1_1_conv/kernel" not in w:
-        layers = sorted({k.rsplit("/", 1)[0] for k in w})
-        raise ConversionError("not a keras.applications DenseNet DenseDepth file: no 'conv1_conv' (Keras 2: "
-                              "'conv1/conv') and 'conv2_block1_1_conv' layers\n" + listing("layers found", layers))
-    blocks, stage = [], 2
-    while f"conv{stage}_block1_1_conv/kernel" in w:
-        n = 1
-        while f"conv{stage}_block{n + 1}_1_conv/kernel" in w:
-            n += 1
-        blocks.append(n)
-        stage += 1
-    growth = int(w["conv2_block1_2_conv/kernel"].shape[-1])
-    return dict(encoder="densenet", growth_rate=growth, block_config=tuple(blocks),
-                num_init_features=int(w["conv1_conv/kernel"].shape[-1]),
-                bn_size=int(w["conv2_block1_1_conv/kernel"].shape[-1]) // growth)
+def _encoder_config(w: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The encoder family and configuration from Keras layer names and shapes (families with a Keras rule)."""
+    for family in families().values():
+        cfg = family.detect_keras(w) if family.detect_keras is not None else None
+        if cfg is not None:
+            return cfg
+    layers = sorted({k.rsplit("/", 1)[0] for k in w})
+    raise ConversionError("not a keras.applications DenseNet DenseDepth file (no registered encoder family with "
+                          "Keras support recognises its layers, e.g. 'conv1_conv' (Keras 2: 'conv1/conv') and "
+                          "'conv2_block1_1_conv')\n" + listing("layers found", layers))
 
 
 def _settings_from_config(kw: KerasWeights, base: Preset) -> tuple[dict[str, Any], dict[str, str]]:
@@ -76,12 +71,12 @@ def _settings_from_config(kw: KerasWeights, base: Preset) -> tuple[dict[str, Any
         raise ConversionError(f"model_config: BatchNormalization layers with different epsilons {sorted(bn_eps)}")
     if bn_eps:
         settings["bn_eps"] = bn_eps.pop()
-    taps = km.densenet_keras_taps(base)
+    taps = base.family_unit().keras_taps(base)
     wrong = []
     for blk in base.up_blocks:
         conv_a = graph[f"{blk.name}_convA"]
         concat = graph.get(conv_a.inbound[0]) if conv_a.inbound else None
-        want = taps.get(blk.skip)
+        want = taps.get(base.taps()[base.tap_index(blk.skip)])
         if concat is None or concat.class_name != "Concatenate" or want not in concat.inbound[1:]:
             got = concat.inbound if concat is not None else conv_a.inbound
             wrong.append(f"{blk.name}: concatenates {list(got)}, expected [<up-sampled>, {want!r}]")
@@ -111,9 +106,9 @@ def detect_keras_preset(kw: KerasWeights) -> tuple[Preset, str, dict[str, str]]:
     """(preset, layout, setting -> source) for a Keras file: a registered preset when one matches, else the
     closest with the detected settings substituted (name ``..._custom``)."""
     w = kw.weights
-    cfg = _densenet_config(w)
+    cfg = _encoder_config(w)
     layout = "full" if "conv2/kernel" in w else "encoder"
-    base = PRESETS["densedepth_nyu"]
+    base = PRESETS[get_family(cfg["encoder"]).keras_preset]
     width = int(w["conv2/kernel"].shape[-1]) if layout == "full" else None
     if layout == "full" and kw.config is not None:
         settings, where = _settings_from_config(kw, base.replace(**cfg))
@@ -131,7 +126,7 @@ def detect_keras_preset(kw: KerasWeights) -> tuple[Preset, str, dict[str, str]]:
         return match[0], layout, where
     preset = base.replace(name="densedepth_custom", **cfg, **settings)
     if width is not None:
-        c_in = preset.feature_channels()[preset.bottleneck]
+        c_in = preset.bottleneck_channels()
         if int(w["conv2/kernel"].shape[-2]) != c_in:
             raise ConversionError(f"conv2 takes {w['conv2/kernel'].shape[-2]} channels but the DenseNet "
                                   f"bottleneck has {c_in}")

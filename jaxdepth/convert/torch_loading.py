@@ -16,13 +16,13 @@ torch is imported lazily, only by `load_state_dict`.
 from __future__ import annotations
 
 import pickle
-import re
 from pathlib import Path
 from typing import Any, Mapping, Union
 
 import numpy as np
 
-from ..models.presets import PRESETS, Preset, get_preset, make_divisible
+from ..models.family import families, get_family
+from ..models.presets import PRESETS, Preset, get_preset
 from . import keymap as km
 from .core import ConversionError, ConversionReport, assemble
 from .core import listing as _listing
@@ -145,55 +145,24 @@ def normalize_keys(sd: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---- detection -----------------------------------------------------------------------------------------------
 def layout_of(sd: Mapping[str, Any]) -> str:
-    """"full" (DenseDepth) or "encoder" (torchvision classifier alone)."""
-    if any(k.startswith(km.FULL_PREFIX + "features.") for k in sd):
-        return "full"
-    if any(k.startswith("features.") for k in sd):
-        return "encoder"
-    raise ConversionError("not a DenseDepth or torchvision DenseNet / MobileNetV2 checkpoint: no key starts with "
-                          "'encoder.original_model.features.' or 'features.'\n"
-                          + _listing("keys found", sorted(sd)))
+    """"full" (DenseDepth: ``encoder.original_model.*`` + ``decoder.*``) or "encoder" (torchvision classifier
+    alone)."""
+    return "full" if any(k.startswith(km.FULL_PREFIX) for k in sd) else "encoder"
 
 
 def _encoder_config(enc: Mapping[str, Any]) -> dict[str, Any]:
-    """Encoder family and hyper-parameters from torchvision-named keys (without prefix)."""
-    shape = lambda k: tuple(np.shape(enc[k]))  # noqa: E731
-    if "features.denseblock1.denselayer1.conv1.weight" in enc:
-        growth = shape("features.denseblock1.denselayer1.conv2.weight")[0]
-        blocks = []
-        b = 1
-        while True:
-            pat = re.compile(rf"^features\.denseblock{b}\.denselayer(\d+)\.conv1\.weight$")
-            layers = [int(m.group(1)) for k in enc for m in [pat.match(k)] if m]
-            if not layers:
-                break
-            blocks.append(max(layers))
-            b += 1
-        return dict(encoder="densenet", growth_rate=growth, block_config=tuple(blocks),
-                    num_init_features=shape("features.conv0.weight")[0],
-                    bn_size=shape("features.denseblock1.denselayer1.conv1.weight")[0] // growth)
-    if "features.0.0.weight" in enc and "features.1.conv.0.0.weight" in enc:
-        stem = shape("features.0.0.weight")[0]
-        project = []
-        i = 1
-        while True:
-            convs = sorted(int(m.group(1)) for k in enc
-                           for m in [re.match(rf"^features\.{i}\.conv\.(\d+)\.weight$", k)] if m)
-            if not convs:
-                break
-            project.append(shape(f"features.{i}.conv.{convs[-1]}.weight")[0])
-            i += 1
-        base = PRESETS["mobilenetv2"]
-        for w in sorted({0.35, 0.5, 0.75, 1.0, 1.3, 1.4} | {round(0.05 * j, 2) for j in range(1, 61)},
-                        key=lambda w: (w not in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4), w)):
-            cand = base.replace(width_mult=w)
-            if (make_divisible(32 * w) == stem and [c for _, c, _, _ in cand.mobilenet_blocks()] == project):
-                return dict(encoder="mobilenetv2", width_mult=w)
-        raise ConversionError(f"MobileNetV2 checkpoint with stem {stem} and block widths {project} matches no "
-                              f"width_mult")
-    raise ConversionError("cannot tell the encoder family: expected torchvision DenseNet keys "
-                          "(features.denseblock1.denselayer1.*) or MobileNetV2 keys (features.1.conv.0.0.*)\n"
-                          + _listing("encoder keys found", sorted(enc)))
+    """Encoder family and hyper-parameters from torchvision-named keys (without prefix): the first family
+    whose detection rule recognises them."""
+    for family in families().values():
+        try:
+            cfg = family.detect_torch(enc)
+        except ValueError as e:   # the family recognised its keys but not their configuration
+            raise ConversionError(str(e)) from None
+        if cfg is not None:
+            return cfg
+    raise ConversionError(f"not a DenseDepth or torchvision encoder checkpoint: no key starts with "
+                          f"'{km.FULL_PREFIX}' and no registered encoder family ({', '.join(families())}) "
+                          f"recognises the keys\n" + _listing("encoder keys found", sorted(enc)))
 
 
 def _encoder_matches(preset: Preset, cfg: Mapping[str, Any]) -> bool:
@@ -206,29 +175,27 @@ def detect_preset(sd: Mapping[str, Any]) -> tuple[Preset, str]:
     or the family's default preset with the detected settings substituted."""
     layout = layout_of(sd)
     prefix = km.FULL_PREFIX if layout == "full" else ""
-    enc = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix + "features.")}
+    enc = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     cfg = _encoder_config(enc)
     same_encoder = [p for p in PRESETS.values() if _encoder_matches(p, cfg)]
     if layout == "encoder" or "decoder.conv2.weight" not in sd:
         if same_encoder:
             return same_encoder[0], layout
-        family_default = {"densenet": "densenet169", "mobilenetv2": "mobilenetv2"}[cfg["encoder"]]
+        family_default = get_family(cfg["encoder"]).default_preset
         return PRESETS[family_default].replace(name=f"{family_default}_custom", **cfg), layout
     width, c_in = np.shape(sd["decoder.conv2.weight"])[:2]
     for p in same_encoder:
-        if p.decoder_features() == width and p.feature_channels()[p.bottleneck] == c_in:
+        if p.decoder_features() == width and p.bottleneck_channels() == c_in:
             return p, layout
-    base = same_encoder[0] if same_encoder else PRESETS[
-        {"densenet": "densenet169", "mobilenetv2": "mobilenetv2"}[cfg["encoder"]]].replace(**cfg)
+    base = same_encoder[0] if same_encoder else PRESETS[get_family(cfg["encoder"]).default_preset].replace(**cfg)
     return _with_decoder_width(base, int(width), int(c_in)), layout
 
 
 def _with_decoder_width(preset: Preset, width: int, c_in: int) -> Preset:
-    feats = preset.feature_channels()
-    if feats[preset.bottleneck] != c_in:
-        # densenet: bottleneck features[11] or [12] have the same width; nothing else to try
+    if preset.bottleneck_channels() != c_in:
+        # densenet: bottleneck denseblock4 or norm5 have the same width; nothing else to try
         raise ConversionError(f"decoder.conv2 takes {c_in} channels but the {preset.encoder} encoder's bottleneck "
-                              f"(features[{preset.bottleneck}]) has {feats[preset.bottleneck]}")
+                              f"({preset.bottleneck}) has {preset.bottleneck_channels()}")
     w = width / c_in
     if int(c_in * w) != width:
         w = (width + 0.5) / c_in
