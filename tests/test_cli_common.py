@@ -176,3 +176,12 @@ def test_library_warnings_become_one_line(capsys):
         warnings.warn("12 prediction pixels are NaN", RuntimeWarning)
     assert common.run(_parser("out"), body, []) == 0
     assert capsys.readouterr().err == "warning: 12 prediction pixels are NaN\n"
+
+
+def test_atomic_write_errors_name_the_destination(tmp_path):
+    """An error on the temporary file is reported with the file the user asked for; nothing is left behind."""
+    (tmp_path / "a.png").mkdir()                                 # the destination is a folder: rename fails
+    with pytest.raises(OSError) as e:
+        atomic.write_text(tmp_path / "a.png", "x")
+    assert e.value.filename == str(tmp_path / "a.png")
+    assert os.listdir(tmp_path) == ["a.png"]
