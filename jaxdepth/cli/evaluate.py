@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import inference
 from .. import metrics as M
+from ..data.loaders import FORMATS
 from . import common
 from .common import CliError
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 2)[2],
         parents=[common.parent_parser(out_help="folder for metrics.json, metrics.png and example.png")])
     ap.add_argument("--data", default="synthetic:32:1000", help="dataset path or synthetic:N[:SEED[:HxW]]")
-    ap.add_argument("--format", default="auto", help="force a format: nyu_test, nyu_mat, npz, folder, synthetic")
+    ap.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="force a data format")
     ap.add_argument("--limit", type=common.positive_int, help="evaluate only the first N frames")
     ap.add_argument("--batch-size", type=common.positive_int, default=8)
     ap.add_argument("--no-flip", action="store_true", help="skip flip averaging")
