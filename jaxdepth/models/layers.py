@@ -109,15 +109,16 @@ def _exact_conv(x, w, b, cfg):
     return y + b
 
 
-def ste_lut_conv(x, w, b, x_scale, x_zero, cfg):
+def ste_lut_conv(x, w, b, x_scale, x_zero, cfg, table=None):
     """LUT convolution forward (bit-exact), exact-convolution gradient (straight-through estimator).
 
     ``cfg = (multiplier, impl, stride, padding, groups)``; the semantics live in `jaxdepth.quant`.
+    ``table``: a runtime table replacing the multiplier's (plans with ``runtime_table``).
     """
     multiplier, impl, stride, padding, groups = cfg
     qp = quant.QParams(x_scale, x_zero, multiplier.signed)
     return quant.lut_conv2d(x, w, b, multiplier, qp, stride=stride, padding=padding, groups=groups, impl=impl,
-                            straight_through=True)
+                            straight_through=True, table=table)
 
 
 def layer_name(module: nn.Module) -> str:
@@ -144,6 +145,15 @@ class _Quantized:
                 f"it: run jaxdepth.models.calibrate(model, variables, images) first (or load a calibrated "
                 f"checkpoint)")
         return (self.get_variable("quant", "x_scale"), self.get_variable("quant", "x_zero_point"))
+
+    def _runtime_table(self, arith):
+        """The layer's table from ``variables["lut"]`` when the plan makes it a runtime operand, else None."""
+        if not arith.runtime_table:
+            return None
+        if not self.has_variable("lut", "table"):
+            raise ValueError(f"layer {layer_name(self)} reads its table at run time (plan runtime_table) but the "
+                             f"variables have no 'lut' entry for it (variables['lut'][<layer path>]['table'])")
+        return self.get_variable("lut", "table")
 
 
 class QConv(_Quantized, nn.Module):
@@ -191,7 +201,7 @@ class QConv(_Quantized, nn.Module):
             kernel = kernel * mul
             bias = bias * mul + add
         x_scale, x_zero = self._input_qparams()
-        y = ste_lut_conv(x, kernel, bias, x_scale, x_zero, cfg)
+        y = ste_lut_conv(x, kernel, bias, x_scale, x_zero, cfg, self._runtime_table(arith))
         return (y, None) if return_pre_norm else y
 
 
@@ -221,4 +231,4 @@ class QDense(_Quantized, nn.Module):
         if arith.is_float or (self.is_initializing() and not self.has_variable("quant", "x_scale")):
             return x @ kernel + bias
         x_scale, x_zero = self._input_qparams()
-        return ste_lut_conv(x4, w4, bias, x_scale, x_zero, cfg)[:, 0, 0, :]
+        return ste_lut_conv(x4, w4, bias, x_scale, x_zero, cfg, self._runtime_table(arith))[:, 0, 0, :]

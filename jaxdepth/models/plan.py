@@ -8,6 +8,9 @@ Rules are tried in order and the first match wins; unmatched layers use ``defaul
 A rule's value is ``"float"``, ``"int8"`` (the exact signed table, which the fast kernels run natively),
 any name `jaxdepth.multipliers.get` accepts, a `Multiplier`, or ``{"multiplier": name, "impl": kernel}``
 to force a `jaxdepth.lutconv` kernel (``impl="auto"`` otherwise; a list of kernels: auto among those).
+``{"multiplier": name, "runtime_table": true}`` makes the layer read its table from the ``"lut"`` variable
+collection (``variables["lut"][<layer path>]["table"]``) at run time, so one compiled model serves any table of
+that signedness (the named multiplier only fixes the signedness; `jaxdepth.explore` uses this).
 Layer names are the Flax module paths joined by dots, e.g. ``encoder.denseblock3.denselayer7.conv2``,
 ``encoder.block4.depthwise``, ``decoder.up1.convA``; `describe` lists them.
 """
@@ -38,13 +41,14 @@ class Arithmetic:
     multiplier: Optional[Multiplier] = None     # None = float
     impl: Union[str, tuple[str, ...]] = "auto"  # "auto", a kernel, or the kernels auto chooses among
     label: str = FLOAT                          # what the plan said ("float", "int8", a circuit name)
+    runtime_table: bool = False                 # the table is read from variables["lut"] at run time
 
     @property
     def is_float(self) -> bool:
         return self.multiplier is None
 
     def __hash__(self) -> int:
-        return hash((self.label, self.impl, id(self.multiplier)))
+        return hash((self.label, self.impl, id(self.multiplier), self.runtime_table))
 
 
 FLOAT_ARITH = Arithmetic()
@@ -58,15 +62,18 @@ def _arith(value: RuleValue) -> Arithmetic:
     if isinstance(value, Multiplier):
         return Arithmetic(value, "auto", value.name)
     if isinstance(value, Mapping):
-        unknown = set(value) - {"multiplier", "impl"}
+        unknown = set(value) - {"multiplier", "impl", "runtime_table"}
         if unknown or "multiplier" not in value:
-            raise ValueError(f"a plan rule dict needs 'multiplier' (and optional 'impl'), got {dict(value)}")
+            raise ValueError(f"a plan rule dict needs 'multiplier' (and optional 'impl', 'runtime_table'), got "
+                             f"{dict(value)}")
         inner = _arith(value["multiplier"])
         if inner.is_float:
             return inner
         impl = value.get("impl", "auto")
         impl = str(impl) if isinstance(impl, str) else tuple(str(name) for name in impl)
-        return dataclasses.replace(inner, impl=impl)
+        runtime = bool(value.get("runtime_table", False))
+        label = f"runtime ({'signed' if inner.multiplier.signed else 'unsigned'})" if runtime else inner.label
+        return dataclasses.replace(inner, impl=impl, runtime_table=runtime, label=label)
     if not isinstance(value, str):
         raise TypeError(f"plan value must be 'float', a multiplier name, a Multiplier or a dict, got {value!r}")
     key = value.strip()

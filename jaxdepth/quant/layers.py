@@ -12,10 +12,18 @@ and go through the table like every other operand, as on a zero-padded accelerat
 
 With ``straight_through=True`` the forward value is the table result and the gradient is that of the
 exact float layer (straight-through estimator), for approximation-aware fine-tuning.
+
+Non-finite values. NaN has no code (and code 0 is not even real 0 for unsigned layers), so it is never
+quantised silently: concrete NaN inputs, non-finite weights or bias, or a non-finite / non-positive
+input scale raise ValueError with a count; inside jit (where values cannot be inspected) every output of
+a sample whose input holds a NaN, and every output when a weight is non-finite, is NaN, as in the float
+layer. +-infinity in the input is meaningful (it saturates to the end codes, as on the accelerator):
+a RuntimeWarning with the count, and the saturated result.
 """
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -26,7 +34,7 @@ from .. import lutconv
 from ..lutconv.api import ImplArg
 from ..lutconv.spec import as_pair, normalize_padding
 from ..multipliers import Multiplier
-from .params import QParams, quantize, weight_qparams
+from .params import QParams, check_finite, quantize, weight_qparams
 
 
 def _exact_conv(x, w, bias, cfg) -> jax.Array:
@@ -37,36 +45,66 @@ def _exact_conv(x, w, bias, cfg) -> jax.Array:
     return y + bias
 
 
-def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], cfg) -> jax.Array:
-    """The integer-code forward pass through the table (the reference semantics above)."""
+def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], table, cfg) -> jax.Array:
+    """The integer-code forward pass through the table (the reference semantics above); ``table`` (None:
+    the multiplier's own) is a runtime (256, 256) table, possibly traced, used with the multiplier's signedness."""
     multiplier, stride, pads, dilation, groups, per_channel, impl = cfg
     if w_qp is None:
         w_qp = weight_qparams(w, multiplier.signed, per_channel)
     x_codes, w_codes = quantize(x, x_qp), quantize(w, w_qp)
     kernel_hw = tuple(w.shape[:2])
     z_x = jnp.asarray(x_qp.zero_point, jnp.int32)
-    acc = lutconv.conv2d(x_codes, w_codes, multiplier, stride=stride, padding=pads, dilation=dilation,
+    lut = multiplier if table is None else table
+    acc = lutconv.conv2d(x_codes, w_codes, lut, signed=multiplier.signed, stride=stride, padding=pads, dilation=dilation,
                          groups=groups, pad_code=z_x, impl=impl)
     if not multiplier.signed:
         n_out = w.shape[-1]
         reduction = kernel_hw[0] * kernel_hw[1] * w.shape[2]
         z_w = jnp.broadcast_to(jnp.asarray(w_qp.zero_point, jnp.int32), (n_out,))
-        sum_w = w_codes.reshape(-1, n_out).sum(axis=0, dtype=jnp.int32)
+        sum_w = w_codes.sum(axis=(0, 1, 2), dtype=jnp.int32)
         sum_x = lutconv.window_sums(x_codes, kernel_hw, groups, stride, dilation, pads=pads, pad_value=z_x)
         sum_x = jnp.repeat(sum_x, n_out // groups, axis=-1)
         acc = acc - z_x * sum_w - z_w * sum_x + reduction * z_x * z_w
     scale = jnp.asarray(x_qp.scale, jnp.float32) * jnp.asarray(w_qp.scale, jnp.float32)
-    return acc.astype(jnp.float32) * scale + bias
+    y = acc.astype(jnp.float32) * scale + bias
+    poisoned = jnp.isnan(x).any(axis=(1, 2, 3)) | ~jnp.isfinite(w).all()   # NaN has no code: propagate it
+    return jnp.where(poisoned[:, None, None, None], jnp.nan, y)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _straight_through_conv(x, w, bias, x_qp, w_qp, cfg):
+def _check_inputs(x, w, bias, x_qp: QParams) -> None:
+    """The concrete-value checks of the module docstring (nothing to check for traced values)."""
+    check_finite(w, "lut_conv2d weights")
+    if bias is not None:
+        check_finite(bias, "lut_conv2d bias")
+    if not isinstance(x_qp.scale, jax.core.Tracer):
+        scale = np.asarray(x_qp.scale, np.float64)
+        if not np.all(np.isfinite(scale) & (scale > 0)):
+            raise ValueError(f"activation scale {scale} must be finite and positive")
+    if not isinstance(x_qp.zero_point, jax.core.Tracer):
+        lo, hi = x_qp.code_range
+        zero = np.asarray(x_qp.zero_point)
+        if np.any((zero < lo) | (zero > hi)):
+            raise ValueError(f"activation zero point {zero} outside the code range [{lo}, {hi}]")
+    if isinstance(x, jax.core.Tracer):
+        return
+    a = np.asarray(x)
+    nan = int(np.count_nonzero(np.isnan(a)))
+    if nan:
+        raise ValueError(f"lut_conv2d input holds {nan} NaN value(s) of {a.size}: NaN has no quantised code")
+    inf = int(np.count_nonzero(np.isinf(a)))
+    if inf:
+        warnings.warn(f"lut_conv2d input holds {inf} infinite value(s) of {a.size}: they saturate to the "
+                      f"end codes {x_qp.code_range}", RuntimeWarning, stacklevel=3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _straight_through_conv(x, w, bias, x_qp, w_qp, table, cfg):
     """Forward: the table result, bit for bit. Backward: the exact float layer's gradient."""
-    return _table_conv(x, w, bias, x_qp, w_qp, cfg)
+    return _table_conv(x, w, bias, x_qp, w_qp, table, cfg)
 
 
-def _ste_forward(x, w, bias, x_qp, w_qp, cfg):
-    return _table_conv(x, w, bias, x_qp, w_qp, cfg), (x, w, bias, x_qp, w_qp)
+def _ste_forward(x, w, bias, x_qp, w_qp, table, cfg):
+    return _table_conv(x, w, bias, x_qp, w_qp, table, cfg), (x, w, bias, x_qp, w_qp, table)
 
 
 def _zero_cotangent(leaf: Any) -> Any:
@@ -77,11 +115,10 @@ def _zero_cotangent(leaf: Any) -> Any:
 
 
 def _ste_backward(cfg, residuals, g):
-    x, w, bias, x_qp, w_qp = residuals
+    x, w, bias, x_qp, w_qp, table = residuals
     _, vjp = jax.vjp(lambda x, w, b: _exact_conv(x, w, b, cfg), x, w, bias)
     dx, dw, db = vjp(g)
-    return (dx, dw, db, jax.tree_util.tree_map(_zero_cotangent, x_qp),
-            jax.tree_util.tree_map(_zero_cotangent, w_qp))
+    return (dx, dw, db, *(jax.tree_util.tree_map(_zero_cotangent, t) for t in (x_qp, w_qp, table)))
 
 
 _straight_through_conv.defvjp(_ste_forward, _ste_backward)
@@ -90,24 +127,31 @@ _straight_through_conv.defvjp(_ste_forward, _ste_backward)
 def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
                stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
                w_qp: Optional[QParams] = None, per_channel: bool = True, impl: ImplArg = "auto",
-               straight_through: bool = False) -> jax.Array:
+               straight_through: bool = False, table: Optional[Any] = None) -> jax.Array:
     """A float NHWC convolution (HWIO weights) computed in integer codes through ``multiplier``.
 
     Weights are quantised per output channel (``per_channel=False``: per tensor) unless ``w_qp`` is given.
     ``straight_through=True`` keeps the forward value bit-identical and gives the exact layer's gradient.
+    ``table``: a (256, 256) int32 product table (may be traced: a runtime operand of a jitted function, so one
+    compilation serves many tables) used instead of ``multiplier.table``; ``multiplier`` then only gives
+    the signedness.
+    NaN / infinity: see the module docstring (concrete NaN raises; under jit it propagates).
     """
     if x_qp.signed != multiplier.signed:
         raise ValueError(f"activation qparams are {'signed' if x_qp.signed else 'unsigned'} but multiplier "
                          f"{multiplier.name} is {'signed' if multiplier.signed else 'unsigned'}")
+    _check_inputs(x, w, bias, x_qp)
     x = jnp.asarray(x, jnp.float32)
     w = jnp.asarray(w, jnp.float32)
     bias = jnp.zeros((w.shape[-1],), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
     stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     pads = normalize_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), stride_p, dilation_p)
     cfg = (multiplier, stride_p, tuple(pads), dilation_p, int(groups), bool(per_channel), impl)
+    if table is not None:
+        table = jnp.asarray(table, jnp.int32)
     if straight_through:
-        return _straight_through_conv(x, w, bias, x_qp, w_qp, cfg)
-    return _table_conv(x, w, bias, x_qp, w_qp, cfg)
+        return _straight_through_conv(x, w, bias, x_qp, w_qp, table, cfg)
+    return _table_conv(x, w, bias, x_qp, w_qp, table, cfg)
 
 
 def lut_dense(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
