@@ -8,6 +8,8 @@ drifts between rows of `compare.py`, this is the robust form of its "vs float" c
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import statistics
 import sys
 import time
@@ -53,10 +55,14 @@ def main(argv=None) -> int:
     ap.add_argument("--tables", nargs="*", default=["mul8u_197B", "mul8u_2AC"])
     ap.add_argument("--rounds", type=int, default=12, help="alternating rounds (median)")
     args = ap.parse_args(argv)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"{now}, host load (1/5/15 min) {'/'.join(f'{v:.1f}' for v in os.getloadavg())}, "
+          f"{args.rounds} rounds", flush=True)
     for key in args.layers:
         for name, r in paired(key, args.tables, args.rounds).items():
             print(f"{key:>10} {name:>12}  {r['seconds'] * 1e3:8.2f} ms  {r['gmac_s']:6.2f} GMAC/s  "
                   f"{r['ratio']:.3f}x float (paired)", flush=True)
+    print(f"host load after: {'/'.join(f'{v:.1f}' for v in os.getloadavg())}")
     return 0
 
 

@@ -6,16 +6,23 @@
 Implementations (``impl=``) are listed by `implementations()`; ``"auto"`` picks the fastest one that
 supports the call (a cost model per kernel), and `explain` says which and why.
 """
-from . import direct_kernel, dwrows_kernel, gather_kernel, lowrank, numpy_kernels, wstat_kernel
+from . import direct_kernel, dwrows_kernel, gather_kernel, lowrank, numpy_kernels, wstat_kernel, xla_kernels
 from .api import conv2d, dense, explain, window_sums
-from .registry import Kernel, Problem, choose, implementations, register_kernel
+from .registry import Choice, Kernel, Problem, choose, implementations, register_kernel
 from .spec import ConvSpec
 
 register_kernel(Kernel("loop", numpy_kernels.loop_conv,
                        "v1: plain Python loop per output value (readable definition, tiny shapes only)",
-                       jittable=False, priority=0))
+                       jittable=False, priority=0, reference=True))
 register_kernel(Kernel("vectorized", numpy_kernels.vectorized_conv,
-                       "v2: NumPy, one vectorised lookup per output channel", jittable=False, priority=1))
+                       "v2: NumPy, one vectorised lookup per output channel", jittable=False, priority=1,
+                       reference=True))
+register_kernel(Kernel("xla_loop", xla_kernels.xla_loop_conv,
+                       "v1 on XLA: lax.fori_loop over output values, one window lookup and sum per iteration "
+                       "(reference, slow by design)", jittable=True, priority=2, reference=True))
+register_kernel(Kernel("xla_vmap", xla_kernels.xla_vmap_conv,
+                       "v2 on XLA: jax.vmap'd per-output-channel lookup over a chunk of channels, lax.map over "
+                       "the chunks (bounded memory)", jittable=True, priority=5, estimate=xla_kernels.estimate_vmap))
 register_kernel(Kernel("gather", gather_kernel.gather_conv,
                        "pure XLA: im2col + flat-table gather + int32 sum, lax.map over output channels",
                        jittable=True, priority=10, estimate=gather_kernel.estimate))
@@ -46,5 +53,5 @@ def warmup() -> None:
         module.warmup()
 
 
-__all__ = ["ConvSpec", "Kernel", "Problem", "choose", "conv2d", "dense", "explain", "implementations",
+__all__ = ["Choice", "ConvSpec", "Kernel", "Problem", "choose", "conv2d", "dense", "explain", "implementations",
            "register_kernel", "warmup", "window_sums"]
