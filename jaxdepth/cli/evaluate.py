@@ -72,11 +72,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if plan is not None:
         calib = np.concatenate([b[0] for b in ds.batches(args.calib_frames, args.calib_frames)])
         calib = inference.resize_batch(calib, size).astype(np.float32) / 255.0
-        qmodel, qvars = inference.quantized(model, variables, plan, calib)
+        qmodel, qvars = inference.quantized(model, variables, plan, calib, stored_plan=not args.multiplier)
         predict = inference.make_predictor(qmodel, qvars, flip=not args.no_flip, input_size=size)
         reference = exact
-    res = evaluate(predict, ds, reference=reference, batch_size=args.batch_size, limit=args.limit,
-                   mean=args.mean, progress=not args.no_progress, keep=1 if args.out else 0)
+    try:
+        res = evaluate(predict, ds, reference=reference, batch_size=args.batch_size, limit=args.limit,
+                       mean=args.mean, progress=not args.no_progress, keep=1 if args.out else 0)
+    except M.NoValidPixelsError as e:            # all-NaN / zero ground truth, or NaN predictions everywhere
+        raise CliError(f"--data {args.data}: {e}") from None
     res["config"] = {"data": args.data, "format": ds.format, "model": args.model or "default",
                      "preset": getattr(getattr(model, "preset", None), "name", type(model).__name__),
                      "input_size": size, "multiplier": args.multiplier,
@@ -86,11 +89,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_result(res: dict[str, Any]) -> list[str]:
-    """Warnings about the result (degenerate or partly NaN predictions); CliError when it means nothing:
-    no valid ground-truth pixel, or every prediction NaN."""
-    if res["accuracy"].get("pixels", 1) == 0:
-        raise CliError(f"--data {res['config']['data']}: no valid ground-truth pixel in {res['frames']} frames "
-                       "(all NaN / zero / beyond 10 m, or outside the crop): the metrics would be NaN")
+    """Warnings about the result (degenerate or partly NaN predictions); CliError when every prediction is
+    NaN (no valid ground truth at all is caught earlier, by the metrics)."""
     warnings = []
     names = {"prediction": "approximate model" if "fidelity" in res else "model", "reference": "exact model"}
     for key, check in res.get("checks", {}).items():
@@ -132,8 +132,11 @@ def write_outputs(res: dict[str, Any], out: str | Path) -> list[Path]:
     return files
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, done: common.Done) -> int:
+    done.what, done.total = "evaluations", 1
+    done.note = "nothing written (--out gets results only from a complete evaluation)" if args.out else ""
     res = run(args)
+    done.add(args.data)
     warnings = check_result(res)
     print(f"{res['frames']} frames in {res['seconds']:.1f} s on {res['config']['devices']} device(s)")
     print(M.format_table(rows(res)), flush=True)

@@ -92,14 +92,13 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
     """Run the model on every image in ``paths`` and write the files listed in the module docstring.
 
     Usage errors (CliError) are raised before any file is written; per-image failures are collected."""
+    plan = common.make_plan(multiplier, layers, signed)      # fails early on unknown multipliers / tables
+    out = common.check_out_dir(out)
     from tqdm import tqdm
 
     from .. import viz
     from ..io.atomic import replacing_all
     from ..io.images import ImageError, read_rgb
-
-    plan = common.make_plan(multiplier, layers, signed)      # fails early on unknown multipliers / tables
-    out = common.check_out_dir(out)
     model, variables, info = common.load_model(model_spec)
     model, plan = inference.exact_and_plan(model, plan)
     native = inference.model_input_size(model, info)
@@ -144,19 +143,21 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
         if plan is not None:
             if qmodel is None:
                 calib = np.stack([inference.resize_batch(im[None], size)[0] for im in images.values()])
-                qmodel, qvars = inference.quantized(model, variables, plan, calib.astype(np.float32) / 255)
+                qmodel, qvars = inference.quantized(model, variables, plan, calib.astype(np.float32) / 255,
+                                                    stored_plan=not multiplier)
             if size not in approx_fns:
                 approx_fns[size] = inference.make_predictor(qmodel, qvars, flip=flip)
             approx = approx_fns[size](x)[0]
         res.seconds[name] = time.time() - t0
         exact_full = inference.upsample_depth(exact, rgb.shape[:2])
         main_depth = exact_full if approx is None else inference.upsample_depth(approx, rgb.shape[:2])
-        problem = _depth_problem(name, exact_full, "exact" if plan is not None else "", res, bar.write)
+        warn = lambda m: bar.write(m, file=sys.stderr)  # noqa: E731
+        problem = _depth_problem(name, exact_full, "exact" if plan is not None else "", res, warn)
         if plan is not None:
-            problem = _depth_problem(name, main_depth, "approximate", res, bar.write) or problem
+            problem = _depth_problem(name, main_depth, "approximate", res, warn) or problem
         if problem:
             res.failed[name] = problem
-            bar.write(f"error: {problem}")
+            warn(f"error: {problem}")
             continue
         files = _write_set(out, Path(name).stem, rgb, exact_full, main_depth if plan is not None else None,
                            label, viz, replacing_all)

@@ -11,7 +11,8 @@ The table replaces only the code product; the zero-point corrections are exact i
 and go through the table like every other operand, as on a zero-padded accelerator buffer.
 
 With ``straight_through=True`` the forward value is the table result and the gradient is that of the
-exact float layer (straight-through estimator), for approximation-aware fine-tuning.
+exact float layer (straight-through estimator), for approximation-aware fine-tuning; the per-tensor
+activation scale gets the LSQ gradient (`_scale_cotangent`), so training can learn activation ranges.
 
 Non-finite values. NaN has no code (and code 0 is not even real 0 for unsigned layers), so it is never
 quantised silently: concrete NaN inputs, non-finite weights or bias, or a non-finite / non-positive
@@ -114,11 +115,28 @@ def _zero_cotangent(leaf: Any) -> Any:
     return np.zeros(leaf.shape, dtype=jax.dtypes.float0)
 
 
+def _scale_cotangent(x, x_qp: QParams, dx):
+    """LSQ gradient of a per-tensor activation scale: the layer sees ``fq(x) = s * (c - z)`` with
+    ``c = clip(round(x / s) + z)``; with a straight-through round ``d fq / d s = (c - z) - x / s`` inside the
+    code range and ``c - z`` (the clip bound) outside. Lets training learn activation ranges (PACT / LSQ)."""
+    s = jnp.asarray(x_qp.scale, jnp.float32)
+    if s.ndim:  # per-channel activation scales are not learned
+        return jnp.zeros_like(s)
+    lo, hi = x_qp.code_range
+    z = jnp.asarray(x_qp.zero_point, jnp.float32)
+    v = x / s + z
+    c = jnp.clip(jnp.round(v), lo, hi)
+    inside = (v >= lo) & (v <= hi)
+    return jnp.sum(dx * ((c - z) - jnp.where(inside, x / s, 0.0)))
+
+
 def _ste_backward(cfg, residuals, g):
     x, w, bias, x_qp, w_qp, table = residuals
     _, vjp = jax.vjp(lambda x, w, b: _exact_conv(x, w, b, cfg), x, w, bias)
     dx, dw, db = vjp(g)
-    return (dx, dw, db, *(jax.tree_util.tree_map(_zero_cotangent, t) for t in (x_qp, w_qp, table)))
+    d_xqp = jax.tree_util.tree_map(_zero_cotangent, x_qp)
+    d_xqp = QParams(_scale_cotangent(x, x_qp, dx), d_xqp.zero_point, x_qp.signed)
+    return (dx, dw, db, d_xqp, *(jax.tree_util.tree_map(_zero_cotangent, t) for t in (w_qp, table)))
 
 
 _straight_through_conv.defvjp(_ste_forward, _ste_backward)
