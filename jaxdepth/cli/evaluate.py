@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import inference
 from .. import metrics as M
+from ..data.loaders import FORMATS
 from . import common
 from .common import CliError
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 2)[2],
         parents=[common.parent_parser(out_help="folder for metrics.json, metrics.png and example.png")])
     ap.add_argument("--data", default="synthetic:32:1000", help="dataset path or synthetic:N[:SEED[:HxW]]")
-    ap.add_argument("--format", default="auto", help="force a format: nyu_test, nyu_mat, npz, folder, synthetic")
+    ap.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="force a data format")
     ap.add_argument("--limit", type=common.positive_int, help="evaluate only the first N frames")
     ap.add_argument("--batch-size", type=common.positive_int, default=8)
     ap.add_argument("--no-flip", action="store_true", help="skip flip averaging")
@@ -53,7 +54,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     Every usage error (model, multiplier, layers, data, --out) is raised before the evaluation starts."""
     from ..data import load
     from ..evaluation import evaluate
-    from .predict import check_layers
     plan = common.make_plan(args.multiplier, args.layers, args.signed)
     if args.out:
         common.check_out_dir(args.out)
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, plan = inference.exact_and_plan(model, plan)
     size = inference.model_input_size(model, info)
     if args.multiplier:
-        check_layers(model, args.layers, size)
+        common.check_layers(model, args.layers, size)
     if info.get("random_weights"):
         print(f"warning: {args.model} has random weights (a preset name, not a checkpoint)", file=sys.stderr)
     exact = inference.make_predictor(model, variables, flip=not args.no_flip, input_size=size)
