@@ -20,10 +20,14 @@ CMAP = "plasma"
 
 
 def _save(fig, path: Union[str, Path]) -> Path:
+    """Write ``fig`` to ``path`` atomically (temporary name, then rename) and close it."""
+    from .io.atomic import replacing
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

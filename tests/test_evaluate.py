@@ -14,20 +14,7 @@ from jaxdepth.evaluate import evaluate, make_predictor, upsample_depth
 
 ROOT = Path(__file__).parents[1]
 
-# A tiny stand-in with the DenseDepth signature: NHWC [0, 1] -> raw (N, H/2, W/2, 1), metres = 10 / raw.
-STANDIN = '''
-import flax.linen as nn, jax, jax.numpy as jnp
-class TinyDepth(nn.Module):
-    @nn.compact
-    def __call__(self, x, train=False):
-        x = nn.Conv(4, (3, 3))(x)
-        x = nn.avg_pool(jnp.tanh(x), (2, 2), (2, 2))
-        return 1.0 + 4.0 * nn.sigmoid(nn.Conv(1, (1, 3))(x))
-def tiny(seed=0):
-    m = TinyDepth()
-    return m, m.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 3)))
-'''
-exec(STANDIN)
+from standin import tiny  # noqa: E402  (tests/standin.py, on sys.path via conftest)
 
 
 def _data(n=5, h=16, w=24):
@@ -85,8 +72,10 @@ def test_upsample_constant_and_linear():
     assert np.all(np.diff(up[0, 0]) >= 0) and up[0, 0, 0] == 0 and up[0, 0, -1] == 3
 
 
-SHARD_SCRIPT = STANDIN + '''
+SHARD_SCRIPT = '''
 import json, sys, numpy as np, jax
+sys.path.insert(0, %r)
+from standin import tiny
 from jaxdepth.evaluate import evaluate, make_predictor
 m, v = tiny()
 rng = np.random.default_rng(3)
@@ -95,7 +84,7 @@ gt = rng.uniform(1, 9, (5, 16, 24)).astype(np.float32)
 p = make_predictor(m, v)
 r = evaluate(p, [(rgb[:2], gt[:2], None), (rgb[2:], gt[2:], None)])
 print(json.dumps({"devices": p.n_devices, "pred": p(rgb).tolist(), "acc": r["accuracy"]}))
-'''
+''' % str(Path(__file__).parent)
 
 
 def _run(devices):
@@ -132,7 +121,8 @@ def test_cli_with_multiplier_writes_json_and_plot(tmp_path, monkeypatch, capsys)
     model, variables = tiny(0)
     approx, avars = tiny(1)
     monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
-    monkeypatch.setattr(common, "quantized", lambda m, v, plan, calib: (approx, avars))
+    from jaxdepth import inference
+    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib: (approx, avars))
     rgb, gt = _data(3, 16, 24)
     for i in range(3):
         Image.fromarray(rgb[i]).save(tmp_path / f"f{i}.png")

@@ -5,20 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdepth import predict
+from jaxdepth import inference, predict
 from jaxdepth.cli import common
 
-STANDIN = '''
-import flax.linen as nn, jax, jax.numpy as jnp
-class TinyDepth(nn.Module):
-    scale: float = 4.0
-    @nn.compact
-    def __call__(self, x, train=False):
-        x = nn.Conv(4, (3, 3))(x)
-        x = nn.avg_pool(jnp.tanh(x), (2, 2), (2, 2))
-        return 1.0 + self.scale * nn.sigmoid(nn.Conv(1, (1, 3))(x))
-'''
-exec(STANDIN)
+from standin import TinyDepth  # noqa: E402  (tests/standin.py, on sys.path via conftest)
 
 
 class _Preset:
@@ -29,12 +19,11 @@ class _Preset:
 def tiny(monkeypatch):
     import jax
     import jax.numpy as jnp
-    model = TinyDepth()
-    model.__dict__["preset"] = _Preset()
+    model = TinyDepth(preset=_Preset())
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
     monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
     approx = TinyDepth(scale=3.0)
-    monkeypatch.setattr(common, "quantized", lambda m, v, plan, calib: (approx, variables))
+    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib: (approx, variables))
     return model
 
 
@@ -86,16 +75,16 @@ def test_make_plan_and_table_file(tmp_path):
     assert common.make_plan("mul8s_1L2J", ["decoder.*", "encoder.conv0"]) == {"decoder.*": "mul8s_1L2J",
                                                                               "encoder.conv0": "mul8s_1L2J"}
     np.save(tmp_path / "mine.npy", multipliers.exact().table)
-    plan = common.make_plan(str(tmp_path / "mine.npy"))
+    plan = common.make_plan(str(tmp_path / "mine.npy"), signed=True)
     assert plan["*"].signed and np.array_equal(plan["*"].table, multipliers.exact().table)
     np.save(tmp_path / "bad.npy", np.zeros((3, 3)))
-    with pytest.raises(common.CliError, match="256x256"):
-        common.make_plan(str(tmp_path / "bad.npy"))
+    with pytest.raises(common.CliError, match="256, 256"):
+        common.make_plan(str(tmp_path / "bad.npy"), signed=True)
 
 
 def test_model_size_rule():
-    assert predict._model_size((120, 160), (480, 640)) == (120, 160)
-    assert predict._model_size(None, (470, 650)) == (448, 640)
+    assert inference.run_size((120, 160), (480, 640)) == (120, 160)
+    assert inference.run_size(None, (470, 650)) == (448, 640)
 
 
 def test_help_runs():

@@ -47,25 +47,10 @@ def test_targets_and_augmentation():
     assert x.dtype == np.float32 and x.max() <= 1.0
 
 
-STANDIN = '''
-import flax.linen as nn, jax.numpy as jnp
-class TinyDepth(nn.Module):
-    preset: object = None
-    @nn.compact
-    def __call__(self, x, train=False):
-        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3))(x)))
-        x = nn.avg_pool(x, (2, 2), (2, 2))
-        return 1.0 + 19.0 * nn.sigmoid(nn.Conv(1, (3, 3))(x))
-'''
-exec(STANDIN)
-
-
-def test_short_training_lowers_loss(tmp_path):
-    import jax
+def test_short_training_lowers_loss(tmp_path, tiny_model):
     from jaxdepth.data import synthetic
     images, depths = synthetic.generate(8, seed=3, height=32, width=48)
-    model = TinyDepth()
-    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 48, 3)))
+    model, variables = tiny_model(0, (1, 32, 48, 3), scale=19.0, features=8, head=(3, 3), batchnorm=True)
     data = train.ArrayData(images, depths)
     _, log = train.train(model, variables, data, steps=60, batch_size=4, lr=3e-3, log_every=10, progress=False)
     assert log["loss"][-1] < 0.8 * log["loss"][0]

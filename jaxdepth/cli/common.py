@@ -1,18 +1,229 @@
-"""Shared by the predict / evaluate CLIs: model resolution, multiplier plans, calibration."""
+"""What every jaxdepth command line shares: the common options, the one runner, model and table loading.
+
+A CLI module ``jaxdepth/cli/<tool>.py`` has ``build_parser()`` (parents=[`parent_parser`(...)]) and
+
+    def main(argv=None) -> int:
+        return run(build_parser(), _main, argv)
+
+`run` parses the arguments, turns JAX's persistent compilation cache on (unless ``--no-compile-cache`` or
+``JAXDEPTH_COMPILE_CACHE=0``), calls the body and maps what goes wrong to what a user should see:
+
+- a user error (`CliError`, a bad data set / image / table / checkpoint, a file that cannot be read or
+  written: `USER_ERRORS`) -> ``error: <one line>`` on stderr, exit code 2;
+- Ctrl-C -> ``interrupted: <what was finished>`` on stderr, exit code 130, no traceback (outputs are
+  written atomically, so finished files are whole and unfinished ones absent);
+- anything else is a bug: the traceback is kept. ``JAXDEPTH_TRACEBACK=1`` shows tracebacks for user
+  errors too.
+"""
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
-
-import numpy as np
+from typing import Any, Callable, Optional, Sequence
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
 DEFAULT_MODEL = DEFAULT_MODEL_DIR / "checkpoint"
 
+#: ``JAXDEPTH_COMPILE_CACHE``: unset -> the default folder below; ``0``/``off``/``no``/empty -> off; else a folder.
+COMPILE_CACHE_ENV = "JAXDEPTH_COMPILE_CACHE"
+TRACEBACK_ENV = "JAXDEPTH_TRACEBACK"
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
 
 class CliError(Exception):
     """A user error reported as ``error: ...`` with exit code 2."""
+
+
+#: Exceptions that mean "bad input", not "bug": shown as one line, exit 2. The library raises ValueError
+#: (DataError, ImageError, ConversionError, bad tables, NaN checks ...), KeyError (unknown names) and
+#: OSError (missing / unreadable / unwritable files) for bad input by convention.
+USER_ERRORS: tuple[type[BaseException], ...] = (CliError, ValueError, KeyError, OSError, EOFError)
+
+
+@dataclass
+class Done:
+    """What a command has finished, for the Ctrl-C summary: ``done.add("im0.png")`` after each unit."""
+    what: str = "items"
+    total: Optional[int] = None
+    where: Optional[Path] = None
+    items: list[str] = field(default_factory=list)
+
+    def add(self, item: str) -> None:
+        self.items.append(item)
+
+    def summary(self) -> str:
+        of = f" of {self.total}" if self.total is not None else ""
+        text = f"{len(self.items)}{of} {self.what} finished"
+        if self.items and self.where is not None:
+            text += f" (complete outputs in {self.where})"
+        return text
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+def parent_parser(*options: str, out_default: Optional[str] = None, out_help: str = "output folder") \
+        -> argparse.ArgumentParser:
+    """The shared options as an argparse parent (``parents=[parent_parser("model", "out")]``).
+
+    ``options`` (default: all): ``model`` (--model), ``multiplier`` (--multiplier, --signed/--unsigned,
+    --layers), ``out`` (--out), ``progress`` (--no-progress), ``compile_cache`` (--no-compile-cache).
+    """
+    known = ("model", "multiplier", "out", "progress", "compile_cache")
+    bad = [o for o in options if o not in known]
+    if bad:
+        raise ValueError(f"unknown common options {bad}; known: {known}")
+    use = set(options or known)
+    ap = argparse.ArgumentParser(add_help=False)
+    g = ap.add_argument_group("common options")
+    if "model" in use:
+        g.add_argument("--model", help="checkpoint folder or preset name (default: the bundled trained model)")
+    if "multiplier" in use:
+        g.add_argument("--multiplier", help="approximate multiplier: a name (python -m jaxdepth.multipliers "
+                                            "lists them) or a 256x256 table file (.npy, .npz[:key], .csv, .txt)")
+        sign = g.add_mutually_exclusive_group()  # shown in the group (argparse >= 3.11)
+        sign.add_argument("--signed", dest="signed", action="store_const", const=True, default=None,
+                          help="the --multiplier table file is a signed (int8) multiplier")
+        sign.add_argument("--unsigned", dest="signed", action="store_const", const=False,
+                          help="the --multiplier table file is an unsigned (uint8) multiplier")
+        g.add_argument("--layers", nargs="+", default=None, metavar="PATTERN",
+                       help="layer-name globs that use --multiplier (default: every layer)")
+    if "out" in use:
+        g.add_argument("--out", default=out_default, help=out_help + (f" (default: {out_default})"
+                                                                      if out_default else ""))
+    if "progress" in use:
+        g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if "compile_cache" in use:
+        g.add_argument("--no-compile-cache", action="store_true",
+                       help=f"do not use JAX's persistent compilation cache ({default_cache_dir()}; "
+                            f"{COMPILE_CACHE_ENV}=0 also turns it off, {COMPILE_CACHE_ENV}=DIR moves it)")
+    return ap
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts and sizes: 0 and negatives are usage errors (exit 2 before any work)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+# ------------------------------------------------------------------------------------------ runner
+
+
+def run(parser: argparse.ArgumentParser, body: Callable[..., Optional[int]],
+        argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv``, set up the compilation cache, call ``body(args)`` (or ``body(args, done)`` when it
+    takes a second parameter, a `Done` for the Ctrl-C summary) and map errors as the module docstring says.
+    Returns the exit code (argparse's own usage errors exit 2 through SystemExit, as usual)."""
+    import inspect
+    args = parser.parse_args(None if argv is None else list(argv))
+    if not getattr(args, "no_compile_cache", True):
+        enable_compile_cache()
+    done = Done()
+    takes_done = len(inspect.signature(body).parameters) >= 2
+    try:
+        code = body(args, done) if takes_done else body(args)
+        return 0 if code is None else int(code)
+    except KeyboardInterrupt:
+        _flush()
+        print(f"\ninterrupted: {done.summary()}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as e:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        _flush()
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def error_line(e: BaseException) -> str:
+    """A one-line message for ``e``: KeyError's text unquoted, OSError with its file name, newlines folded."""
+    if isinstance(e, KeyError) and e.args:
+        text = str(e.args[0])
+    elif isinstance(e, OSError) and e.filename and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/jaxdepth/xla`` (``~/.cache/jaxdepth/xla``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jaxdepth" / "xla"
+
+
+def compile_cache_dir() -> Optional[Path]:
+    """The compilation cache folder the environment asks for (None: off)."""
+    value = os.environ.get(COMPILE_CACHE_ENV)
+    if value is None:
+        return default_cache_dir()
+    if value.strip().lower() in ("", "0", "off", "no", "false"):
+        return None
+    return Path(value).expanduser()
+
+
+def enable_compile_cache() -> Optional[Path]:
+    """Turn JAX's persistent compilation cache on for this process (compiled models are reused across runs:
+    the first LUT model compile takes tens of seconds). Returns the folder, or None when off or the folder
+    cannot be created (then it is silently skipped: a cache must never stop a run)."""
+    folder = compile_cache_dir()
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    import jax
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """The output folder ``path``, created now and checked writable BEFORE any long work (CliError if not)."""
+    out = Path(path)
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise CliError(f"--out {out}: {parent} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out}: the folder is not writable")
+    return out
+
+
+def check_out_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """An output FILE path whose folder exists (or can be created) and is writable (CliError if not)."""
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"{option} {p}: is a folder, expected a file name")
+    check_out_dir(p.parent if str(p.parent) else ".")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ model, tables
 
 
 def load_model(spec: Optional[str]) -> tuple[Any, dict, dict]:
@@ -37,77 +248,67 @@ def load_model(spec: Optional[str]) -> tuple[Any, dict, dict]:
                    f"({', '.join(models.list_presets())}); convert PyTorch weights with python -m jaxdepth.convert")
 
 
-def input_size(model: Any, info: dict) -> Optional[tuple[int, int]]:
-    """The native (H, W) a checkpoint was trained at (preset ``input_size`` or ``extra.input_size``)."""
-    size = getattr(getattr(model, "preset", None), "input_size", None) or (info.get("extra") or {}).get("input_size")
-    return tuple(int(v) for v in size) if size else None
-
-
-def make_plan(multiplier: Optional[str], layers: Sequence[str] = ("*",)) -> Optional[dict]:
-    """{pattern: multiplier for each --layers pattern}, after checking the multiplier name (or .npy/.npz table file)."""
+def make_plan(multiplier: Optional[str], layers: Optional[Sequence[str]] = None,
+              signed: Optional[bool] = None) -> Optional[dict]:
+    """{pattern: multiplier for each --layers pattern} (None without --multiplier), after checking the name
+    or loading the table file. ``--layers`` without ``--multiplier`` is an error (it would be ignored)."""
     if not multiplier:
+        if layers:
+            raise CliError("--layers needs --multiplier (which multiplier should those layers use?)")
+        if signed is not None:
+            raise CliError("--signed / --unsigned describe a --multiplier table file; no --multiplier given")
         return None
+    m = resolve_multiplier(multiplier, signed)
+    value = multiplier if not is_table_file(multiplier) else m     # names stay names (JSON-friendly plans)
+    return {pat: value for pat in (layers or ("*",))}
+
+
+def is_table_file(spec: str) -> bool:
+    """True when ``spec`` names a table file (``file.npz:key`` too) rather than a multiplier name."""
+    from ..multipliers.loaders import _split_npz_key
+    path = _split_npz_key(spec)[0]
+    return os.path.isfile(path) or Path(path).suffix.lower() in (".npy", ".npz", ".csv", ".txt", ".dat")
+
+
+def resolve_multiplier(spec: str, signed: Optional[bool] = None) -> Any:
+    """A `Multiplier` from a name or a table file (through `jaxdepth.multipliers.load`, the one loader).
+
+    A table file needs its signedness: ``signed`` (--signed / --unsigned) or stored with the table; it is
+    never guessed from the file name or the entries."""
     from .. import multipliers
-    name: Any = multiplier
-    p = Path(multiplier)
-    if p.suffix in (".npy", ".npz") and p.exists():
-        name = load_table_file(p)
-    else:
+    if not is_table_file(spec):
+        if signed is not None:
+            raise CliError(f"--signed / --unsigned apply to table files; {spec!r} is a named multiplier "
+                           "whose signedness is known")
         try:
-            multipliers.get(multiplier)
+            return multipliers.get(spec)
         except KeyError as e:
             raise CliError(str(e.args[0]) if e.args else str(e)) from None
-    return {pat: name for pat in (layers or ("*",))}
-
-
-def load_table_file(path: Path) -> Any:
-    """A Multiplier from a 256x256 int table file (.npy, or .npz with one array / 'lut'); signedness by name
-    (``*_u*``/``unsigned`` in the file name -> unsigned, else signed)."""
-    from ..multipliers import Multiplier
-    arr = np.load(path)
-    if isinstance(arr, np.lib.npyio.NpzFile):
-        keys = list(arr.files)
-        arr = arr["lut"] if "lut" in keys else arr[keys[0]]
-    table = np.asarray(arr)
-    if table.shape != (256, 256):
-        raise CliError(f"{path}: a multiplier table must be 256x256, got {table.shape}")
-    signed = not any(t in path.stem.lower() for t in ("unsigned", "_u8", "mul8u"))
+    if signed is None:
+        signed = stored_signedness(spec)
+    if signed is None:
+        raise CliError(f"--multiplier {spec}: say whether the table is signed (int8 operands) or unsigned "
+                       "(uint8): add --signed or --unsigned")
     try:
-        return Multiplier(path.stem, table.astype(np.int32), signed, {"source": str(path)})
-    except (ValueError, TypeError) as e:
-        raise CliError(f"{path}: not a valid multiplier table ({e})") from None
+        return multipliers.load(spec, signed=signed)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+    except (ValueError, KeyError) as e:
+        raise CliError(f"--multiplier {spec}: {error_line(e)}") from None
 
 
-def quantized(model: Any, variables: dict, plan: dict, calib_images: np.ndarray) -> tuple[Any, dict]:
-    """The model with ``plan`` and variables carrying input quantization for it.
+def stored_signedness(spec: str) -> Optional[bool]:
+    """The signedness stored with a table: an ``.npz`` holding a boolean ``signed`` entry, else None."""
+    import numpy as np
 
-    The checkpoint's stored ``quant`` collection is reused when it covers every planned layer and all planned
-    multipliers are signed (it was calibrated for signed int8); otherwise the model is calibrated on
-    ``calib_images`` (N, H, W, 3) in [0, 1].
-    """
-    from ..models import Plan, calibrate
-    p = Plan.make(plan)
-    qmodel = model.clone(plan=p)
-    signed = all(a.multiplier is None or a.multiplier.signed for _, a in p.rules)
-    if "quant" in variables and signed:
-        try:
-            import jax
-            x = np.zeros((1, *calib_images.shape[1:]), np.float32)
-            jax.eval_shape(lambda v, xx: qmodel.apply(v, xx), variables, x)
-            return qmodel, variables
-        except Exception:
-            pass
-    base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
-    return qmodel, calibrate(qmodel, base, np.asarray(calib_images, np.float32))
-
-
-def exact_and_plan(model: Any, plan: Optional[dict]) -> tuple[Any, Any]:
-    """(the float model, the plan to compare against it): ``plan`` from --multiplier, else the checkpoint's
-    stored plan when it is not all-float (converted with ``--plan``), else None."""
-    stored = getattr(model, "plan", None)
-    if stored is None:
-        return model, plan
-    from ..models import FLOAT_PLAN
-    if plan is None and not stored.is_float:
-        plan = stored
-    return (model if stored.is_float else model.clone(plan=FLOAT_PLAN)), plan
+    from ..multipliers.loaders import _split_npz_key
+    path = _split_npz_key(spec)[0]
+    if not path.lower().endswith(".npz") or not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "signed" in z.files and z["signed"].size == 1:
+                return bool(z["signed"])
+    except (OSError, ValueError, EOFError):
+        return None
+    return None

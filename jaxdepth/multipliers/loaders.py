@@ -3,7 +3,8 @@
 Formats (by file suffix):
 
 * ``.npy``: one (256, 256) integer array.
-* ``.npz``: the only array in the archive, or a named one as ``"file.npz:key"``.
+* ``.npz``: the only array in the archive, or a named one as ``"file.npz:key"``; a boolean ``signed``
+  entry beside it stores the signedness (`save` writes one).
 * ``.csv``: 256 lines of 256 comma-separated integers (no header).
 * anything else (``.txt``, ``.dat``, ...): 256 lines of 256 whitespace-separated integers;
   ``#`` starts a comment.
@@ -15,7 +16,7 @@ as integers (an array broadcastable to (256, 256)).
 
 Tables are indexed ``[w_byte, x_byte]`` (weight first), as everywhere in jaxdepth.
 
-Signedness: ``signed=True/False`` if given. Otherwise, for a file, a table with any negative entry is
+Signedness: ``signed=True/False`` if given, else the one stored in an ``.npz``. Otherwise, for a file, a table with any negative entry is
 signed and one without is unsigned (an unsigned circuit never returns a negative product; a signed
 table with no negative entry is not a plausible signed multiplier, pass ``signed=True`` to force it).
 For a callable ``signed`` must be given, because it decides which operand values ``f`` sees.
@@ -32,6 +33,7 @@ import numpy as np
 from .core import Multiplier, operand_values, validate_table
 
 _TEXT_SUFFIXES_CSV = (".csv",)
+_SIGNED_KEY = "signed"
 
 
 def _split_npz_key(spec: str) -> tuple[str, str | None]:
@@ -42,8 +44,8 @@ def _split_npz_key(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def _read_file(spec: str) -> tuple[np.ndarray, str, str]:
-    """(raw array, ``path[:key]`` for messages, default name ``stem[:key]``)."""
+def _read_file(spec: str) -> tuple[np.ndarray, str, str, bool | None]:
+    """(raw array, ``path[:key]`` for messages, default name ``stem[:key]``, stored signedness or None)."""
     path_str, key = _split_npz_key(spec)
     path = Path(path_str)
     if not path.exists():
@@ -55,17 +57,18 @@ def _read_file(spec: str) -> tuple[np.ndarray, str, str]:
     default_name = path.stem + (f":{key}" if key else "")
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False), label, default_name
+            return np.load(path, allow_pickle=False), label, default_name, None
         if suffix != ".npz":
             delimiter = "," if suffix in _TEXT_SUFFIXES_CSV else None
             arr = np.loadtxt(path, delimiter=delimiter, dtype=np.float64, ndmin=2)
-            return arr, label, default_name
+            return arr, label, default_name, None
         with np.load(path, allow_pickle=False) as z:
-            files = list(z.files)
+            files = [f for f in z.files if f != _SIGNED_KEY]
+            stored = bool(z[_SIGNED_KEY]) if _SIGNED_KEY in z.files and z[_SIGNED_KEY].size == 1 else None
             if key is None and len(files) == 1:
                 key = files[0]
             if key in files:
-                return z[key], label, default_name
+                return z[key], label, default_name, stored
     except (OSError, EOFError, ValueError) as err:
         raise ValueError(f"cannot read a product table from {label!r}: {err}") from err
     if key is None:
@@ -105,8 +108,10 @@ def load(source: str | os.PathLike | Callable[[np.ndarray, np.ndarray], Any], *,
         raw = _evaluate(source, bool(signed), label)
         origin = f"callable {label}"
     elif isinstance(source, (str, os.PathLike)):
-        raw, origin, stem = _read_file(os.fspath(source))
+        raw, origin, stem, stored = _read_file(os.fspath(source))
         label = name or stem
+        if signed is None:
+            signed = stored
     else:
         raise TypeError(f"load() takes a file path or a callable f(a, b), got {type(source).__name__}")
     if raw.dtype == object:
@@ -120,3 +125,16 @@ def load(source: str | os.PathLike | Callable[[np.ndarray, np.ndarray], Any], *,
                          f"(min {int(table.min())}); an unsigned product is never negative")
     meta = {"source": "user", "origin": origin}
     return Multiplier(name or label, table, bool(signed), meta)
+
+
+def save(m: Multiplier, path: str | os.PathLike) -> Path:
+    """Write ``m`` as an ``.npz`` holding its ``table`` and its ``signed`` flag, which `load` reads back
+    (atomically: a temporary file, then a rename)."""
+    from ..io.atomic import replacing
+    p = Path(path)
+    if p.suffix.lower() != ".npz":
+        raise ValueError(f"{p}: save() writes an .npz (the table plus its signedness)")
+    with replacing(p) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, table=np.asarray(m.table), signed=np.bool_(m.signed))
+    return p

@@ -1,0 +1,201 @@
+"""Inference: a jitted, device-sharded depth predictor, the resizing around it, and plan / calibration set-up.
+
+The predictor and helpers the CLIs (predict, evaluate), training and exploration share:
+
+    >>> from jaxdepth import inference
+    >>> predict = inference.make_predictor(model, variables, flip=True, input_size=(240, 320))
+    >>> depth = predict(images_uint8)                       # (N, h, w) metres at the model's output size
+    >>> full = inference.upsample_depth(depth, images_uint8.shape[1:3])
+
+Flip averaging is DenseDepth's: the mean of the prediction and the flipped prediction of the flipped input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def upsample_depth(depth: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Model-resolution depth (N, h, w) -> (N, H, W), bilinear with half-pixel centres."""
+    from .data.transforms import resize_depth
+    return resize_depth(depth, tuple(size))
+
+
+def resize_batch(images: np.ndarray, size: Optional[Sequence[int]]) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> uint8 (N, h, w, 3) (PIL bilinear); unchanged when ``size`` is None or equal."""
+    from .data.transforms import resize_image
+    if size is None or tuple(images.shape[1:3]) == tuple(size):
+        return images
+    return np.stack([resize_image(im, tuple(size)) for im in images])
+
+
+def model_input_size(model: Any, info: Optional[dict] = None) -> Optional[tuple[int, int]]:
+    """The native (H, W) a model was trained at (preset ``input_size``, else checkpoint ``extra.input_size``)."""
+    size = getattr(getattr(model, "preset", None), "input_size", None) or ((info or {}).get("extra") or {}).get(
+        "input_size")
+    return tuple(int(v) for v in size) if size else None
+
+
+def run_size(native: Optional[Sequence[int]], image_hw: Sequence[int]) -> tuple[int, int]:
+    """The size an image of ``image_hw`` runs at: the model's native size, else the image's own size
+    rounded down to a multiple of 32 (at least 32), as DenseNet / MobileNet encoders need."""
+    if native:
+        return int(native[0]), int(native[1])
+    return max(32, image_hw[0] // 32 * 32), max(32, image_hw[1] // 32 * 32)
+
+
+def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: Optional[list] = None,
+                   input_size: Optional[Sequence[int]] = None) -> Predictor:
+    """``predict(images uint8 (N, H, W, 3)) -> metres float32 (N, h, w)`` at the model's output resolution.
+
+    Inputs are resized to ``input_size`` (when given), scaled to [0, 1] and run with ``flip`` averaging.
+    The batch is sharded over ``devices`` (default: all JAX devices) with a `NamedSharding` over a 1-D
+    mesh ("batch"); variables are replicated; a batch that does not divide is padded (and the padding
+    dropped from the result). One compilation per input shape.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from .models import to_metres
+
+    devices = list(devices if devices is not None else jax.devices())
+    mesh = Mesh(np.array(devices), ("batch",))
+    data_sharding = NamedSharding(mesh, P("batch"))
+    replicated = NamedSharding(mesh, P())
+    variables = jax.device_put(variables, replicated)
+
+    def run(v, x):
+        x = x.astype(jnp.float32) / 255.0
+        if flip:
+            both = jnp.concatenate([x, x[:, :, ::-1]], axis=0)
+            m = to_metres(model.apply(v, both))[..., 0]
+            n = x.shape[0]
+            return 0.5 * (m[:n] + m[n:, :, ::-1])
+        return to_metres(model.apply(v, x))[..., 0]
+
+    fn = jax.jit(run, in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
+    n_dev = len(devices)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        images = resize_batch(np.asarray(images, np.uint8), input_size)
+        n = len(images)
+        pad = (-n) % n_dev
+        if pad:
+            images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
+        x = jax.device_put(images, data_sharding)
+        return np.asarray(fn(variables, x))[:n]
+
+    predict.n_devices = n_dev  # type: ignore[attr-defined]
+    return predict
+
+
+def quantized(model: Any, variables: dict, plan: Any, calib_images: np.ndarray) -> tuple[Any, dict]:
+    """The model with ``plan`` and variables carrying input quantization for it.
+
+    The checkpoint's stored ``quant`` collection is reused when it covers every planned layer and all planned
+    multipliers are signed (it was calibrated for signed int8); otherwise the model is calibrated on
+    ``calib_images`` (N, H, W, 3) in [0, 1].
+    """
+    from .models import Plan, calibrate
+    p = Plan.make(plan)
+    qmodel = model.clone(plan=p)
+    signed = all(a.multiplier is None or a.multiplier.signed for _, a in p.rules)
+    if "quant" in variables and signed:
+        try:
+            import jax
+            x = np.zeros((1, *calib_images.shape[1:]), np.float32)
+            jax.eval_shape(lambda v, xx: qmodel.apply(v, xx), variables, x)
+            return qmodel, variables
+        except Exception:  # noqa: BLE001 - the stored calibration does not cover this plan: calibrate anew
+            pass
+    base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    return qmodel, calibrate(qmodel, base, np.asarray(calib_images, np.float32))
+
+
+def exact_and_plan(model: Any, plan: Any) -> tuple[Any, Any]:
+    """(the float model, the plan to compare against it): ``plan`` when given, else the model's own plan when
+    it is not all-float (a checkpoint converted with ``--plan``), else None."""
+    stored = getattr(model, "plan", None)
+    if stored is None:
+        return model, plan
+    from .models import FLOAT_PLAN
+    if plan is None and not stored.is_float:
+        plan = stored
+    return (model if stored.is_float else model.clone(plan=FLOAT_PLAN)), plan
+
+
+# ---------------------------------------------------------------------------------------- degenerate output
+
+#: DenseDepth's output range in metres (``models.to_metres`` clips to it).
+DEPTH_MIN, DEPTH_MAX = 0.1, 10.0
+
+
+@dataclass(frozen=True)
+class DepthCheck:
+    """Counts that tell whether a depth output is degenerate (NaN / collapsed / clipped everywhere).
+
+    ``problems`` lists short codes: ``"nan"`` (some non-finite pixels), ``"all_nan"``, ``"constant"`` (every
+    finite pixel within ``tolerance`` m of one value), ``"clipped_min"`` / ``"clipped_max"`` (at least
+    ``clip_fraction`` of the finite pixels at the 0.1 m / 10 m bound). Empty tuple: looks like a depth map.
+    Checks of several batches combine with ``a + b``.
+    """
+    pixels: int
+    non_finite: int
+    at_min: int
+    at_max: int
+    lo: float            # min / max of the finite pixels (nan when none)
+    hi: float
+    clip_fraction: float = 0.95
+    tolerance: float = 1e-3
+
+    @property
+    def finite(self) -> int:
+        return self.pixels - self.non_finite
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        out = []
+        if self.pixels and self.non_finite == self.pixels:
+            return ("all_nan",)
+        if self.non_finite:
+            out.append("nan")
+        if self.finite:
+            if self.hi - self.lo <= self.tolerance:
+                out.append("constant")
+            if self.at_min >= self.clip_fraction * self.finite:
+                out.append("clipped_min")
+            if self.at_max >= self.clip_fraction * self.finite:
+                out.append("clipped_max")
+        return tuple(out)
+
+    def __add__(self, other: "DepthCheck") -> "DepthCheck":
+        lo = np.nanmin([self.lo, other.lo]) if self.finite or other.finite else float("nan")
+        hi = np.nanmax([self.hi, other.hi]) if self.finite or other.finite else float("nan")
+        return DepthCheck(self.pixels + other.pixels, self.non_finite + other.non_finite,
+                          self.at_min + other.at_min, self.at_max + other.at_max, float(lo), float(hi),
+                          self.clip_fraction, self.tolerance)
+
+    def describe(self) -> str:
+        """The problems as a short phrase (for warnings), '' when there are none."""
+        texts = {"all_nan": f"every pixel is NaN/inf ({self.pixels})",
+                 "nan": f"{self.non_finite} of {self.pixels} pixels are NaN/inf",
+                 "constant": f"constant {self.lo:.2f} m",
+                 "clipped_min": f"{self.at_min} of {self.finite} pixels clipped to {DEPTH_MIN} m",
+                 "clipped_max": f"{self.at_max} of {self.finite} pixels clipped to {DEPTH_MAX} m"}
+        return "; ".join(texts[p] for p in self.problems)
+
+
+def check_depth(depth: np.ndarray, *, clip_fraction: float = 0.95, tolerance: float = 1e-3) -> DepthCheck:
+    """A `DepthCheck` of a depth output in metres (any shape)."""
+    d = np.asarray(depth, np.float32)
+    ok = np.isfinite(d)
+    f = d[ok]
+    eps = 1e-4
+    return DepthCheck(int(d.size), int(d.size - f.size), int((f <= DEPTH_MIN + eps).sum()),
+                      int((f >= DEPTH_MAX - eps).sum()), float(f.min()) if f.size else float("nan"),
+                      float(f.max()) if f.size else float("nan"), clip_fraction, tolerance)

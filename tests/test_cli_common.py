@@ -1,0 +1,153 @@
+"""The shared CLI layer: the one runner's error mapping, the parent parser, table loading, atomic writes."""
+import argparse
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from jaxdepth import multipliers
+from jaxdepth.cli import common
+from jaxdepth.io import atomic
+
+
+def _parser(*options):
+    return argparse.ArgumentParser(prog="t", parents=[common.parent_parser(*options)])
+
+
+@pytest.mark.parametrize("exc, text", [
+    (common.CliError("bad thing"), "error: bad thing"),
+    (ValueError("line one\nline two"), "error: line one line two"),
+    (KeyError("unknown multiplier 'x'"), "error: unknown multiplier 'x'"),
+    (FileNotFoundError(2, "No such file or directory", "/no/such"), "error: /no/such: No such file or directory"),
+])
+def test_user_errors_are_one_line_exit_2(exc, text, capsys):
+    def body(args):
+        raise exc
+    assert common.run(_parser("out"), body, []) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == text and "Traceback" not in err
+
+
+def test_ctrl_c_is_a_summary_exit_130(capsys, tmp_path):
+    def body(args, done):
+        done.what, done.total, done.where = "images", 3, tmp_path
+        done.add("a.png")
+        raise KeyboardInterrupt
+    assert common.run(_parser(), body, ["--no-compile-cache"]) == common.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "interrupted: 1 of 3 images finished" in err and str(tmp_path) in err and "Traceback" not in err
+
+
+def test_bugs_keep_their_traceback():
+    def body(args):
+        raise ZeroDivisionError("a bug")
+    with pytest.raises(ZeroDivisionError):
+        common.run(_parser(), body, ["--no-compile-cache"])
+
+
+def test_parent_parser_options_and_usage_errors(capsys):
+    args = _parser().parse_args(["--model", "m", "--multiplier", "t.npy", "--unsigned", "--layers", "a.*", "b",
+                                 "--out", "o", "--no-progress", "--no-compile-cache"])
+    assert (args.model, args.multiplier, args.signed, args.layers, args.out) == ("m", "t.npy", False, ["a.*", "b"], "o")
+    assert args.no_progress and args.no_compile_cache
+    assert _parser("out").parse_args([]).out is None and not hasattr(_parser("out").parse_args([]), "model")
+    with pytest.raises(SystemExit) as e:
+        _parser().parse_args(["--signed", "--unsigned"])
+    assert e.value.code == 2
+    with pytest.raises(ValueError, match="unknown common options"):
+        common.parent_parser("modle")
+
+
+def test_compile_cache_setting(monkeypatch, tmp_path):
+    monkeypatch.setenv(common.COMPILE_CACHE_ENV, "0")
+    assert common.compile_cache_dir() is None and common.enable_compile_cache() is None
+    monkeypatch.setenv(common.COMPILE_CACHE_ENV, str(tmp_path / "xla"))
+    assert common.compile_cache_dir() == tmp_path / "xla"
+    monkeypatch.delenv(common.COMPILE_CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert common.compile_cache_dir() == tmp_path / "jaxdepth" / "xla"
+
+
+def test_table_files_need_explicit_signedness(tmp_path):
+    """An exact UNSIGNED table named like a signed one stays unsigned: signedness is never guessed."""
+    table = multipliers.exact_table(False)
+    np.save(tmp_path / "myexact.npy", table)
+    with pytest.raises(common.CliError, match="--signed or --unsigned"):
+        common.make_plan(str(tmp_path / "myexact.npy"))
+    m = common.make_plan(str(tmp_path / "myexact.npy"), signed=False)["*"]
+    assert not m.signed and np.array_equal(m.table, table)
+    # the library's formats: .npz:key, .csv, .txt; and signedness stored with the table (multipliers.save)
+    np.savez(tmp_path / "two.npz", a=table, b=table)
+    np.savetxt(tmp_path / "t.csv", table, fmt="%d", delimiter=",")
+    np.savetxt(tmp_path / "t.txt", table, fmt="%d")
+    for spec in ("two.npz:b", "t.csv", "t.txt"):
+        assert np.array_equal(common.resolve_multiplier(str(tmp_path / spec), False).table, table)
+    multipliers.save(multipliers.get("mul8s_1L2J"), tmp_path / "s.npz")
+    stored = common.resolve_multiplier(str(tmp_path / "s.npz"))
+    assert stored.signed and np.array_equal(stored.table, multipliers.get("mul8s_1L2J").table)
+    # non-integer / too-wide / corrupt tables: clear errors naming the file
+    np.save(tmp_path / "frac.npy", table + 0.5)
+    np.save(tmp_path / "wide.npy", table.astype(np.int64) << 33)
+    (tmp_path / "junk.npy").write_bytes(b"\x93NUMPY garbage")
+    for bad in ("frac.npy", "wide.npy", "junk.npy"):
+        with pytest.raises(common.CliError, match=bad):
+            common.make_plan(str(tmp_path / bad), signed=False)
+
+
+def test_plan_argument_errors():
+    with pytest.raises(common.CliError, match="--layers needs --multiplier"):
+        common.make_plan(None, ["decoder.*"])
+    with pytest.raises(common.CliError, match="unknown multiplier"):
+        common.make_plan("mul8s_NOPE")
+    with pytest.raises(common.CliError, match="apply to table files"):
+        common.make_plan("mul8s_1L2J", signed=True)
+    assert common.make_plan("mul8s_1L2J", ["decoder.*"]) == {"decoder.*": "mul8s_1L2J"}
+
+
+def test_out_checks(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(common.CliError, match="is a file"):
+        common.check_out_dir(f / "sub")
+    assert common.check_out_dir(tmp_path / "new" / "dir").is_dir()
+    if os.geteuid() != 0:                       # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(common.CliError, match="not writable"):
+            common.check_out_dir(ro)
+
+
+def test_atomic_writes_leave_old_file_on_interrupt(tmp_path):
+    p = tmp_path / "a.npy"
+    atomic.save_npy(p, np.arange(3))
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.replacing(p) as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert np.array_equal(np.load(p), np.arange(3)) and sorted(os.listdir(tmp_path)) == ["a.npy"]
+    atomic.write_json(tmp_path / "m.json", {"x": np.float32(1.5)})
+    assert (tmp_path / "m.json").read_text() == '{\n "x": "1.5"\n}\n'
+    # a set of files: all replaced together, or none
+    a, b = tmp_path / "s1.txt", tmp_path / "s2.txt"
+    a.write_text("old")
+    b.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.replacing_all([a, b]) as (ta, tb):
+            ta.write_text("new")
+            raise KeyboardInterrupt
+    assert a.read_text() == b.read_text() == "old"
+    with atomic.replacing_all([a, b]) as (ta, tb):
+        ta.write_text("new")
+        tb.write_text("new")
+    assert a.read_text() == b.read_text() == "new" and len(os.listdir(tmp_path)) == 4
+
+
+def test_entry_points_declared():
+    import tomllib
+    from pathlib import Path
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        __import__(module)
+        assert callable(getattr(sys.modules[module], func)), name
