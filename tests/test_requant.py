@@ -206,6 +206,7 @@ def test_integer_mode_needs_output_calibration():
         Plan.make({"*": {"multiplier": "int8", "requant": "fixed"}})
 
 
+@pytest.mark.slow
 def test_bundled_model_runs_in_integer_mode():
     from jaxdepth.io import checkpoint
     from jaxdepth.cli.common import DEFAULT_MODEL

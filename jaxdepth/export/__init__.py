@@ -52,20 +52,19 @@ class ExportResult:
 
 
 def check_output_dir(out_dir: Any, overwrite: bool = False) -> Path:
-    """The resolved folder, after checking it can be written (raises `ExportError` otherwise)."""
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"output {out} exists and is not a folder")
+    """The resolved folder, after checking it can be written: its parent is created and a temporary folder
+    made and removed there (the export's own write path). Raises `ExportError` otherwise."""
+    out = Path(out_dir).expanduser().absolute()
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise ExportError(f"cannot write the output folder {out}: {p} is a file")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"output folder {out} is not empty (choose another or allow overwriting)")
-    parent = out.parent
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write the output folder {out}: {probe} is not writable")
-    if out.exists() and not os.access(out, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write the output folder {out}: permission denied")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe.", dir=out.parent))
+    except OSError as e:
+        raise ExportError(f"cannot write the output folder {out}: {e.strerror or e}") from None
     return out
 
 
@@ -114,9 +113,10 @@ def write_folder(folder: Path, codes: dict[str, LayerCodes], manifest: dict[str,
 
 
 def export_layers(model: Any, variables: dict, image: np.ndarray, out_dir: Any, *,
-                  layers: Sequence[str] = ("*",), calib_images: Any = None, overwrite: bool = False,
+                  layers: Optional[Sequence[str]] = None, calib_images: Any = None, overwrite: bool = False,
                   fast_compile: bool = True, source: Optional[dict] = None) -> ExportResult:
-    """Export the layers matching ``layers`` for ``image`` (H, W, 3) in [0, 1] into ``out_dir``.
+    """Export the layers matching the globs ``layers`` (default: every layer the plan quantizes) for
+    ``image`` (H, W, 3) in [0, 1] into ``out_dir``.
 
     Checks first (globs match, no float layer selected, folder writable), then calibrates (on
     ``calib_images`` if given, else the image), captures the integer data and writes the folder atomically

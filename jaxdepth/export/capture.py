@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -54,9 +54,14 @@ def integer_plan(plan: Plan) -> Plan:
     return Plan(tuple((p, _integer(a)) for p, a in plan.rules), _integer(plan.default), plan.source)
 
 
-def select_layers(infos: Sequence[LayerInfo], patterns: Sequence[str]) -> list[LayerInfo]:
-    """The layers matching any glob, in model order; every glob must match and no match may be float."""
-    patterns = list(patterns) or ["*"]
+def select_layers(infos: Sequence[LayerInfo], patterns: Optional[Sequence[str]] = None) -> list[LayerInfo]:
+    """The layers matching any glob, in model order; every glob must match and no match may be float.
+    ``patterns=None``: every layer the plan quantizes."""
+    if not patterns:
+        chosen = [i for i in infos if not i.arith.is_float and i.kind != "dense"]
+        if not chosen:
+            raise ExportError("nothing to export: the plan runs every layer in float")
+        return chosen
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(i.name, p) for i in infos)]
     if unmatched:
         names = ", ".join(i.name for i in infos[:6])
