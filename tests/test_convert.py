@@ -62,7 +62,7 @@ def test_float_model_matches_pytorch(preset, how, tmp_path):
     else:
         torch.save(sd, src)
     if preset in ("densenet161", "mobilenetv2"):   # the file -> orbax checkpoint -> model path
-        report = convert_file(src, tmp_path / "ck")
+        report = convert_file(src, tmp_path / "ck", trust_pickle=(how == "pickled_model"))  # a whole model
         model, variables, info = checkpoint.load(tmp_path / "ck")
         assert info["extra"]["layout"] == "full"
     else:                                          # (orbax writes ~1000 leaves slowly: in memory here)
@@ -133,7 +133,9 @@ def test_pickled_model_with_unimportable_class(tmp_path, lite_state_dict):
     m.inner.load_state_dict(lite_state_dict)
     torch.save(m, tmp_path / "whole.pth")
     del sys.modules["gone_module"]
-    sd = load_state_dict(tmp_path / "whole.pth")
+    with pytest.raises(ConversionError, match="--trust-pickle"):     # unpickling runs code: never silently
+        load_state_dict(tmp_path / "whole.pth")
+    sd = load_state_dict(tmp_path / "whole.pth", trust_pickle=True)
     assert set(sd) == {f"inner.{k}" for k in lite_state_dict}
     np.testing.assert_array_equal(sd["inner.decoder.conv3.weight"], lite_state_dict["decoder.conv3.weight"].numpy())
 
@@ -159,3 +161,26 @@ def test_cli_preset_override(tmp_path, capsys):
     assert float(np.abs(out - ref).max()) <= 1e-4 * float(np.abs(ref).max())
     assert main([str(tmp_path / "m.pth"), str(tmp_path / "c2"), "--preset", "mobilenetv2"]) == 2
     assert "mis-shaped keys" in capsys.readouterr().err
+
+
+def test_cli_bad_inputs_are_one_line_errors_before_any_work(tmp_path, capsys, lite_state_dict):
+    """Junk bytes, a whole pickled model without --trust-pickle, a bad --plan, an existing output folder:
+    each one line on stderr, exit 2, nothing written."""
+    from jaxdepth.cli.convert import main
+
+    (tmp_path / "junk.pth").write_bytes(b"hello, not a checkpoint" * 10)
+    torch.save(lite_state_dict, tmp_path / "sd.pth")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pth")
+    (tmp_path / "exists").mkdir()
+    cases = [(["junk.pth", "o1"], "not a PyTorch checkpoint"),
+             (["whole.pth", "o2"], "--trust-pickle"),
+             (["sd.pth", "o3", "--plan", "{bad"], "--plan is not valid JSON"),
+             (["sd.pth", "o4", "--plan", '{"decoder.*": "mul8s_NOPE"}'], "unknown multiplier"),
+             (["sd.pth", "exists"], "pass --overwrite"),
+             (["missing.pth", "o5"], "no such file")]
+    for argv, message in cases:
+        assert main([str(tmp_path / argv[0]), str(tmp_path / argv[1]), *argv[2:]]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "junk.pth", "sd.pth", "whole.pth"]
+    assert not any((tmp_path / "exists").iterdir())

@@ -317,7 +317,11 @@ def test_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "published" in text and "2872" in text and (tmp_path / "h.png").exists()
     np.save(tmp_path / "mine.npy", M.get("roba_s8").table)
-    assert cli_main(["--show", str(tmp_path / "mine.npy")]) == 0
+    assert cli_main(["--show", str(tmp_path / "mine.npy")]) == 2          # signedness is never guessed
+    assert "--signed or --unsigned" in capsys.readouterr().err
+    assert cli_main(["--show", str(tmp_path / "mine.npy"), "--signed"]) == 0
     assert "mine" in capsys.readouterr().out
+    assert cli_main(["--plot", str(tmp_path / "p.png" / "x.png")]) == 2    # --out under a file: checked first
+    assert "is a file" in capsys.readouterr().err
     assert cli_main(["--show", "mul8s_1L2K"]) == 2
     assert "Did you mean" in capsys.readouterr().err

@@ -31,7 +31,7 @@ DEFAULT_MODEL = DEFAULT_MODEL_DIR / "checkpoint"
 #: ``JAXDEPTH_COMPILE_CACHE``: unset -> the default folder below; ``0``/``off``/``no``/empty -> off; else a folder.
 COMPILE_CACHE_ENV = "JAXDEPTH_COMPILE_CACHE"
 TRACEBACK_ENV = "JAXDEPTH_TRACEBACK"
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
 
 
 class CliError(Exception):
@@ -51,6 +51,7 @@ class Done:
     total: Optional[int] = None
     where: Optional[Path] = None
     items: list[str] = field(default_factory=list)
+    note: str = ""          # what an interrupt leaves behind, when the counts do not say it
 
     def add(self, item: str) -> None:
         self.items.append(item)
@@ -60,7 +61,7 @@ class Done:
         text = f"{len(self.items)}{of} {self.what} finished"
         if self.items and self.where is not None:
             text += f" (complete outputs in {self.where})"
-        return text
+        return f"{text}; {self.note}" if self.note else text
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -132,6 +133,10 @@ def run(parser: argparse.ArgumentParser, body: Callable[..., Optional[int]],
     try:
         code = body(args, done) if takes_done else body(args)
         return 0 if code is None else int(code)
+    except BrokenPipeError:             # the reader went away (``... | head``): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         _flush()
         print(f"\ninterrupted: {done.summary()}", file=sys.stderr)
@@ -199,18 +204,18 @@ def enable_compile_cache() -> Optional[Path]:
 # ------------------------------------------------------------------------------------------ checks
 
 
-def check_out_dir(path: str | os.PathLike) -> Path:
+def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     """The output folder ``path``, created now and checked writable BEFORE any long work (CliError if not)."""
     out = Path(path)
     for parent in (out, *out.parents):
         if parent.exists() and not parent.is_dir():
-            raise CliError(f"--out {out}: {parent} is a file, not a folder")
+            raise CliError(f"{option} {out}: {parent} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CliError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+        raise CliError(f"{option} {out}: cannot create the folder ({e.strerror or e})") from None
     if not os.access(out, os.W_OK | os.X_OK):
-        raise CliError(f"--out {out}: the folder is not writable")
+        raise CliError(f"{option} {out}: the folder is not writable")
     return out
 
 
@@ -219,7 +224,10 @@ def check_out_file(path: str | os.PathLike, option: str = "--out") -> Path:
     p = Path(path)
     if p.is_dir():
         raise CliError(f"{option} {p}: is a folder, expected a file name")
-    check_out_dir(p.parent if str(p.parent) else ".")
+    blocking = next((q for q in p.parents if q.is_file()), None)
+    if blocking is not None:
+        raise CliError(f"{option} {p}: {blocking} is a file, not a folder")
+    check_out_dir(p.parent, option)
     return p
 
 
@@ -246,6 +254,26 @@ def load_model(spec: Optional[str]) -> tuple[Any, dict, dict]:
         raise CliError(f"the bundled default model is missing ({DEFAULT_MODEL})")
     raise CliError(f"--model {spec!r} is neither a checkpoint folder nor a preset "
                    f"({', '.join(models.list_presets())}); convert PyTorch weights with python -m jaxdepth.convert")
+
+
+def parse_plan(text: Optional[str], option: str = "--plan") -> Optional[dict]:
+    """A JSON plan from the command line (None when empty), checked now (JSON, multiplier names) so a typo
+    fails before any work."""
+    import json
+    if not text:
+        return None
+    try:
+        plan = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CliError(f"{option} is not valid JSON ({e.msg} at character {e.pos}): {text!r}") from None
+    if not isinstance(plan, dict):
+        raise CliError(f"{option} must be a JSON object {{\"layer glob\": \"multiplier\"}}, got {text!r}")
+    from ..models import Plan
+    try:
+        Plan.make(plan)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CliError(f"{option}: {error_line(e)}") from None
+    return plan
 
 
 def make_plan(multiplier: Optional[str], layers: Optional[Sequence[str]] = None,

@@ -80,8 +80,31 @@ def _unwrap(obj: Any) -> dict:
                           f"dict of tensors")
 
 
-def load_state_dict(path: Union[str, Path]) -> dict[str, np.ndarray]:
-    """The tensors of a PyTorch checkpoint file as float32 NumPy arrays (keys as stored)."""
+def _is_pickle(path: Path) -> bool:
+    """True when ``path`` holds a pickle (PyTorch's zip format with a ``data.pkl``, or a legacy pickle stream),
+    checked by parsing the opcodes only: nothing in the file is executed."""
+    import pickletools
+    import zipfile
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("data.pkl") for n in z.namelist())
+    try:
+        with open(path, "rb") as f:
+            for _ in pickletools.genops(f):
+                pass
+        return True
+    except Exception:  # noqa: BLE001 - any parse failure means: not a pickle
+        return False
+
+
+def load_state_dict(path: Union[str, Path], *, trust_pickle: bool = False) -> dict[str, np.ndarray]:
+    """The tensors of a PyTorch checkpoint file as float32 NumPy arrays (keys as stored).
+
+    Files are read with ``torch.load(weights_only=True)``, which runs no code from the file. A file that needs
+    full unpickling (a whole pickled model) is read only with ``trust_pickle=True``: unpickling executes code
+    the file names, so only do it for files from a source you trust. A file that is no PyTorch checkpoint
+    at all raises `ConversionError`.
+    """
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the installation
@@ -89,13 +112,27 @@ def load_state_dict(path: Union[str, Path]) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such checkpoint: {path}")
+    if path.is_dir():
+        raise ConversionError(f"{path} is a folder, not a PyTorch checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a pickled model: full unpickling (only load checkpoints you trust)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for unreadable files
+        if not _is_pickle(path):
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConversionError(f"{path}: not a PyTorch checkpoint (torch.load: {first[:200]})") from None
+        if not trust_pickle:
+            raise ConversionError(
+                f"{path}: holds pickled Python objects (e.g. a whole nn.Module), not just tensors; reading it "
+                "means unpickling, which can run code from the file. If you trust its source, pass "
+                "--trust-pickle (trust_pickle=True); or save model.state_dict() instead") from None
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except (ImportError, AttributeError):
-            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle_module())
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=False)
+            except (ImportError, AttributeError):
+                obj = torch.load(path, map_location="cpu", weights_only=False,
+                                 pickle_module=_stub_pickle_module())
+        except Exception as e2:  # noqa: BLE001
+            raise ConversionError(f"{path}: cannot unpickle the checkpoint ({type(e2).__name__}: {e2})") from None
     sd = _unwrap(obj)
     out = {}
     for k, v in sd.items():
@@ -312,12 +349,15 @@ def _torch_shape(flax_shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
 
 
 def convert_file(src: Union[str, Path], dst: Union[str, Path], preset: Union[None, str, Preset] = None, *,
-                 plan: Any = None, seed: int = 0, **overrides: Any) -> ConversionReport:
-    """Convert a PyTorch checkpoint file to a jaxdepth (orbax) checkpoint directory."""
+                 plan: Any = None, seed: int = 0, trust_pickle: bool = False, overwrite: bool = False,
+                 **overrides: Any) -> ConversionReport:
+    """Convert a PyTorch checkpoint file to a jaxdepth (orbax) checkpoint directory (see `load_state_dict`
+    for ``trust_pickle``; an existing ``dst`` is replaced only with ``overwrite=True``)."""
     from ..io import checkpoint
 
-    chosen, variables, report = convert_state_dict(load_state_dict(src), preset, seed=seed, **overrides)
-    checkpoint.save(dst, chosen, variables, plan=plan,
+    chosen, variables, report = convert_state_dict(load_state_dict(src, trust_pickle=trust_pickle), preset,
+                                                   seed=seed, **overrides)
+    checkpoint.save(dst, chosen, variables, plan=plan, overwrite=overwrite,
                     extra={"converted_from": str(Path(src).absolute()), "layout": report.layout,
                            "decoder_initialised": report.decoder_initialised, "seed": seed})
     return report

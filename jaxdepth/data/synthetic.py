@@ -34,7 +34,6 @@ folder.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -675,6 +674,7 @@ def write_dataset(path: str | Path, n: int, seed: int = 0, height: int = 240, wi
     """Render ``n`` frames into folder ``path`` (``images.npy``, ``depths.npy``, ``meta.json``; see module doc)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    (path / "meta.json").unlink(missing_ok=True)     # written last: a half-written folder never looks complete
     images = np.lib.format.open_memmap(path / "images.npy", "w+", np.uint8, (n, height, width, 3))
     depths = np.lib.format.open_memmap(path / "depths.npy", "w+", np.float32, (n, height, width))
     bar = None
@@ -694,25 +694,11 @@ def write_dataset(path: str | Path, n: int, seed: int = 0, height: int = 240, wi
     meta = {"format": "jaxdepth-synthetic", "version": 1, "n": n, "height": height, "width": width, "seed": seed,
             "intrinsics": intrinsics(height, width), "depth_range": [MIN_DEPTH, MAX_DEPTH],
             "generator_version": GENERATOR_VERSION, "shadows": shadows}
-    (path / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    from ..io.atomic import write_json
+    write_json(path / "meta.json", meta)
     return path
 
 
-def main(argv=None) -> int:
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m jaxdepth.data.synthetic",
-                                 description="Write a synthetic indoor RGB-D dataset (images.npy, depths.npy, meta.json).")
-    ap.add_argument("out", help="output folder")
-    ap.add_argument("-n", type=int, default=1000, help="number of frames (default 1000)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--height", type=int, default=240)
-    ap.add_argument("--width", type=int, default=320)
-    ap.add_argument("--no-shadows", action="store_true", help="skip shadow rays (about 2x faster)")
-    a = ap.parse_args(argv)
-    out = write_dataset(a.out, a.n, a.seed, a.height, a.width, shadows=not a.no_shadows, progress=True)
-    print(f"wrote {a.n} frames to {out}")
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":   # python -m jaxdepth.data.synthetic: the command line lives in jaxdepth.cli
+    from jaxdepth.cli.synthetic import main
     raise SystemExit(main())

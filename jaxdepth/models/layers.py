@@ -113,15 +113,16 @@ def _exact_conv(x, w, b, cfg):
     return y + b
 
 
-def ste_lut_conv(x, w, b, x_scale, x_zero, cfg):
+def ste_lut_conv(x, w, b, x_scale, x_zero, cfg, table=None):
     """LUT convolution forward (bit-exact), exact-convolution gradient (straight-through estimator).
 
     ``cfg = (multiplier, impl, stride, padding, groups)``; the semantics live in `jaxdepth.quant`.
+    ``table``: a runtime table replacing the multiplier's (plans with ``runtime_table``).
     """
     multiplier, impl, stride, padding, groups = cfg
     qp = quant.QParams(x_scale, x_zero, multiplier.signed)
     return quant.lut_conv2d(x, w, b, multiplier, qp, stride=stride, padding=padding, groups=groups, impl=impl,
-                            straight_through=True)
+                            straight_through=True, table=table)
 
 
 def layer_name(module: nn.Module) -> str:
@@ -167,6 +168,15 @@ class _Quantized:
                 f"it: run jaxdepth.models.calibrate(model, variables, images) first (or load a calibrated "
                 f"checkpoint)")
         return (self.get_variable("quant", "x_scale"), self.get_variable("quant", "x_zero_point"))
+
+    def _runtime_table(self, arith):
+        """The layer's table from ``variables["lut"]`` when the plan makes it a runtime operand, else None."""
+        if not arith.runtime_table:
+            return None
+        if not self.has_variable("lut", "table"):
+            raise ValueError(f"layer {layer_name(self)} reads its table at run time (plan runtime_table) but the "
+                             f"variables have no 'lut' entry for it (variables['lut'][<layer path>]['table'])")
+        return self.get_variable("lut", "table")
 
 
 class QConv(_Quantized, nn.Module):
@@ -217,20 +227,21 @@ class QConv(_Quantized, nn.Module):
             kernel = kernel * mul
             bias = bias * mul + add
         x_scale, x_zero = self._input_qparams()
+        table = self._runtime_table(arith)
         if arith.requant == "integer":
-            y = self._integer_requant(x, kernel, bias, x_scale, x_zero, cfg)
+            y = self._integer_requant(x, kernel, bias, x_scale, x_zero, cfg, table)
         else:
-            y = requant.apply_activation(ste_lut_conv(x, kernel, bias, x_scale, x_zero, cfg),
-                                               self.activation)
+            y = requant.apply_activation(ste_lut_conv(x, kernel, bias, x_scale, x_zero, cfg, table),
+                                         self.activation)
         return (y, None) if return_pre_norm else y
 
-    def _integer_requant(self, x, kernel, bias, x_scale, x_zero, cfg) -> jax.Array:
+    def _integer_requant(self, x, kernel, bias, x_scale, x_zero, cfg, table) -> jax.Array:
         """The layer with integer requantization; with the ``"export"`` collection mutable, also sows the
         integer tensors and parameters (`jaxdepth.export` reads them: golden codes and C headers)."""
         multiplier, impl, stride, padding, groups = cfg
         x_qp = quant.QParams(x_scale, x_zero, multiplier.signed)
         y_qp = self._output_qparams(multiplier.signed)
-        kw = dict(activation=self.activation, stride=stride, padding=padding, groups=groups, impl=impl)
+        kw = dict(activation=self.activation, stride=stride, padding=padding, groups=groups, impl=impl, table=table)
         if self.is_mutable_collection("export"):
             y, details = quant.lut_conv2d_requant(x, kernel, bias, multiplier, x_qp, y_qp, return_details=True,
                                                   **kw)
@@ -267,9 +278,10 @@ class QDense(_Quantized, nn.Module):
             self._observe_output(y)
             return y
         x_scale, x_zero = self._input_qparams()
+        table = self._runtime_table(arith)
         if arith.requant == "integer":
             x_qp = quant.QParams(x_scale, x_zero, arith.multiplier.signed)
             y_qp = self._output_qparams(arith.multiplier.signed)
             return quant.lut_conv2d_requant(x4, w4, bias, arith.multiplier, x_qp, y_qp, impl=arith.impl,
-                                            straight_through=True)[:, 0, 0, :]
-        return ste_lut_conv(x4, w4, bias, x_scale, x_zero, cfg)[:, 0, 0, :]
+                                            straight_through=True, table=table)[:, 0, 0, :]
+        return ste_lut_conv(x4, w4, bias, x_scale, x_zero, cfg, table)[:, 0, 0, :]

@@ -7,9 +7,12 @@
 Rules are tried in order and the first match wins; unmatched layers use ``default`` ("float").
 A rule's value is ``"float"``, ``"int8"`` (the exact signed table, which the fast kernels run natively),
 any name `jaxdepth.multipliers.get` accepts, a `Multiplier`, or ``{"multiplier": name, "impl": kernel}``
-to force a `jaxdepth.lutconv` kernel (``impl="auto"`` otherwise; a list of kernels: auto among those);
+to force a `jaxdepth.lutconv` kernel (``impl="auto"`` otherwise; a list of kernels: auto among those).
 ``"requant": "integer"`` in that dict rescales the accumulators with integer arithmetic
 (`jaxdepth.quant.requant`) instead of the default float ``s_x * s_w * acc + bias``.
+``{"multiplier": name, "runtime_table": true}`` makes the layer read its table from the ``"lut"`` variable
+collection (``variables["lut"][<layer path>]["table"]``) at run time, so one compiled model serves any table of
+that signedness (the named multiplier only fixes the signedness; `jaxdepth.explore` uses this).
 Layer names are the Flax module paths joined by dots, e.g. ``encoder.denseblock3.denselayer7.conv2``,
 ``encoder.block4.depthwise``, ``decoder.up1.convA``; `describe` lists them.
 """
@@ -40,6 +43,7 @@ class Arithmetic:
     multiplier: Optional[Multiplier] = None     # None = float
     impl: Union[str, tuple[str, ...]] = "auto"  # "auto", a kernel, or the kernels auto chooses among
     label: str = FLOAT                          # what the plan said ("float", "int8", a circuit name)
+    runtime_table: bool = False                 # the table is read from variables["lut"] at run time
     requant: str = "float"                      # "float": s_x s_w acc + bias; "integer": jaxdepth.quant.requant
 
     @property
@@ -47,7 +51,7 @@ class Arithmetic:
         return self.multiplier is None
 
     def __hash__(self) -> int:
-        return hash((self.label, self.impl, self.requant, id(self.multiplier)))
+        return hash((self.label, self.impl, id(self.multiplier), self.runtime_table, self.requant))
 
 
 FLOAT_ARITH = Arithmetic()
@@ -62,10 +66,10 @@ def _arith(value: RuleValue) -> Arithmetic:
     if isinstance(value, Multiplier):
         return Arithmetic(value, "auto", value.name)
     if isinstance(value, Mapping):
-        unknown = set(value) - {"multiplier", "impl", "requant"}
+        unknown = set(value) - {"multiplier", "impl", "runtime_table", "requant"}
         if unknown or "multiplier" not in value:
-            raise ValueError(f"a plan rule dict needs 'multiplier' (and optional 'impl', 'requant'), got "
-                             f"{dict(value)}")
+            raise ValueError(f"a plan rule dict needs 'multiplier' (and optional 'impl', 'runtime_table', "
+                             f"'requant'), got {dict(value)}")
         requant = value.get("requant", "float")
         if requant not in REQUANT_MODES:
             raise ValueError(f"plan rule 'requant' must be one of {', '.join(REQUANT_MODES)}, got {requant!r}")
@@ -74,7 +78,9 @@ def _arith(value: RuleValue) -> Arithmetic:
             return inner
         impl = value.get("impl", "auto")
         impl = str(impl) if isinstance(impl, str) else tuple(str(name) for name in impl)
-        return dataclasses.replace(inner, impl=impl, requant=requant)
+        runtime = bool(value.get("runtime_table", False))
+        label = f"runtime ({'signed' if inner.multiplier.signed else 'unsigned'})" if runtime else inner.label
+        return dataclasses.replace(inner, impl=impl, runtime_table=runtime, label=label, requant=requant)
     if not isinstance(value, str):
         raise TypeError(f"plan value must be 'float', a multiplier name, a Multiplier or a dict, got {value!r}")
     key = value.strip()

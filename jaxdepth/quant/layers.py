@@ -38,15 +38,18 @@ def _exact_conv(x, w, bias, cfg) -> jax.Array:
     return y + bias
 
 
-def _table_acc(x, w, x_qp: QParams, w_qp: Optional[QParams], cfg):
-    """Integer codes and the int32 accumulators through the table (the reference semantics above)."""
+def _table_acc(x, w, x_qp: QParams, w_qp: Optional[QParams], table, cfg):
+    """Integer codes and the int32 accumulators through the table (the reference semantics above); ``table``
+    (None: the multiplier's own) is a runtime (256, 256) table, possibly traced, used with the multiplier's
+    signedness. Returns (acc, x_codes, w_codes, w_qp)."""
     multiplier, stride, pads, dilation, groups, per_channel, impl = cfg
     if w_qp is None:
         w_qp = weight_qparams(w, multiplier.signed, per_channel)
     x_codes, w_codes = quantize(x, x_qp), quantize(w, w_qp)
     kernel_hw = tuple(w.shape[:2])
     z_x = jnp.asarray(x_qp.zero_point, jnp.int32)
-    acc = lutconv.conv2d(x_codes, w_codes, multiplier, stride=stride, padding=pads, dilation=dilation,
+    lut = multiplier if table is None else table
+    acc = lutconv.conv2d(x_codes, w_codes, lut, signed=multiplier.signed, stride=stride, padding=pads, dilation=dilation,
                          groups=groups, pad_code=z_x, impl=impl)
     if not multiplier.signed:
         n_out = w.shape[-1]
@@ -59,18 +62,18 @@ def _table_acc(x, w, x_qp: QParams, w_qp: Optional[QParams], cfg):
     return acc, x_codes, w_codes, w_qp
 
 
-def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], cfg) -> jax.Array:
+def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], table, cfg) -> jax.Array:
     """The table forward pass with the float rescale ``s_x * s_w[o] * acc + bias``."""
-    acc, _, _, w_qp = _table_acc(x, w, x_qp, w_qp, cfg)
+    acc, _, _, w_qp = _table_acc(x, w, x_qp, w_qp, table, cfg)
     scale = jnp.asarray(x_qp.scale, jnp.float32) * jnp.asarray(w_qp.scale, jnp.float32)
     return acc.astype(jnp.float32) * scale + bias
 
 
-def _int_table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], y_qp: QParams, activation: str,
+def _int_table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], y_qp: QParams, table, activation: str,
                     cfg) -> tuple[jax.Array, dict]:
     """The table forward pass with integer requantization (`jaxdepth.quant.requant`): (dequantised output
     codes, details = the integer tensors and parameters an accelerator would hold)."""
-    acc, x_codes, w_codes, w_qp = _table_acc(x, w, x_qp, w_qp, cfg)
+    acc, x_codes, w_codes, w_qp = _table_acc(x, w, x_qp, w_qp, table, cfg)
     rp = requant_params(x_qp.scale, w_qp.scale, bias, y_qp.scale, y_qp.zero_point,
                         signed=cfg[0].signed, activation=activation)
     codes = requantize(acc, rp)
@@ -79,14 +82,14 @@ def _int_table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], y_qp: QP
     return dequantize_output(codes, rp), details
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _straight_through_conv(x, w, bias, x_qp, w_qp, cfg):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _straight_through_conv(x, w, bias, x_qp, w_qp, table, cfg):
     """Forward: the table result, bit for bit. Backward: the exact float layer's gradient."""
-    return _table_conv(x, w, bias, x_qp, w_qp, cfg)
+    return _table_conv(x, w, bias, x_qp, w_qp, table, cfg)
 
 
-def _ste_forward(x, w, bias, x_qp, w_qp, cfg):
-    return _table_conv(x, w, bias, x_qp, w_qp, cfg), (x, w, bias, x_qp, w_qp)
+def _ste_forward(x, w, bias, x_qp, w_qp, table, cfg):
+    return _table_conv(x, w, bias, x_qp, w_qp, table, cfg), (x, w, bias, x_qp, w_qp, table)
 
 
 def _zero_cotangent(leaf: Any) -> Any:
@@ -97,11 +100,10 @@ def _zero_cotangent(leaf: Any) -> Any:
 
 
 def _ste_backward(cfg, residuals, g):
-    x, w, bias, x_qp, w_qp = residuals
+    x, w, bias, x_qp, w_qp, table = residuals
     _, vjp = jax.vjp(lambda x, w, b: _exact_conv(x, w, b, cfg), x, w, bias)
     dx, dw, db = vjp(g)
-    return (dx, dw, db, jax.tree_util.tree_map(_zero_cotangent, x_qp),
-            jax.tree_util.tree_map(_zero_cotangent, w_qp))
+    return (dx, dw, db, *(jax.tree_util.tree_map(_zero_cotangent, t) for t in (x_qp, w_qp, table)))
 
 
 _straight_through_conv.defvjp(_ste_forward, _ste_backward)
@@ -110,11 +112,14 @@ _straight_through_conv.defvjp(_ste_forward, _ste_backward)
 def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
                stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
                w_qp: Optional[QParams] = None, per_channel: bool = True, impl: ImplArg = "auto",
-               straight_through: bool = False) -> jax.Array:
+               straight_through: bool = False, table: Optional[Any] = None) -> jax.Array:
     """A float NHWC convolution (HWIO weights) computed in integer codes through ``multiplier``.
 
     Weights are quantised per output channel (``per_channel=False``: per tensor) unless ``w_qp`` is given.
     ``straight_through=True`` keeps the forward value bit-identical and gives the exact layer's gradient.
+    ``table``: a (256, 256) int32 product table (may be traced: a runtime operand of a jitted function, so one
+    compilation serves many tables) used instead of ``multiplier.table``; ``multiplier`` then only gives
+    the signedness.
     """
     if x_qp.signed != multiplier.signed:
         raise ValueError(f"activation qparams are {'signed' if x_qp.signed else 'unsigned'} but multiplier "
@@ -125,9 +130,11 @@ def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp
     stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     pads = normalize_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), stride_p, dilation_p)
     cfg = (multiplier, stride_p, tuple(pads), dilation_p, int(groups), bool(per_channel), impl)
+    if table is not None:
+        table = jnp.asarray(table, jnp.int32)
     if straight_through:
-        return _straight_through_conv(x, w, bias, x_qp, w_qp, cfg)
-    return _table_conv(x, w, bias, x_qp, w_qp, cfg)
+        return _straight_through_conv(x, w, bias, x_qp, w_qp, table, cfg)
+    return _table_conv(x, w, bias, x_qp, w_qp, table, cfg)
 
 
 def lut_dense(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
@@ -142,22 +149,21 @@ def lut_dense(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp:
     return y[:, 0, 0, :]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _straight_through_int_conv(x, w, bias, x_qp, w_qp, y_qp, activation, cfg):
-    return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, activation, cfg)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _straight_through_int_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg):
+    return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)[0]
 
 
-def _ste_int_forward(x, w, bias, x_qp, w_qp, y_qp, activation, cfg):
-    y = _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, activation, cfg)[0]
-    return y, (x, w, bias, x_qp, w_qp, y_qp)
+def _ste_int_forward(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg):
+    y = _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)[0]
+    return y, (x, w, bias, x_qp, w_qp, y_qp, table)
 
 
 def _ste_int_backward(activation, cfg, residuals, g):
-    x, w, bias, x_qp, w_qp, y_qp = residuals
+    x, w, bias, x_qp, w_qp, y_qp, table = residuals
     _, vjp = jax.vjp(lambda x, w, b: apply_activation(_exact_conv(x, w, b, cfg), activation), x, w, bias)
     dx, dw, db = vjp(g)
-    zero = functools.partial(jax.tree_util.tree_map, _zero_cotangent)
-    return dx, dw, db, zero(x_qp), zero(w_qp), zero(y_qp)
+    return (dx, dw, db, *(jax.tree_util.tree_map(_zero_cotangent, t) for t in (x_qp, w_qp, y_qp, table)))
 
 
 _straight_through_int_conv.defvjp(_ste_int_forward, _ste_int_backward)
@@ -167,13 +173,14 @@ def lut_conv2d_requant(x: Any, w: Any, bias: Optional[Any], multiplier: Multipli
                        y_qp: QParams, *, activation: str = "none", stride: Any = 1, padding: Any = 0,
                        dilation: Any = 1, groups: int = 1, w_qp: Optional[QParams] = None,
                        per_channel: bool = True, impl: ImplArg = "auto", straight_through: bool = False,
-                       return_details: bool = False) -> Any:
+                       table: Optional[Any] = None, return_details: bool = False) -> Any:
     """`lut_conv2d` with integer requantization: the output is ``s_y * (code - z_y)`` for the int8 / uint8
     codes that `jaxdepth.quant.requant.requantize` makes from the int32 accumulators (activation fused).
 
     ``y_qp``: the output's per-tensor parameters (same signedness as the table). ``return_details=True``
     returns ``(y, details)`` with the integer tensors (input / weight / output codes, accumulators) and the
     `RequantParams` (no gradient). ``straight_through``: gradient of the exact float layer + activation.
+    ``table``: a runtime table, as in `lut_conv2d`.
     """
     for what, qp in (("activation", x_qp), ("output", y_qp)):
         if qp.signed != multiplier.signed:
@@ -185,8 +192,10 @@ def lut_conv2d_requant(x: Any, w: Any, bias: Optional[Any], multiplier: Multipli
     stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     pads = normalize_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), stride_p, dilation_p)
     cfg = (multiplier, stride_p, tuple(pads), dilation_p, int(groups), bool(per_channel), impl)
+    if table is not None:
+        table = jnp.asarray(table, jnp.int32)
     if return_details:
-        return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, activation, cfg)
+        return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)
     if straight_through:
-        return _straight_through_int_conv(x, w, bias, x_qp, w_qp, y_qp, activation, cfg)
-    return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, activation, cfg)[0]
+        return _straight_through_int_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)
+    return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)[0]

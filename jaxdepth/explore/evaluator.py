@@ -1,0 +1,313 @@
+"""Evaluate many per-layer multiplier configurations of one model on one dataset, compiling once per structure.
+
+A `Config` assigns a multiplier (or float) to every layer through ordered glob rules. The `Evaluator`
+holds the model, the frames (decoded and resized once), the exact model's predictions (computed once:
+every configuration's fidelity reference) and a cache of compiled executables keyed by the plan's
+*structure* -- for each layer: float, or quantized with a signed / unsigned table. The tables themselves
+are a runtime operand (``variables["lut"]``, plan rule ``runtime_table``), so a sweep over N circuits of
+one signedness on the same layers compiles once, not N times. (Tables as operands rule out the ``lowrank``
+kernel, which factorises a known table at trace time; the callback / FFI kernels run them instead.)
+
+Per configuration it reports what ``python -m jaxdepth.evaluate`` reports for the same plan (accuracy vs
+ground truth through `jaxdepth.evaluate.evaluate`, fidelity vs the exact model: depth PSNR and the other
+metrics), plus the relative rms of the depth difference and of the decoder output (raw model output,
+unflipped input) at the model's resolution, the relative hardware cost (`jaxdepth.explore.cost`) and a
+warning when the depth map is degenerate (near-constant or pinned to the clip range).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ..multipliers import Multiplier
+from .cost import network_cost
+from .store import digest
+
+FLOAT = None
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "default_model" / "checkpoint"
+
+
+def table_id(m: Optional[Multiplier]) -> str:
+    """``name#hash`` of a multiplier's table (``float`` for None): what a stored plan is keyed by."""
+    if m is None:
+        return "float"
+    return f"{m.name}#{hashlib.sha1(np.ascontiguousarray(m.table).tobytes()).hexdigest()[:10]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One configuration: ordered (layer glob, multiplier or None = float) rules, first match wins."""
+
+    label: str
+    rules: tuple[tuple[str, Optional[Multiplier]], ...]
+    default: Optional[Multiplier] = None
+    kind: str = "sweep"
+    meta: tuple[tuple[str, Any], ...] = ()       # e.g. (("multiplier", name), ("layers", "decoder.*"))
+
+    def resolve(self, layer_names: Sequence[str]) -> dict[str, Optional[Multiplier]]:
+        import fnmatch
+        out = {}
+        for name in layer_names:
+            out[name] = next((m for p, m in self.rules if fnmatch.fnmatchcase(name, p)), self.default)
+        return out
+
+    @classmethod
+    def per_layer(cls, label: str, assignment: Mapping[str, Optional[Multiplier]], kind: str = "search",
+                  meta: Iterable[tuple[str, Any]] = ()) -> "Config":
+        return cls(label, tuple(assignment.items()), None, kind, tuple(meta))
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """What `jaxdepth.evaluate` would be run with (every field changes the results, so it keys the store)."""
+
+    flip: bool = True
+    mean: str = "pixels"
+    batch_size: int = 8
+    calib_frames: int = 8
+    max_depth: float = 10.0
+
+
+def _nest(entries: Mapping[tuple[str, ...], Any]) -> dict:
+    out: dict = {}
+    for path, leaf in entries.items():
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = leaf
+    return out
+
+
+def _get(tree: Mapping, path: Sequence[str]) -> Any:
+    for p in path:
+        if not isinstance(tree, Mapping) or p not in tree:
+            return None
+        tree = tree[p]
+    return tree
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:32]
+
+
+class Evaluator:
+    """Configurations of one model on one dataset under one protocol (see the module docstring).
+
+    ``model, variables, info``: as `jaxdepth.io.checkpoint.load` returns them; ``batches``: a list of
+    ``(rgb uint8 (B, H, W, 3), depth metres (B, H, W), crop)``; ``description``: what the model and the data
+    are (it keys the results store together with the protocol).
+    """
+
+    def __init__(self, model: Any, variables: dict, info: dict, batches: list, *, description: dict,
+                 protocol: Protocol = Protocol(), calib_images: Optional[np.ndarray] = None):
+        from ..inference import model_input_size, resize_batch
+        from ..models import FLOAT_PLAN, describe
+        if not batches:
+            raise ValueError("no frames to evaluate")
+        self.protocol = protocol
+        self.model = model.clone(plan=FLOAT_PLAN) if getattr(model, "plan", None) is not None else model
+        self.variables = variables
+        self.info = info
+        self.input_size = model_input_size(model, info)
+        self.batches = batches
+        self._x = {id(b[0]): resize_batch(np.asarray(b[0], np.uint8), self.input_size) for b in batches}
+        shape = next(iter(self._x.values())).shape
+        self.infos = describe(self.model, (1, *shape[1:]))
+        self.layer_names = [i.name for i in self.infos]
+        self.description = dict(description)
+        self.context = digest({"description": self.description, "protocol": dataclasses.asdict(protocol),
+                               "version": 1})
+        calib = calib_images if calib_images is not None else np.concatenate([b[0] for b in batches])[
+            :protocol.calib_frames]
+        self._calib = resize_batch(np.asarray(calib, np.uint8), self.input_size).astype(np.float32) / 255.0
+        self._base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+        self._calibrated: dict[bool, dict] = {}
+        self._compiled: dict[Any, Any] = {}
+        self.compile_seconds = 0.0
+        self.frames = sum(len(b[0]) for b in batches)
+        self._exact_cache: Optional[dict[int, tuple[np.ndarray, np.ndarray]]] = None
+
+    @property
+    def _exact(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The exact (float) model's (metres, raw) per batch, computed on first use."""
+        if self._exact_cache is None:
+            exact = self._function(tuple(("float",) for _ in self.layer_names))
+            self._exact_cache = {}
+            for b in self.batches:
+                metres, raw = exact(self._base, self._x[id(b[0])])
+                self._exact_cache[id(b[0])] = (np.asarray(metres), np.asarray(raw))
+        return self._exact_cache
+
+    # ---- keys -------------------------------------------------------------------------------------------
+    def assignment(self, config: Config) -> dict[str, Optional[Multiplier]]:
+        return config.resolve(self.layer_names)
+
+    def key(self, config: Config) -> str:
+        """The store key of ``config`` in this context (the resolved per-layer tables)."""
+        a = self.assignment(config)
+        return digest({"context": self.context, "plan": [[n, table_id(a[n])] for n in self.layer_names]})
+
+    # ---- compiled functions -------------------------------------------------------------------------------
+    def _function(self, structure: tuple):
+        """The jitted ``(variables, uint8 images) -> (metres flip-averaged, raw unflipped)`` for a structure."""
+        import jax
+        import jax.numpy as jnp
+        from ..models import Plan, to_metres
+        if structure in self._compiled:
+            return self._compiled[structure]
+        rules = {}
+        for name, s in zip(self.layer_names, structure):
+            if s[0] == "table":
+                rules[name] = {"multiplier": "exact_s8" if s[1] else "exact_u8", "runtime_table": True}
+        model = self.model.clone(plan=Plan.make(rules))
+        flip = self.protocol.flip
+
+        def run(v, x):
+            x = x.astype(jnp.float32) / 255.0
+            if flip:
+                both = jnp.concatenate([x, x[:, :, ::-1]], axis=0)
+                raw = model.apply(v, both)
+                m = to_metres(raw)[..., 0]
+                n = x.shape[0]
+                return 0.5 * (m[:n] + m[n:, :, ::-1]), raw[:n]
+            raw = model.apply(v, x)
+            return to_metres(raw)[..., 0], raw
+
+        jitted = jax.jit(run)
+        cache: dict[tuple, Any] = {}
+
+        def call(v, x):
+            sig = (x.shape, jax.tree_util.tree_structure(v))
+            if sig not in cache:
+                t0 = time.time()
+                cache[sig] = jitted.lower(v, x).compile()
+                self.compile_seconds += time.time() - t0
+            return cache[sig](v, x)
+
+        self._compiled[structure] = call
+        return call
+
+    def structure(self, assignment: Mapping[str, Optional[Multiplier]]) -> tuple:
+        return tuple(("float",) if assignment[n] is None else ("table", assignment[n].signed)
+                     for n in self.layer_names)
+
+    def _quant(self, assignment: Mapping[str, Optional[Multiplier]]) -> dict:
+        """Input quantization as `python -m jaxdepth.evaluate` chooses it: the checkpoint's stored ``quant``
+        when every table is signed and it covers every quantized layer, else calibration on the first
+        ``calib_frames`` frames (per layer, for the layer's signedness; observers see the float model, so
+        one calibration per signedness serves every configuration)."""
+        from ..models import Plan, calibrate
+        used = [n for n in self.layer_names if assignment[n] is not None]
+        stored = self.variables.get("quant")
+        path = {i.name: i.path for i in self.infos}
+        if stored is not None and all(assignment[n].signed for n in used) and all(
+                _get(stored, path[n]) is not None for n in used):
+            return stored
+        entries = {}
+        for n in used:
+            signed = assignment[n].signed
+            if signed not in self._calibrated:
+                plan = Plan.make({"*": "exact_s8" if signed else "exact_u8"})
+                self._calibrated[signed] = calibrate(self.model.clone(plan=plan), self._base, self._calib)["quant"]
+            entries[path[n]] = _get(self._calibrated[signed], path[n])
+        return _nest(entries)
+
+    def variables_for(self, assignment: Mapping[str, Optional[Multiplier]]) -> dict:
+        import jax.numpy as jnp
+        path = {i.name: i.path for i in self.infos}
+        tables = {path[n]: {"table": jnp.asarray(m.table)} for n, m in assignment.items() if m is not None}
+        v = dict(self._base)
+        if tables:
+            v["quant"] = self._quant(assignment)
+            v["lut"] = _nest(tables)
+        return v
+
+    # ---- evaluation ---------------------------------------------------------------------------------------
+    def evaluate(self, config: Config) -> dict[str, Any]:
+        """Evaluate one configuration; returns the record the store keeps (see the module docstring)."""
+        from ..evaluation import evaluate
+        t0 = time.time()
+        compile0 = self.compile_seconds
+        assignment = self.assignment(config)
+        fn = self._function(self.structure(assignment))
+        v = self.variables_for(assignment)
+        sums = {"raw_d": 0.0, "raw_e": 0.0, "dep_d": 0.0, "dep_e": 0.0}
+
+        def predict(rgb):
+            x = self._x[id(rgb)]
+            metres, raw = fn(v, x)
+            metres, raw = np.asarray(metres), np.asarray(raw, np.float64)
+            ref_m, ref_raw = self._exact[id(rgb)]
+            sums["raw_d"] += float(np.sum((raw - ref_raw) ** 2))
+            sums["raw_e"] += float(np.sum(ref_raw.astype(np.float64) ** 2))
+            sums["dep_d"] += float(np.sum((metres.astype(np.float64) - ref_m) ** 2))
+            sums["dep_e"] += float(np.sum(ref_m.astype(np.float64) ** 2))
+            return metres
+
+        def reference(rgb):
+            return self._exact[id(rgb)][0]
+
+        res = evaluate(predict, self.batches, reference=reference, mean=self.protocol.mean,
+                       max_depth=self.protocol.max_depth)
+        check = res["checks"]["prediction"]
+        cost = network_cost(self.infos, assignment)
+        return {
+            "key": self.key(config), "context": self.context, "label": config.label, "kind": config.kind,
+            "meta": dict(config.meta),
+            "plan": {n: (None if m is None else m.name) for n, m in assignment.items()},
+            "accuracy": res["accuracy"], "reference_accuracy": res["reference_accuracy"],
+            "fidelity": {**res["fidelity"],
+                         "depth_rel_rms": math.sqrt(sums["dep_d"] / max(sums["dep_e"], 1e-300)),
+                         "decoder_rel_rms": math.sqrt(sums["raw_d"] / max(sums["raw_e"], 1e-300))},
+            "cost": cost, "frames": res["frames"],
+            "warning": check.describe() if check.problems else None,
+            "seconds": time.time() - t0, "compile_seconds": self.compile_seconds - compile0,
+        }
+
+
+# ---- building an evaluator from paths (the CLI and the Ray workers use this) --------------------------------
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """Where the model and the data come from, and the protocol: enough to rebuild an `Evaluator` anywhere."""
+
+    model: Optional[str] = None                 # checkpoint folder (None: the bundled model)
+    data: str = "synthetic:32:1000"
+    format: str = "auto"
+    limit: Optional[int] = None
+    protocol: Protocol = Protocol()
+
+    def model_path(self) -> Path:
+        return Path(self.model) if self.model else DEFAULT_CHECKPOINT
+
+    def describe(self) -> dict:
+        path = self.model_path().resolve()
+        data: dict[str, Any] = {"spec": self.data, "format": self.format, "limit": self.limit}
+        p = Path(self.data)
+        if p.exists():
+            st = p.stat()
+            data.update(path=str(p.resolve()), size=st.st_size, mtime=st.st_mtime)
+        return {"model": {"path": str(path), "digest": _file_digest(path)}, "data": data}
+
+    def build(self) -> Evaluator:
+        """Load the checkpoint and the frames and build the evaluator (raises FileNotFoundError / ValueError)."""
+        from ..data import load
+        from ..io import checkpoint
+        model, variables, info = checkpoint.load(self.model_path())
+        ds = load(self.data, self.format)
+        batches = list(ds.batches(self.protocol.batch_size, self.limit))
+        calib = np.concatenate([b[0] for b in ds.batches(self.protocol.calib_frames, self.protocol.calib_frames)])
+        return Evaluator(model, variables, info, batches, description=self.describe(), protocol=self.protocol,
+                         calib_images=calib)

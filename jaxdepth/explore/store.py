@@ -1,0 +1,125 @@
+"""The results store: every evaluated configuration, written the moment it finishes (SQLite, standard library).
+
+A row is keyed by a hash of (context, plan): the context names the model (content hash of the checkpoint),
+the data (spec, size, frames) and the protocol (flip, mean, batch, calibration frames, ...); the plan is the
+resolved per-layer assignment (multiplier name + table hash per layer). A run that dies loses at most the
+configuration in flight; rerunning skips every stored key. One writer at a time (the driver); WAL journal.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS contexts (context TEXT PRIMARY KEY, description TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT PRIMARY KEY, context TEXT NOT NULL, kind TEXT NOT NULL, label TEXT NOT NULL,
+    record TEXT NOT NULL, created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS results_context ON results (context);
+CREATE TABLE IF NOT EXISTS evaluations (key TEXT NOT NULL, finished REAL NOT NULL, seconds REAL);
+"""
+
+
+def digest(obj: Any) -> str:
+    """A stable hash of a JSON-able object (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _encode(value: Any) -> Any:
+    """JSON with non-finite floats as strings ("inf", "nan"), so the stored text is standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if value in ("inf", "-inf", "nan"):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+class StoreError(OSError):
+    """The store cannot be created or written (reported before any evaluation starts)."""
+
+
+class ResultStore:
+    """SQLite file of results; ``put`` commits immediately."""
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), timeout=60)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("CREATE TABLE IF NOT EXISTS _probe (x)")   # proves the file is writable now
+            self._db.execute("DROP TABLE _probe")
+            self._db.commit()
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"cannot write the results store {self.path}: {e}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def add_context(self, context: str, description: dict) -> None:
+        self._db.execute("INSERT OR IGNORE INTO contexts VALUES (?, ?)", (context, json.dumps(description)))
+        self._db.commit()
+
+    def has(self, key: str) -> bool:
+        return self._db.execute("SELECT 1 FROM results WHERE key = ?", (key,)).fetchone() is not None
+
+    def get(self, key: str) -> Optional[dict]:
+        row = self._db.execute("SELECT record FROM results WHERE key = ?", (key,)).fetchone()
+        return _decode(json.loads(row[0])) if row else None
+
+    def put(self, key: str, context: str, record: dict) -> None:
+        """Store one finished configuration (first write wins) and log the evaluation (`evaluations`)."""
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                             (key, context, record.get("kind", ""), record.get("label", ""),
+                              json.dumps(_encode(record)), time.time()))
+            self._db.execute("INSERT INTO evaluations VALUES (?, ?, ?)", (key, time.time(), record.get("seconds")))
+
+    def evaluation_log(self) -> list[tuple[str, float]]:
+        """(key, finish time) of every evaluation ever stored, in order (a key twice = evaluated twice)."""
+        return [tuple(r) for r in self._db.execute("SELECT key, finished FROM evaluations ORDER BY rowid")]
+
+    def records(self, context: Optional[str] = None, kinds: Optional[Iterable[str]] = None) -> list[dict]:
+        """Stored records (oldest first), optionally of one context and some kinds."""
+        sql, args = "SELECT record FROM results", []
+        where = []
+        if context is not None:
+            where.append("context = ?")
+            args.append(context)
+        if kinds is not None:
+            kinds = list(kinds)
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            args += kinds
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created, rowid"
+        return [_decode(json.loads(r[0])) for r in self._db.execute(sql, args).fetchall()]
+
+    def count(self, context: Optional[str] = None) -> int:
+        if context is None:
+            return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM results WHERE context = ?", (context,)).fetchone()[0]

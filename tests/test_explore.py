@@ -1,0 +1,192 @@
+"""Design-space exploration: cost model by hand, selection, store, Pareto front; stored results equal a
+direct `jaxdepth-evaluate`; a sweep killed mid-way resumes without evaluating anything twice or losing anything."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxdepth import multipliers
+from jaxdepth.explore import (ResultStore, SelectionError, StoreError, flatten, layer_groups, pareto_front,
+                              relative_cost, select_layers, select_multipliers)
+
+DATA = "synthetic:4:7:64x64"
+
+
+def test_power_model_on_a_hand_computed_case():
+    k8, ac = multipliers.get("mul8s_1KV8"), multipliers.get("mul8u_2AC")
+    # published: mul8s_1KV8 0.422 mW / 711.0 um2 / 1.48 ns, mul8u_2AC 0.311 / 508.3 / 1.39, reference
+    # mul8s_1KV6 (exact signed) 0.425 / 729.8 / 1.48
+    c = relative_cost([(100, k8), (300, ac)])
+    assert c["power"] == pytest.approx((100 * 0.422 + 300 * 0.311) / (400 * 0.425))     # 0.797058...
+    assert c["area"] == pytest.approx((100 * 711.0 + 300 * 508.3) / (400 * 729.8))
+    assert c["delay"] == pytest.approx(1.48 / 1.48)                                       # worst multiplier
+    # float layers pay a 32-bit float multiplier: 3.7 pJ / 0.2 pJ (Horowitz 2014) of int8's power
+    c = relative_cost([(100, k8), (300, None), (600, ac)])
+    assert c["power"] == pytest.approx((100 * 0.422 + 300 * 18.5 * 0.425 + 600 * 0.311) / (1000 * 0.425))
+    assert c["delay"] is None
+    assert relative_cost([(5, multipliers.get("int8"))])["power"] == pytest.approx(1.0)
+    assert relative_cost([(5, multipliers.get("exact_u8"))])["power"] == pytest.approx(0.391 / 0.425)
+    assert relative_cost([(5, multipliers.get("trunc_u8_k4"))])["power"] is None      # no published figure
+
+
+def test_multiplier_selection_terms_and_errors(tmp_path):
+    names = [m.name for m in select_multipliers(["mul8s_1L*"])]
+    assert names == ["mul8s_1L12", "mul8s_1L2J", "mul8s_1L2L", "mul8s_1L2N"]
+    cheap = select_multipliers(["signed", "power < 0.3 mW", "MAE% < 0.5"])
+    assert cheap and all(m.signed and m.power_mw < 0.3 and multipliers.metrics(m)["MAE%"] < 0.5 for m in cheap)
+    assert {m.name for m in cheap} == {"mul8s_1KXF", "mul8s_1L2L", "mul8s_1KX5"}
+    only_filters = select_multipliers(["power<=0.0017"])
+    assert {m.name for m in only_filters} == {"mul8u_17MN", "mul8u_1SX", "mul8u_TD3"}
+    assert [m.name for m in select_multipliers(["trunc"])][:2] == ["trunc_u8_k2", "trunc_u8_k4"]
+    table = multipliers.get("mul8u_2AC").table
+    np.save(tmp_path / "mine.npy", table)
+    with pytest.raises(SelectionError, match="--signed"):
+        select_multipliers([str(tmp_path / "mine.npy")])
+    mine = select_multipliers([str(tmp_path / "mine.npy")], signed=False)[0]
+    assert not mine.signed and np.array_equal(mine.table, table)
+    for bad, match in (("mul8u_NOPE", "unknown multiplier"), ("mul9*", "matches no circuit"),
+                       ("power ~ 3", "cannot read filter"), ("speed < 3", "cannot read filter"),
+                       ("power < 0", "selects no circuit")):
+        with pytest.raises(SelectionError, match=match):
+            select_multipliers([bad])
+    layers = ["encoder.conv0", "encoder.block1.conv", "decoder.up1.convA", "decoder.conv3"]
+    assert select_layers(["decoder.*"], layers) == ["decoder.up1.convA", "decoder.conv3"]
+    with pytest.raises(SelectionError, match="matches no layer"):
+        select_layers(["decoder.up9*"], layers)
+    assert layer_groups(layers, "blocks") == {"encoder.conv0": ["encoder.conv0"],
+                                              "encoder.block1": ["encoder.block1.conv"],
+                                              "decoder.up1": ["decoder.up1.convA"], "decoder.conv3": ["decoder.conv3"]}
+    assert list(layer_groups(layers, "parts")) == ["encoder", "decoder"]
+
+
+def test_store_keeps_records_and_refuses_an_unwritable_path(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as st:
+        st.put("k1", "ctx", {"label": "a", "kind": "sweep", "fidelity": {"psnr": float("inf")}})
+        st.put("k1", "ctx", {"label": "again", "kind": "sweep"})     # first write wins
+        assert st.get("k1")["label"] == "a" and st.get("k1")["fidelity"]["psnr"] == float("inf")
+        assert st.count("ctx") == 1 and [k for k, _ in st.evaluation_log()] == ["k1", "k1"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError):
+        ResultStore(tmp_path / "file" / "r.sqlite")
+
+
+def test_pareto_front_is_non_dominated():
+    rng = np.random.default_rng(0)
+    rows = [{"label": f"c{i}", "kind": "sweep", "power": float(p), "delta1": float(d)}
+            for i, (p, d) in enumerate(zip(rng.uniform(0, 1, 60), rng.uniform(0, 1, 60)))]
+    front = pareto_front(rows, "delta1", "power")
+    for f in front:
+        assert not any(r["power"] <= f["power"] and r["delta1"] >= f["delta1"] and
+                       (r["power"] < f["power"] or r["delta1"] > f["delta1"]) for r in rows)
+    off = [r for r in rows if r not in front]
+    assert all(any(f["power"] <= r["power"] and f["delta1"] >= r["delta1"] for f in front) for r in off)
+    assert [f["power"] for f in front] == sorted(f["power"] for f in front)
+    lower = pareto_front([dict(r, abs_rel=r["delta1"]) for r in rows], "abs_rel", "power")  # lower is better
+    assert lower[0]["power"] == min(r["power"] for r in rows)
+
+
+# ---- with a tiny DenseDepth checkpoint (22 QConv layers, 64x64) -------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from jaxdepth import models
+    from jaxdepth.io import checkpoint
+    p = models.get_preset("densenet121", growth_rate=8, block_config=(1, 1, 1, 1), num_init_features=16, bn_size=1,
+                          input_size=(64, 64), decoder_width=1.0)
+    model = models.build(p)
+    path = tmp_path_factory.mktemp("explore") / "tiny"
+    checkpoint.save(path, p, models.init_variables(model, 0))
+    return path
+
+
+@pytest.mark.slow
+def test_stored_results_equal_a_direct_evaluate(tiny_ckpt, tmp_path):
+    from jaxdepth.cli import evaluate as cli_evaluate
+    from jaxdepth.explore import EvalSpec, Protocol, run_configs, sweep_configs
+    spec = EvalSpec(model=str(tiny_ckpt), data=DATA, protocol=Protocol(batch_size=2, calib_frames=2))
+    ev = spec.build()
+    configs = sweep_configs([multipliers.get("mul8u_197B")], ["decoder.*"], references=False)
+    with ResultStore(tmp_path / "r.sqlite") as st:
+        run_configs(ev, st, configs)
+        stored = st.records()[0]
+    args = cli_evaluate.build_parser().parse_args(
+        ["--model", str(tiny_ckpt), "--data", DATA, "--multiplier", "mul8u_197B", "--layers", "decoder.*",
+         "--batch-size", "2", "--calib-frames", "2", "--no-progress"])
+    direct = cli_evaluate.run(args)
+    assert stored["frames"] == direct["frames"] == 4
+    for part in ("accuracy", "reference_accuracy", "fidelity"):
+        for k, v in direct[part].items():
+            assert stored[part][k] == pytest.approx(v, rel=1e-5, abs=1e-7), (part, k)
+    assert 0 < stored["fidelity"]["depth_rel_rms"] < 1 and 0 < stored["fidelity"]["decoder_rel_rms"] < 1
+    quantized = [n for n, m in stored["plan"].items() if m]
+    assert quantized and all(n.startswith("decoder.") for n in quantized)
+
+
+def _cli(*args, out):
+    return [sys.executable, "-m", "jaxdepth.explore", *args, "--out", str(out), "--no-progress"]
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_reevaluating_or_losing(tiny_ckpt, tmp_path):
+    circuits = ["mul8u_2AC", "mul8u_197B", "mul8u_L93", "mul8u_DM1", "mul8u_GTR", "mul8u_NLX", "mul8u_QJD",
+                "mul8u_R92", "mul8u_XFM", "mul8u_ZFB", "mul8u_C67", "mul8u_DG8"]
+    cmd = _cli("sweep", "--model", str(tiny_ckpt), "--data", "synthetic:8:7:64x64", "--batch-size", "2",
+               "--calib-frames", "2", "--multipliers", *circuits, out=tmp_path)
+    env = dict(os.environ, JAXDEPTH_COMPILE_CACHE="0")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    db = tmp_path / "results.sqlite"
+    t0 = time.time()
+    stored = 0
+    while proc.poll() is None and time.time() - t0 < 300:
+        if db.exists():
+            try:
+                stored = sqlite3.connect(db).execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            except sqlite3.Error:
+                stored = 0
+            if stored >= 4:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.wait()
+    total = len(circuits) + 2                       # + float and uint8 reference rows
+    with ResultStore(db) as st:
+        before = {k for k, _ in st.evaluation_log()}
+    assert 4 <= len(before) < total, "the sweep was not killed mid-way"
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{total - len(before)} configuration(s) evaluated, {len(before)} read" in done.stdout
+    with ResultStore(db) as st:
+        log = [k for k, _ in st.evaluation_log()]
+        labels = {r["label"] for r in st.records()}
+    assert len(log) == len(set(log)) == total        # each configuration evaluated exactly once
+    assert labels == {"float", "uint8", *circuits}
+    assert (tmp_path / "sweep.csv").read_text().count("\n") == total + 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", "--multipliers", "mul8u_NOPE"], "unknown multiplier"),
+    (["sweep", "--multipliers", "mul9*"], "matches no circuit"),
+    (["sweep", "--multipliers", "mul8u_2AC", "--layers", "decoder.up9*"], "matches no layer"),
+    (["sweep", "--multipliers", "mul8u_2AC", "--metric", "speed"], "--metric"),
+])
+def test_bad_input_is_a_clear_error_before_any_work(tiny_ckpt, tmp_path, capsys, argv, message):
+    from jaxdepth.cli.explore import main
+    t0 = time.time()
+    code = main([*argv, "--model", str(tiny_ckpt), "--data", DATA, "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o" / "results.sqlite").exists() or "layer" in message
+    assert time.time() - t0 < 30
+
+
+def test_unwritable_output_is_reported_before_the_sweep(tiny_ckpt, tmp_path, capsys):
+    from jaxdepth.cli.explore import main
+    (tmp_path / "file").write_text("x")
+    code = main(["sweep", "--multipliers", "mul8u_2AC", "--model", str(tiny_ckpt), "--data", DATA,
+                 "--out", str(tmp_path / "file" / "sub"), "--no-progress"])
+    assert code == 2 and "file" in capsys.readouterr().err
