@@ -94,18 +94,20 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
     return predict
 
 
-def quantized(model: Any, variables: dict, plan: Any, calib_images: np.ndarray) -> tuple[Any, dict]:
+def quantized(model: Any, variables: dict, plan: Any, calib_images: np.ndarray, *,
+              stored_plan: bool = False) -> tuple[Any, dict]:
     """The model with ``plan`` and variables carrying input quantization for it.
 
-    The checkpoint's stored ``quant`` collection is reused when it covers every planned layer and all planned
-    multipliers are signed (it was calibrated for signed int8); otherwise the model is calibrated on
-    ``calib_images`` (N, H, W, 3) in [0, 1].
+    The checkpoint's stored ``quant`` collection is reused when it covers every planned layer and either all
+    planned multipliers are signed (it was calibrated for signed int8) or ``stored_plan`` says ``plan`` is the
+    checkpoint's own (a checkpoint fine-tuned for its plan: its ranges, learned ones too, belong to it);
+    otherwise the model is calibrated on ``calib_images`` (N, H, W, 3) in [0, 1].
     """
     from .models import Plan, calibrate
     p = Plan.make(plan)
     qmodel = model.clone(plan=p)
     signed = all(a.multiplier is None or a.multiplier.signed for _, a in p.rules)
-    if "quant" in variables and signed:
+    if "quant" in variables and (signed or stored_plan):
         try:
             import jax
             x = np.zeros((1, *calib_images.shape[1:]), np.float32)

@@ -12,6 +12,11 @@ finite and positive, inside an optional ``mask``:
   clips predictions to [0.1, 10] m), so it compares maps across models on one fixed scale. Identical maps
   give ``inf``.
 
+With no usable pixel at all (an all-NaN or all-zero reference, an empty mask, or a prediction that is
+NaN / non-positive wherever the reference is valid) `compute` and `Accumulator.result` raise
+`NoValidPixelsError` instead of returning a table of NaN. Prediction pixels that are NaN or non-positive
+where the reference is valid are left out with a RuntimeWarning giving their count.
+
 (The DenseDepth reference code swaps prediction and ground truth in one call; here the order is always
 ``(pred, gt)``: ``abs_rel`` divides by the reference.)
 
@@ -22,6 +27,7 @@ of the DenseDepth evaluation code, which averages per image).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -30,6 +36,10 @@ METRICS = ("delta1", "delta2", "delta3", "abs_rel", "sq_rel", "rmse", "rmse_log"
 HIGHER_IS_BETTER = {"delta1", "delta2", "delta3", "psnr"}
 PSNR_PEAK = 10.0
 EIGEN_CROP = (20, 459, 24, 615)   # rows 20..458, cols 24..614 of a 480x640 map (DenseDepth's eigen_test_crop)
+
+
+class NoValidPixelsError(ValueError):
+    """No pixel is usable for the metrics (reference or prediction invalid everywhere)."""
 
 
 def valid_mask(gt: np.ndarray, min_depth: float = 1e-3, max_depth: Optional[float] = None) -> np.ndarray:
@@ -60,15 +70,18 @@ def crop_mask(shape: tuple[int, ...], crop: Optional[tuple[int, int, int, int]])
     return m
 
 
-# sums kept per batch: count, delta counts, abs_rel, sq_rel, sq_err, sq_log, log10
-_SUM_KEYS = ("n", "d1", "d2", "d3", "abs_rel", "sq_rel", "sq", "sq_log", "log10")
+# sums kept per batch: count, delta counts, abs_rel, sq_rel, sq_err, sq_log, log10; reference pixels valid
+# (in the mask) and, of those, the ones the prediction spoils (NaN / non-positive)
+_SUM_KEYS = ("n", "d1", "d2", "d3", "abs_rel", "sq_rel", "sq", "sq_log", "log10", "ref", "bad_pred")
 
 
-def _sums(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+def _sums(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, ref_mask: np.ndarray) -> dict[str, float]:
     p = np.asarray(pred, np.float64)[mask]
     g = np.asarray(gt, np.float64)[mask]
+    ref = float(np.count_nonzero(ref_mask))
+    counts = {"ref": ref, "bad_pred": ref - float(p.size)}
     if p.size == 0:
-        return {k: 0.0 for k in _SUM_KEYS}
+        return {k: 0.0 for k in _SUM_KEYS} | counts
     ratio = np.maximum(p / g, g / p)
     err = p - g
     return {"n": float(p.size),
@@ -76,7 +89,7 @@ def _sums(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[str, float
             "d3": float((ratio < 1.25 ** 3).sum()),
             "abs_rel": float((np.abs(err) / g).sum()), "sq_rel": float((err ** 2 / g).sum()),
             "sq": float((err ** 2).sum()), "sq_log": float(((np.log(p) - np.log(g)) ** 2).sum()),
-            "log10": float(np.abs(np.log10(p) - np.log10(g)).sum())}
+            "log10": float(np.abs(np.log10(p) - np.log10(g)).sum())} | counts
 
 
 def _finish(s: dict[str, float], peak: float = PSNR_PEAK) -> dict[str, float]:
@@ -94,23 +107,44 @@ def psnr_from_mse(mse: float, peak: float = PSNR_PEAK) -> float:
     return float("inf") if mse <= 0 else 10.0 * math.log10(peak * peak / mse)
 
 
-def full_mask(pred: np.ndarray, gt: np.ndarray, mask: Optional[np.ndarray] = None, min_depth: float = 1e-3,
-              max_depth: Optional[float] = None) -> np.ndarray:
-    """Valid reference, finite positive prediction, and ``mask`` (broadcast) combined."""
+def _masks(pred: np.ndarray, gt: np.ndarray, mask: Optional[np.ndarray], min_depth: float,
+           max_depth: Optional[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(usable pixels, pixels where only the reference and ``mask`` are valid)."""
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {gt.shape}")
-    m = valid_mask(gt, min_depth, max_depth) & np.isfinite(pred) & (pred > 0)
+    ref = valid_mask(gt, min_depth, max_depth)
     if mask is not None:
-        m &= np.broadcast_to(np.asarray(mask, bool), m.shape)
-    return m
+        ref &= np.broadcast_to(np.asarray(mask, bool), ref.shape)
+    return ref & np.isfinite(pred) & (pred > 0), ref
+
+
+def full_mask(pred: np.ndarray, gt: np.ndarray, mask: Optional[np.ndarray] = None, min_depth: float = 1e-3,
+              max_depth: Optional[float] = None) -> np.ndarray:
+    """Valid reference, finite positive prediction, and ``mask`` (broadcast) combined."""
+    return _masks(pred, gt, mask, min_depth, max_depth)[0]
+
+
+def _checked(s: dict[str, float], peak: float) -> dict[str, float]:
+    """`_finish` of dataset / image totals, raising when no pixel was usable, warning about spoilt ones."""
+    if s["ref"] == 0:
+        raise NoValidPixelsError("the reference depth has no valid pixel (NaN, infinite, <= min_depth or "
+                                 "beyond max_depth everywhere, or outside the mask): no metric can be computed")
+    if s["n"] == 0:
+        raise NoValidPixelsError(f"the prediction is NaN, infinite or <= 0 at all {int(s['ref'])} valid "
+                                 "reference pixels: no metric can be computed")
+    if s["bad_pred"]:
+        warnings.warn(f"the prediction is NaN, infinite or <= 0 at {int(s['bad_pred'])} of {int(s['ref'])} "
+                      "valid reference pixels; the metrics leave them out", RuntimeWarning, stacklevel=3)
+    return _finish(s, peak)
 
 
 def compute(pred: np.ndarray, gt: np.ndarray, mask: Optional[np.ndarray] = None, *, min_depth: float = 1e-3,
             max_depth: Optional[float] = None, peak: float = PSNR_PEAK) -> dict[str, float]:
-    """All metrics (`METRICS` + ``psnr`` + ``pixels``) of ``pred`` against ``gt`` over the valid pixels."""
-    m = full_mask(pred, gt, mask, min_depth, max_depth)
-    return _finish(_sums(pred, gt, m), peak)
+    """All metrics (`METRICS` + ``psnr`` + ``pixels``) of ``pred`` against ``gt`` over the valid pixels;
+    `NoValidPixelsError` when there is none."""
+    m, ref = _masks(pred, gt, mask, min_depth, max_depth)
+    return _checked(_sums(pred, gt, m, ref), peak)
 
 
 def psnr(pred: np.ndarray, ref: np.ndarray, mask: Optional[np.ndarray] = None, peak: float = PSNR_PEAK) -> float:
@@ -141,15 +175,19 @@ class Accumulator:
             mask = None if mask is None else np.asarray(mask)[None] if np.ndim(mask) == 2 else mask
         for i in range(len(pred)):
             mi = None if mask is None else (mask if np.ndim(mask) == 2 else mask[i])
-            m = full_mask(pred[i], gt[i], mi, self.min_depth, self.max_depth)
-            s = _sums(pred[i], gt[i], m)
+            m, ref = _masks(pred[i], gt[i], mi, self.min_depth, self.max_depth)
+            s = _sums(pred[i], gt[i], m, ref)
             for k in _SUM_KEYS:
                 self.totals[k] += s[k]
             self.per_image.append(_finish(s, self.peak))
 
     def result(self) -> dict[str, float]:
-        if self.mean == "pixels" or not self.per_image:
-            return _finish(self.totals, self.peak)
+        """The metrics over everything added; `NoValidPixelsError` when no pixel of any image was usable."""
+        if not self.per_image:
+            raise NoValidPixelsError("no image was added: no metric can be computed")
+        pooled = _checked(self.totals, self.peak)
+        if self.mean == "pixels":
+            return pooled
         keys = (*METRICS, "psnr")
         out = {k: float(np.mean([r[k] for r in self.per_image if r["pixels"] > 0])) for k in keys}
         out["pixels"] = int(self.totals["n"])

@@ -95,6 +95,7 @@ def _run(devices):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_two_devices_equal_one_device():
     one, two = _run(1), _run(2)
     assert one["devices"] == 1 and two["devices"] == 2
@@ -122,7 +123,7 @@ def test_cli_with_multiplier_writes_json_and_plot(tmp_path, monkeypatch, capsys)
     approx, avars = tiny(1)
     monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
     from jaxdepth import inference
-    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib: (approx, avars))
+    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib, **kw: (approx, avars))
     rgb, gt = _data(3, 16, 24)
     for i in range(3):
         Image.fromarray(rgb[i]).save(tmp_path / f"f{i}.png")

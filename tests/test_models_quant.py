@@ -157,6 +157,7 @@ def _decode(preset, plan, variables, feats):
     return np.asarray(jax.jit(lambda v, f: m.apply(v, f, method=lambda mod, f: mod.decoder(f)))(variables, feats))
 
 
+@pytest.mark.slow
 def test_int8_model_close_to_float_and_evoapprox_ordering(lite):
     preset, variables, x, float_out, feats, calibrated = lite
     int8, _, _ = _run(preset, {"*": "int8"}, variables, x, calibrated)
@@ -189,6 +190,7 @@ def test_uncalibrated_model_raises_and_plan_table(lite):
     assert "patterns matching no layer: nowhere.*" in table
 
 
+@pytest.mark.slow
 def test_calibration_methods_and_quantized_checkpoint(lite, tmp_path):
     preset, variables, x = lite[:3]
     plan = {"decoder.*": "mul8s_1KV8"}
@@ -208,6 +210,7 @@ def test_calibration_methods_and_quantized_checkpoint(lite, tmp_path):
     np.testing.assert_array_equal(np.asarray(fn(v2, x)), out)
 
 
+@pytest.mark.slow
 def test_straight_through_finetuning_step_lowers_the_loss(lite):
     """Approximation-aware fine-tuning: the decoder runs through mul8s_1L2J, gradients are straight-through."""
     preset, _, x, float_out, feats, v = lite
@@ -228,6 +231,7 @@ def test_straight_through_finetuning_step_lowers_the_loss(lite):
     assert float(after) < float(before)
 
 
+@pytest.mark.slow
 def test_densenet161_decoder_conv2_exact_table_and_evoapprox():
     """The DenseNet-161 decoder's conv2 (2208 -> 1104, padding 1): exact table == int8 bit for bit; an
     EvoApprox circuit shifts every accumulator by exactly the sum of its table errors."""
@@ -274,6 +278,7 @@ def test_densenet161_decoder_conv2_exact_table_and_evoapprox():
     assert np.abs(expected).max() <= 2208 * wce and np.abs(expected).max() > 0
 
 
+@pytest.mark.slow
 def test_plan_impl_list_restricts_auto_and_keeps_the_output(lite):
     """``{"impl": [kernels]}``: auto chooses among those kernels only (here the callback kernels, which
     compile fastest); every kernel is bit-exact, so the model output is the same as with plain auto."""

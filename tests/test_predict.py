@@ -23,7 +23,7 @@ def tiny(monkeypatch):
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
     monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
     approx = TinyDepth(scale=3.0)
-    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib: (approx, variables))
+    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib, **kw: (approx, variables))
     return model
 
 
@@ -93,6 +93,7 @@ def test_help_runs():
     assert e.value.code == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (common.DEFAULT_MODEL / "jaxdepth.json").exists(), reason="bundled model absent")
 def test_no_arguments_runs_bundled_model_on_samples(tmp_path, monkeypatch, capsys):
     """The real default model on the bundled synthetic samples: depth files at input size, sensible accuracy."""

@@ -5,26 +5,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdepth import train
+from jaxdepth import training
 
 
 def test_loss_zero_for_perfect_prediction_and_terms():
     rng = np.random.default_rng(0)
     y = jnp.asarray(rng.uniform(1, 20, (2, 24, 32, 1)).astype(np.float32))
-    total, parts = train.depth_loss(y, y)
+    total, parts = training.depth_loss(y, y)
     assert float(total) == pytest.approx(0.0, abs=1e-5)
-    assert float(train.ssim(y, y)) == pytest.approx(1.0, abs=1e-5)
+    assert float(training.ssim(y, y)) == pytest.approx(1.0, abs=1e-5)
     shifted = y + 1.0
-    _, parts = train.depth_loss(shifted, y)
+    _, parts = training.depth_loss(shifted, y)
     assert float(parts["l1"]) == pytest.approx(1.0, rel=1e-5)
     assert float(parts["grad"]) == pytest.approx(0.0, abs=1e-5)       # a constant offset has no gradient error
-    total, parts = train.depth_loss(shifted, y)
+    total, parts = training.depth_loss(shifted, y)
     assert float(total) == pytest.approx(0.1 * 1.0 + float(parts["ssim"]), rel=1e-5)
 
 
 def test_image_gradients_match_numpy():
     x = np.random.default_rng(1).normal(size=(1, 5, 6, 1)).astype(np.float32)
-    dy, dx = train.image_gradients(jnp.asarray(x))
+    dy, dx = training.image_gradients(jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(dy)[0, :-1], np.diff(x, axis=1)[0], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(dx)[0, :, :-1], np.diff(x, axis=2)[0], rtol=1e-6)
     assert np.all(np.asarray(dy)[0, -1] == 0) and np.all(np.asarray(dx)[0, :, -1] == 0)
@@ -33,28 +33,37 @@ def test_image_gradients_match_numpy():
 def test_targets_and_augmentation():
     d = np.full((1, 4, 6), 2.0, np.float32)
     d[0, :2, :2] = 4.0
-    t = train.depth_to_target(d, (2, 3))
+    t = training.depth_to_target(d, (2, 3))
     assert t.shape == (1, 2, 3, 1)
     assert t[0, 0, 0, 0] == pytest.approx(10 / 4) and t[0, 1, 2, 0] == pytest.approx(5.0)
     rng = np.random.default_rng(0)
     imgs = np.zeros((64, 2, 3, 3), np.uint8)
     imgs[..., 0, 0] = 255                                  # left column red
     deps = np.tile(np.arange(3, dtype=np.float32), (64, 2, 1))
-    x, y = train.augment(imgs, deps, rng)
+    x, y = training.augment(imgs, deps, rng)
     flipped = y[:, 0, 0] == 2
     assert 10 < flipped.sum() < 54                       # about half flipped
     assert np.all((x[flipped, :, -1].max(axis=-1) > 0.5)) # image flipped together with depth
     assert x.dtype == np.float32 and x.max() <= 1.0
+    x2, none = training.augment(imgs, None, np.random.default_rng(0))   # images only (distillation)
+    assert none is None and x2.shape == x.shape
 
 
+@pytest.mark.slow
 def test_short_training_lowers_loss(tmp_path, tiny_model):
     from jaxdepth.data import synthetic
     images, depths = synthetic.generate(8, seed=3, height=32, width=48)
     model, variables = tiny_model(0, (1, 32, 48, 3), scale=19.0, features=8, head=(3, 3), batchnorm=True)
-    data = train.ArrayData(images, depths)
-    _, log = train.train(model, variables, data, steps=60, batch_size=4, lr=3e-3, log_every=10, progress=False)
+    data = training.ArrayData(images, depths)
+    _, log = training.train(model, variables, data, steps=60, batch_size=4, lr=3e-3, log_every=10, progress=False)
     assert log["loss"][-1] < 0.8 * log["loss"][0]
     assert log["config"]["steps_done"] == 60 and len(log["steps"]) == 6
     from jaxdepth import viz
     assert viz.loss_curve(log, tmp_path / "loss.png").exists()
     json.dumps(log)
+
+
+def test_train_module_is_a_shim_over_the_library_and_cli():
+    from jaxdepth import train
+    from jaxdepth.cli import train as cli_train
+    assert train.main is cli_train.main and train.depth_loss is training.depth_loss

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if plan is not None:
         calib = np.concatenate([b[0] for b in ds.batches(args.calib_frames, args.calib_frames)])
         calib = inference.resize_batch(calib, size).astype(np.float32) / 255.0
-        qmodel, qvars = inference.quantized(model, variables, plan, calib)
+        qmodel, qvars = inference.quantized(model, variables, plan, calib, stored_plan=not args.multiplier)
         predict = inference.make_predictor(qmodel, qvars, flip=not args.no_flip, input_size=size)
         reference = exact
     res = evaluate(predict, ds, reference=reference, batch_size=args.batch_size, limit=args.limit,

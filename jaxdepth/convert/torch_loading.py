@@ -326,6 +326,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], preset: Union[None, str, P
             parts.append(_listing("mis-shaped keys", wrong))
         parts.append("  (choose another preset with --preset, or override settings with --set key=value)")
         raise ConversionError("\n".join(parts))
+    nonfinite = sorted(k for k in kmap if np.asarray(sd[k]).dtype.kind == "f" and not np.isfinite(sd[k]).all())
+    if nonfinite:  # a broken or diverged checkpoint: the converted model could only output NaN
+        raise ConversionError("checkpoint holds NaN or infinite weights:\n" + _listing("tensors", nonfinite))
     if layout == "full":
         variables: dict = {"params": {}, "batch_stats": {}}
     else:

@@ -3,17 +3,26 @@
 Layout of a checkpoint directory::
 
     <path>/jaxdepth.json     {"format": "jaxdepth-checkpoint", "version": 1, "preset": {...}, "plan": {...},
-                              "collections": [...], "extra": {...}}
+                              "collections": [...], "extra": {...}, "digests": {array name: sha256}}
     <path>/variables/        orbax StandardCheckpointer: {"params", "batch_stats"[, "quant"]}
 
     >>> from jaxdepth.io import checkpoint
     >>> checkpoint.save("ckpt/lite", "mobilenetv2_lite", variables, extra={"epochs": 3})
     >>> model, variables, info = checkpoint.load("ckpt/lite")
+
+Saving is all or nothing: the new checkpoint is written to a temporary folder beside ``path`` and swapped
+in only when complete, so an interrupted or failed save leaves the old checkpoint intact. ``jaxdepth.json``
+records a SHA-256 digest of every array; `load` checks them (checkpoints saved before digests existed are
+checked for non-finite values only) and raises `CheckpointError` naming the file for a truncated or
+corrupted checkpoint instead of returning NaN weights.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -24,6 +33,38 @@ FORMAT = "jaxdepth-checkpoint"
 VERSION = 1
 META_FILE = "jaxdepth.json"
 VARIABLES_DIR = "variables"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, truncated or corrupted (the message names the file)."""
+
+
+def _leaves(tree: Any) -> list[tuple[str, Any]]:
+    """(``"params/encoder/conv0/kernel"``-style name, leaf) pairs; dict keys and dataclass fields alike, so
+    a tree and its orbax restoration (plain dicts) give the same names."""
+    def name(entry: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+    return [("/".join(name(e) for e in path), leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _nonfinite(tree: Any) -> list[str]:
+    """Names of the float arrays of ``tree`` holding NaN or infinity."""
+    return [k for k, leaf in _leaves(tree) if np.asarray(leaf).dtype.kind in "fc" and not np.isfinite(leaf).all()]
+
+
+def _digests(state: dict) -> dict[str, str]:
+    """SHA-256 of every array (dtype, shape and bytes), keyed by its path in the tree."""
+    out = {}
+    for key, leaf in _leaves(state):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+        out[key] = h.hexdigest()
+    return out
 
 
 def _jsonable(obj: Any) -> Any:
@@ -41,7 +82,10 @@ def _jsonable(obj: Any) -> Any:
 def save(path: Union[str, Path], preset: Any, variables: dict, plan: Any = None,
          extra: Optional[dict] = None, *, overwrite: bool = True) -> Path:
     """Write ``variables`` (``params``, ``batch_stats`` and, when calibrated, ``quant``) plus the preset
-    (name and full config), the plan and ``extra`` (JSON-serialisable metadata) to directory ``path``."""
+    (name and full config), the plan and ``extra`` (JSON-serialisable metadata) to directory ``path``.
+
+    Written to a temporary folder beside ``path`` and swapped in when complete: an existing checkpoint is
+    replaced (``overwrite=True``) only by a complete new one. A folder that is not a checkpoint is refused."""
     import orbax.checkpoint as ocp
 
     from ..models.plan import Plan
@@ -50,24 +94,52 @@ def save(path: Union[str, Path], preset: Any, variables: dict, plan: Any = None,
     preset = get_preset(preset)
     plan = Plan.make(plan)
     path = Path(path).absolute()
-    if path.exists():
+    unknown = set(variables) - {"params", "batch_stats", "quant"}
+    if unknown:
+        raise ValueError(f"unexpected variable collections {sorted(unknown)}: expected params, batch_stats, quant")
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise FileExistsError(f"{path} exists and is not a folder; refusing to overwrite it")
         if not overwrite:
             raise FileExistsError(f"checkpoint {path} exists (pass overwrite=True to replace it)")
         if not (path / META_FILE).exists() and any(path.iterdir()):
             raise FileExistsError(f"{path} exists and is not a jaxdepth checkpoint; refusing to overwrite it")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    unknown = set(variables) - {"params", "batch_stats", "quant"}
-    if unknown:
-        raise ValueError(f"unexpected variable collections {sorted(unknown)}: expected params, batch_stats, quant")
     state = {k: jax.tree_util.tree_map(np.asarray, v) for k, v in variables.items() if v}
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(path / VARIABLES_DIR, state)
-    ckptr.wait_until_finished()
+    nonfinite = _nonfinite(state)
+    if nonfinite:
+        raise ValueError(f"refusing to save {len(nonfinite)} array(s) holding NaN or infinite values "
+                         f"(diverged training?), e.g. {', '.join(nonfinite[:3])}")
     meta = {"format": FORMAT, "version": VERSION, "preset_name": preset.name, "preset": preset.to_dict(),
-            "plan": plan.to_json(), "collections": sorted(state), "extra": _jsonable(extra or {})}
-    (path / META_FILE).write_text(json.dumps(meta, indent=2))
+            "plan": plan.to_json(), "collections": sorted(state), "extra": _jsonable(extra or {}),
+            "digests": _digests(state)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(tmp / VARIABLES_DIR, state)
+        ckptr.wait_until_finished()
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        _swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return path
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Move the complete folder ``new`` to ``path``; an old ``path`` is moved aside first and removed only
+    after the new one is in place (if the process dies in between, it survives as ``.<name>.old-*``)."""
+    if not path.exists():
+        os.rename(new, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    os.rename(path, old / "checkpoint")
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(old / "checkpoint", path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_info(path: Union[str, Path]) -> dict:
@@ -75,12 +147,35 @@ def read_info(path: Union[str, Path]) -> dict:
     meta_path = Path(path).absolute() / META_FILE
     if not meta_path.exists():
         raise FileNotFoundError(f"{path} is not a jaxdepth checkpoint (no {META_FILE})")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{meta_path}: not valid JSON, the file is truncated or corrupted ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path}: unknown format "
+                              f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}")
     if int(meta.get("version", 0)) > VERSION:
         raise ValueError(f"{meta_path}: checkpoint version {meta['version']} is newer than this jaxdepth ({VERSION})")
+    missing = [k for k in ("preset", "collections") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{meta_path}: incomplete metadata, missing {missing}")
     return meta
+
+
+def _check_arrays(variables: dict, info: dict, path: Path) -> None:
+    """Raise `CheckpointError` when arrays differ from the digests recorded at save or are not finite."""
+    where = path / VARIABLES_DIR
+    recorded = info.get("digests")
+    if recorded is not None:
+        found = _digests(variables)
+        bad = sorted(k for k in set(recorded) | set(found) if recorded.get(k) != found.get(k))
+        if bad:
+            raise CheckpointError(f"{where}: {len(bad)} array(s) differ from the digests recorded in {META_FILE} "
+                                  f"(corrupted or replaced files), e.g. {', '.join(bad[:3])}")
+    bad = _nonfinite(variables)
+    if bad:
+        raise CheckpointError(f"{where}: {len(bad)} array(s) hold NaN or infinite values (corrupted "
+                              f"checkpoint?), e.g. {', '.join(bad[:3])}")
 
 
 def load(path: Union[str, Path], plan: Any = None) -> tuple[Any, dict, dict]:
@@ -103,6 +198,13 @@ def load(path: Union[str, Path], plan: Any = None) -> tuple[Any, dict, dict]:
         except KeyError as e:  # e.g. a table loaded from a file, saved by name only
             raise ValueError(f"{path}: the stored plan {info.get('plan')} names a multiplier this installation "
                              f"does not know ({e}); pass load(path, plan=...) to choose one") from None
-    restored = ocp.StandardCheckpointer().restore(path / VARIABLES_DIR)
-    variables = {k: jax.device_put(dict(v)) for k, v in restored.items()}
+    try:
+        restored = ocp.StandardCheckpointer().restore(path / VARIABLES_DIR)
+    except Exception as e:  # orbax / tensorstore errors on missing, truncated or corrupted array files
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path / VARIABLES_DIR}: cannot read the arrays (missing, truncated or "
+                              f"corrupted checkpoint): {detail[:300]}") from None
+    restored = {k: dict(v) for k, v in restored.items()}
+    _check_arrays(restored, info, path)
+    variables = {k: jax.device_put(v) for k, v in restored.items()}
     return DenseDepth(preset, model_plan), variables, info

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..multipliers import Multiplier, validate_table
 from .registry import Kernel, Problem, choose, get_kernel
-from .spec import (ConvSpec, PaddingArg, as_pair, check_code_range, check_integer_codes, is_traced,
+from .spec import (ConvSpec, Pair, PaddingArg, as_pair, check_code_range, check_integer_codes, is_traced,
                    normalize_padding)
 
 TableLike = Union[Multiplier, np.ndarray, jax.Array]
@@ -54,48 +54,83 @@ def _allowed(impl: ImplArg) -> Optional[frozenset[str]]:
     return names
 
 
-def _prepare(x: Any, w: Any, lut: TableLike, stride: Any, padding: PaddingArg, dilation: Any,
-             groups: int, pad_code: int, signed: Optional[bool], impl: ImplArg):
-    check_integer_codes(x, "x")
-    check_integer_codes(w, "w")
-    if len(np.shape(x)) != 4:
-        raise ValueError(f"x must be NHWC (rank 4), got shape {tuple(np.shape(x))}")
-    if len(np.shape(w)) != 4:
-        raise ValueError(f"w must be HWIO (rank 4), got shape {tuple(np.shape(w))}")
-    n, h, wd, c = np.shape(x)
-    kh, kw, cg, o = np.shape(w)
-    if not isinstance(groups, (int, np.integer)) or groups < 1:
+def _problem(x_shape: Any, w_shape: Any, table: Optional[np.ndarray], stride: Any, padding: PaddingArg,
+             dilation: Any, groups: Any, traced: bool) -> tuple[Problem, tuple[Pair, Pair]]:
+    """The normalised problem (padded input shape, spec) and the pads; raises on inconsistent shapes."""
+    shapes = []
+    for shape, what, layout in ((x_shape, "x", "NHWC"), (w_shape, "w", "HWIO")):
+        try:
+            shape = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} shape must be a sequence of ints, got {shape!r}") from None
+        if len(shape) != 4:
+            raise ValueError(f"{what} must be {layout} (rank 4), got shape {shape}")
+        if min(shape) < 0:
+            raise ValueError(f"{what} shape {shape} has a negative dimension")
+        shapes.append(shape)
+    (n, h, wd, c), (kh, kw, cg, o) = shapes
+    if kh < 1 or kw < 1:
+        raise ValueError(f"w (HWIO) {shapes[1]} has an empty kernel window {kh}x{kw}")
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     if c % groups or o % groups:
         raise ValueError(f"in_channels {c} and out_channels {o} must both be divisible by groups {groups}")
     if cg * groups != c:
         raise ValueError(f"w has {cg} input channels per group but x has {c} channels and groups={groups} "
                          f"(expected w.shape[2] == {c // groups})")
+    stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    pads = normalize_padding(padding, (h, wd), (kh, kw), stride_p, dilation_p)
+    padded = (n, h + sum(pads[0]), wd + sum(pads[1]), c)
+    return Problem(padded, shapes[1], ConvSpec(stride_p, dilation_p, int(groups)), table, traced), pads
+
+
+def _out_shape(problem: Problem) -> tuple[int, int, int, int]:
+    ho, wo = problem.spec.output_hw(problem.x_shape[1:3], problem.w_shape[:2])
+    return problem.x_shape[0], ho, wo, problem.w_shape[3]
+
+
+def _is_empty(problem: Problem) -> bool:
+    """No output value, or an empty reduction (C = 0): the result is known without running a kernel."""
+    return 0 in _out_shape(problem) or problem.x_shape[3] == 0
+
+
+def _prepare(x: Any, w: Any, lut: TableLike, stride: Any, padding: PaddingArg, dilation: Any,
+             groups: int, pad_code: int, signed: Optional[bool], impl: ImplArg):
+    check_integer_codes(x, "x")
+    check_integer_codes(w, "w")
     table, concrete, signed = _resolve_table(lut, signed)
     if signed is None:  # infer from the codes when the table is a bare array
         lows = [int(np.min(a)) for a in (x, w) if not is_traced(a) and np.size(a)]
         signed = bool(lows) and min(lows) < 0
+    traced = is_traced(x, w, table, pad_code)
+    problem, pads = _problem(np.shape(x), np.shape(w), concrete, stride, padding, dilation, groups, traced)
     check_code_range(x, signed, "x")
     check_code_range(w, signed, "w")
     lo, hi = (-128, 127) if signed else (0, 255)
     if not is_traced(pad_code) and not lo <= int(pad_code) <= hi:
         raise ValueError(f"pad_code {pad_code} outside [{lo}, {hi}]")
-    stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
-    pads = normalize_padding(padding, (h, wd), (kh, kw), stride_p, dilation_p)
-    spec = ConvSpec(stride_p, dilation_p, int(groups))
-    padded_shape = (n, h + sum(pads[0]), wd + sum(pads[1]), c)
-    spec.output_hw(padded_shape[1:3], (kh, kw))  # raises when the kernel does not fit
-    traced = is_traced(x, w, table, pad_code)
-    problem = Problem(padded_shape, (kh, kw, cg, o), spec, concrete, traced)
     kernel, _ = _select(problem, impl)
     return kernel, problem, table, pads
 
 
-def _select(problem: Problem, impl: ImplArg) -> tuple[Kernel, str]:
-    """The kernel ``impl`` runs ``problem`` with, and why; a forced kernel that cannot run it raises."""
+def _empty_reason(problem: Problem) -> str:
+    shape = _out_shape(problem)
+    if 0 in shape:
+        return f"none: empty output {shape}, no kernel runs"
+    return f"none: no input channel (C = 0), every sum is empty: zeros of shape {shape}, no kernel runs"
+
+
+def _select(problem: Problem, impl: ImplArg) -> tuple[Optional[Kernel], str]:
+    """The kernel ``impl`` runs ``problem`` with, and why; a forced kernel that cannot run it raises.
+    An empty problem needs no kernel (None): its result is the zero array of the output shape."""
     if not isinstance(impl, str) or impl == "auto":
-        return choose(problem, _allowed(impl))
+        allowed = _allowed(impl)
+        if _is_empty(problem):
+            return None, _empty_reason(problem)
+        return choose(problem, allowed)
     kernel = get_kernel(impl)
+    if _is_empty(problem):
+        return None, _empty_reason(problem)
     if problem.traced and not kernel.jittable:
         raise ValueError(f"impl={impl!r} runs on concrete arrays only; use a jittable impl inside jit")
     why_not = kernel.supports(problem)
@@ -110,12 +145,16 @@ def conv2d(x: Any, w: Any, lut: TableLike, *, stride: Any = 1, padding: PaddingA
 
     x: (N, H, W, C) integer codes; w: (KH, KW, C // groups, O) integer codes; lut: a `Multiplier` or a
     (256, 256) int32 table indexed ``[w_byte, x_byte]``. Padded positions hold ``pad_code`` and pass
-    through the table like any other operand (``pad_code`` may be traced inside jit).
+    through the table like any other operand (``pad_code`` may be traced inside jit). Empty calls (N, C or
+    O = 0, or an input smaller than the dilated kernel: no output position, as in XLA) return the empty or
+    all-zero result without running a kernel.
     ``impl``: "auto", one of `implementations()`, or a list of them that "auto" chooses among (e.g.
     ``["wstat", "dwrows", "direct"]``: the callback kernels only, which compile fastest).
     """
     kernel, problem, table, pads = _prepare(x, w, lut, stride, padding, dilation, groups, pad_code,
                                             signed, impl)
+    if kernel is None:
+        return jnp.zeros(_out_shape(problem), jnp.int32)
     if kernel.pads_inside:
         return kernel.fn(x, w, table, problem.spec, pads, pad_code)
     pad_width = ((0, 0), pads[0], pads[1], (0, 0))
@@ -140,12 +179,8 @@ def explain(x_shape: tuple[int, ...], w_shape: tuple[int, ...], lut: TableLike, 
             padding: PaddingArg = 0, dilation: Any = 1, groups: int = 1, traced: bool = False,
             impl: ImplArg = "auto") -> str:
     """Which kernel ``impl`` ("auto", "auto" among a list of kernels, or one forced kernel) would use for
-    such a call, and why; raises as `conv2d` would when a forced kernel cannot run it."""
+    such a call, and why; raises as `conv2d` would on inconsistent shapes or when a forced kernel cannot
+    run it. An empty call (N, C or O = 0, or no output position) runs no kernel ("none: ...")."""
     table = lut.table if isinstance(lut, Multiplier) else validate_table(np.asarray(lut))
-    n, h, wd, c = x_shape
-    kh, kw, cg, o = w_shape
-    stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
-    pads = normalize_padding(padding, (h, wd), (kh, kw), stride_p, dilation_p)
-    problem = Problem((n, h + sum(pads[0]), wd + sum(pads[1]), c), tuple(w_shape),
-                      ConvSpec(stride_p, dilation_p, groups), table, traced)
+    problem, _ = _problem(x_shape, w_shape, table, stride, padding, dilation, groups, traced)
     return _select(problem, impl)[1]

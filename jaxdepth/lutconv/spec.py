@@ -26,14 +26,12 @@ class ConvSpec:
     groups: int = 1
 
     def output_hw(self, in_hw: Pair, kernel_hw: Pair) -> Pair:
-        """Output height and width of a VALID convolution of an (already padded) input."""
+        """Output height and width of a VALID convolution of an (already padded) input; 0 where the
+        dilated kernel does not fit (an empty output, as XLA's convolution gives)."""
         out = []
         for size, k, s, d in zip(in_hw, kernel_hw, self.stride, self.dilation):
             span = d * (k - 1) + 1
-            if size < span:
-                raise ValueError(f"input size {in_hw} (after padding) is smaller than the dilated "
-                                 f"kernel {kernel_hw} with dilation {self.dilation}")
-            out.append((size - span) // s + 1)
+            out.append(max((size - span) // s + 1, 0))
         return out[0], out[1]
 
 

@@ -11,11 +11,20 @@ The table replaces only the code product; the zero-point corrections are exact i
 and go through the table like every other operand, as on a zero-padded accelerator buffer.
 
 With ``straight_through=True`` the forward value is the table result and the gradient is that of the
-exact float layer (straight-through estimator), for approximation-aware fine-tuning.
+exact float layer (straight-through estimator), for approximation-aware fine-tuning; the per-tensor
+activation scale gets the LSQ gradient (`_scale_cotangent`), so training can learn activation ranges.
+
+Non-finite values. NaN has no code (and code 0 is not even real 0 for unsigned layers), so it is never
+quantised silently: concrete NaN inputs, non-finite weights or bias, or a non-finite / non-positive
+input scale raise ValueError with a count; inside jit (where values cannot be inspected) every output of
+a sample whose input holds a NaN, and every output when a weight is non-finite, is NaN, as in the float
+layer. +-infinity in the input is meaningful (it saturates to the end codes, as on the accelerator):
+a RuntimeWarning with the count, and the saturated result.
 """
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -26,7 +35,7 @@ from .. import lutconv
 from ..lutconv.api import ImplArg
 from ..lutconv.spec import as_pair, normalize_padding
 from ..multipliers import Multiplier
-from .params import QParams, quantize, weight_qparams
+from .params import QParams, check_finite, quantize, weight_qparams
 from .requant import apply_activation, dequantize_output, requant_params, requantize
 
 
@@ -55,7 +64,7 @@ def _table_acc(x, w, x_qp: QParams, w_qp: Optional[QParams], table, cfg):
         n_out = w.shape[-1]
         reduction = kernel_hw[0] * kernel_hw[1] * w.shape[2]
         z_w = jnp.broadcast_to(jnp.asarray(w_qp.zero_point, jnp.int32), (n_out,))
-        sum_w = w_codes.reshape(-1, n_out).sum(axis=0, dtype=jnp.int32)
+        sum_w = w_codes.sum(axis=(0, 1, 2), dtype=jnp.int32)
         sum_x = lutconv.window_sums(x_codes, kernel_hw, groups, stride, dilation, pads=pads, pad_value=z_x)
         sum_x = jnp.repeat(sum_x, n_out // groups, axis=-1)
         acc = acc - z_x * sum_w - z_w * sum_x + reduction * z_x * z_w
@@ -66,7 +75,35 @@ def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], table, cfg) 
     """The table forward pass with the float rescale ``s_x * s_w[o] * acc + bias``."""
     acc, _, _, w_qp = _table_acc(x, w, x_qp, w_qp, table, cfg)
     scale = jnp.asarray(x_qp.scale, jnp.float32) * jnp.asarray(w_qp.scale, jnp.float32)
-    return acc.astype(jnp.float32) * scale + bias
+    y = acc.astype(jnp.float32) * scale + bias
+    poisoned = jnp.isnan(x).any(axis=(1, 2, 3)) | ~jnp.isfinite(w).all()   # NaN has no code: propagate it
+    return jnp.where(poisoned[:, None, None, None], jnp.nan, y)
+
+
+def _check_inputs(x, w, bias, x_qp: QParams) -> None:
+    """The concrete-value checks of the module docstring (nothing to check for traced values)."""
+    check_finite(w, "lut_conv2d weights")
+    if bias is not None:
+        check_finite(bias, "lut_conv2d bias")
+    if not isinstance(x_qp.scale, jax.core.Tracer):
+        scale = np.asarray(x_qp.scale, np.float64)
+        if not np.all(np.isfinite(scale) & (scale > 0)):
+            raise ValueError(f"activation scale {scale} must be finite and positive")
+    if not isinstance(x_qp.zero_point, jax.core.Tracer):
+        lo, hi = x_qp.code_range
+        zero = np.asarray(x_qp.zero_point)
+        if np.any((zero < lo) | (zero > hi)):
+            raise ValueError(f"activation zero point {zero} outside the code range [{lo}, {hi}]")
+    if isinstance(x, jax.core.Tracer):
+        return
+    a = np.asarray(x)
+    nan = int(np.count_nonzero(np.isnan(a)))
+    if nan:
+        raise ValueError(f"lut_conv2d input holds {nan} NaN value(s) of {a.size}: NaN has no quantised code")
+    inf = int(np.count_nonzero(np.isinf(a)))
+    if inf:
+        warnings.warn(f"lut_conv2d input holds {inf} infinite value(s) of {a.size}: they saturate to the "
+                      f"end codes {x_qp.code_range}", RuntimeWarning, stacklevel=3)
 
 
 def _int_table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], y_qp: QParams, table, activation: str,
@@ -79,7 +116,8 @@ def _int_table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], y_qp: QP
     codes = requantize(acc, rp)
     details = {"x_codes": x_codes, "w_codes": w_codes, "w_zero_point": w_qp.zero_point,
                "x_zero_point": x_qp.zero_point, "acc": acc, "codes": codes, "requant": rp}
-    return dequantize_output(codes, rp), details
+    poisoned = jnp.isnan(x).any(axis=(1, 2, 3)) | ~jnp.isfinite(w).all()   # as _table_conv: NaN propagates
+    return jnp.where(poisoned[:, None, None, None], jnp.nan, dequantize_output(codes, rp)), details
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
@@ -99,11 +137,28 @@ def _zero_cotangent(leaf: Any) -> Any:
     return np.zeros(leaf.shape, dtype=jax.dtypes.float0)
 
 
+def _scale_cotangent(x, x_qp: QParams, dx):
+    """LSQ gradient of a per-tensor activation scale: the layer sees ``fq(x) = s * (c - z)`` with
+    ``c = clip(round(x / s) + z)``; with a straight-through round ``d fq / d s = (c - z) - x / s`` inside the
+    code range and ``c - z`` (the clip bound) outside. Lets training learn activation ranges (PACT / LSQ)."""
+    s = jnp.asarray(x_qp.scale, jnp.float32)
+    if s.ndim:  # per-channel activation scales are not learned
+        return jnp.zeros_like(s)
+    lo, hi = x_qp.code_range
+    z = jnp.asarray(x_qp.zero_point, jnp.float32)
+    v = x / s + z
+    c = jnp.clip(jnp.round(v), lo, hi)
+    inside = (v >= lo) & (v <= hi)
+    return jnp.sum(dx * ((c - z) - jnp.where(inside, x / s, 0.0)))
+
+
 def _ste_backward(cfg, residuals, g):
     x, w, bias, x_qp, w_qp, table = residuals
     _, vjp = jax.vjp(lambda x, w, b: _exact_conv(x, w, b, cfg), x, w, bias)
     dx, dw, db = vjp(g)
-    return (dx, dw, db, *(jax.tree_util.tree_map(_zero_cotangent, t) for t in (x_qp, w_qp, table)))
+    d_xqp = jax.tree_util.tree_map(_zero_cotangent, x_qp)
+    d_xqp = QParams(_scale_cotangent(x, x_qp, dx), d_xqp.zero_point, x_qp.signed)
+    return (dx, dw, db, d_xqp, *(jax.tree_util.tree_map(_zero_cotangent, t) for t in (w_qp, table)))
 
 
 _straight_through_conv.defvjp(_ste_forward, _ste_backward)
@@ -120,10 +175,12 @@ def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp
     ``table``: a (256, 256) int32 product table (may be traced: a runtime operand of a jitted function, so one
     compilation serves many tables) used instead of ``multiplier.table``; ``multiplier`` then only gives
     the signedness.
+    NaN / infinity: see the module docstring (concrete NaN raises; under jit it propagates).
     """
     if x_qp.signed != multiplier.signed:
         raise ValueError(f"activation qparams are {'signed' if x_qp.signed else 'unsigned'} but multiplier "
                          f"{multiplier.name} is {'signed' if multiplier.signed else 'unsigned'}")
+    _check_inputs(x, w, bias, x_qp)
     x = jnp.asarray(x, jnp.float32)
     w = jnp.asarray(w, jnp.float32)
     bias = jnp.zeros((w.shape[-1],), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
@@ -180,12 +237,14 @@ def lut_conv2d_requant(x: Any, w: Any, bias: Optional[Any], multiplier: Multipli
     ``y_qp``: the output's per-tensor parameters (same signedness as the table). ``return_details=True``
     returns ``(y, details)`` with the integer tensors (input / weight / output codes, accumulators) and the
     `RequantParams` (no gradient). ``straight_through``: gradient of the exact float layer + activation.
-    ``table``: a runtime table, as in `lut_conv2d`.
+    ``table``: a runtime table, as in `lut_conv2d`. NaN / infinity: as `lut_conv2d`. The quantization
+    parameters get no gradient here (activation ranges are learned with the float rescale).
     """
     for what, qp in (("activation", x_qp), ("output", y_qp)):
         if qp.signed != multiplier.signed:
             raise ValueError(f"{what} qparams are {'signed' if qp.signed else 'unsigned'} but multiplier "
                              f"{multiplier.name} is {'signed' if multiplier.signed else 'unsigned'}")
+    _check_inputs(x, w, bias, x_qp)
     x = jnp.asarray(x, jnp.float32)
     w = jnp.asarray(w, jnp.float32)
     bias = jnp.zeros((w.shape[-1],), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)

@@ -39,8 +39,32 @@ class QParams:
         return (-128, 127) if self.signed else (0, 255)
 
 
+def _is_traced(*values: Any) -> bool:
+    return any(isinstance(v, jax.core.Tracer) for v in values)
+
+
+def check_finite(values: Any, what: str) -> None:
+    """Raise ValueError naming ``what`` and the count when concrete ``values`` hold NaN or infinity
+    (traced values, inside jit, cannot be checked here)."""
+    if _is_traced(values):
+        return
+    a = np.asarray(values)
+    if a.dtype.kind in "fc":
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise ValueError(f"{what}: {bad} of {a.size} value(s) are NaN or infinite; they have no "
+                             "quantised code")
+
+
 def activation_qparams(lo: Any, hi: Any, signed: bool) -> QParams:
-    """Per-tensor activation parameters covering [lo, hi] (the range always includes 0)."""
+    """Per-tensor activation parameters covering [lo, hi] (the range always includes 0).
+
+    ``lo`` and ``hi`` must be finite with ``lo <= hi`` (checked unless traced inside jit)."""
+    if not _is_traced(lo, hi):
+        check_finite(np.asarray(lo, np.float64), "activation range lo")
+        check_finite(np.asarray(hi, np.float64), "activation range hi")
+        if np.any(np.asarray(lo, np.float64) > np.asarray(hi, np.float64)):
+            raise ValueError(f"activation range lo={lo} > hi={hi}: give (min, max) of the activations")
     lo = jnp.minimum(jnp.asarray(lo, jnp.float32), 0.0)
     hi = jnp.maximum(jnp.asarray(hi, jnp.float32), 0.0)
     if signed:
@@ -52,21 +76,26 @@ def activation_qparams(lo: Any, hi: Any, signed: bool) -> QParams:
 
 
 def weight_qparams(w: Any, signed: bool, per_channel: bool = True) -> QParams:
-    """Weight parameters from the weights themselves, per output channel (last axis) or per tensor."""
+    """Weight parameters from the weights themselves, per output channel (last axis) or per tensor.
+    Non-finite weights raise (checked unless traced inside jit)."""
+    check_finite(w, "weights")
     w = jnp.asarray(w, jnp.float32)
     axes = tuple(range(w.ndim - 1)) if per_channel else tuple(range(w.ndim))
     if signed:
-        scale = jnp.maximum(jnp.max(jnp.abs(w), axis=axes) / 127.0, _TINY)
+        scale = jnp.maximum(jnp.max(jnp.abs(w), axis=axes, initial=0.0) / 127.0, _TINY)
         return QParams(scale, jnp.zeros_like(scale, jnp.int32), True)
-    lo = jnp.minimum(jnp.min(w, axis=axes), 0.0)
-    hi = jnp.maximum(jnp.max(w, axis=axes), 0.0)
+    lo = jnp.min(w, axis=axes, initial=0.0)
+    hi = jnp.max(w, axis=axes, initial=0.0)
     scale = jnp.maximum((hi - lo) / 255.0, _TINY)
     zero = jnp.clip(jnp.round(-lo / scale), 0, 255).astype(jnp.int32)
     return QParams(scale, zero, False)
 
 
 def quantize(v: Any, qp: QParams) -> jax.Array:
-    """Real values -> int32 codes in the mode's range (broadcasting per-channel params on the last axis)."""
+    """Real values -> int32 codes in the mode's range (broadcasting per-channel params on the last axis).
+
+    +-infinity saturates to the end codes; NaN has no code (its result is undefined): `lut_conv2d`
+    rejects or propagates it (see there)."""
     lo, hi = qp.code_range
     codes = jnp.round(jnp.asarray(v, jnp.float32) / qp.scale) + qp.zero_point
     return jnp.clip(codes, lo, hi).astype(jnp.int32)

@@ -1,0 +1,99 @@
+"""Fine-tuning a checkpoint for a plan: the checks and the set-up done before any training step.
+
+    student, variables = prepare_student(model, variables, plan, calib_images, ranges="learn")
+
+`check_plan` rejects plans that match no layer (a typo would otherwise fine-tune the float model),
+`check_teacher` a teacher of another preset; `prepare_student` builds the plan's model and its activation
+quantisation: kept from the checkpoint, calibrated on training frames, or calibrated as the start of learned
+ranges.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+RANGES = ("keep", "calibrate", "learn")
+
+
+class FinetuneError(ValueError):
+    """A fine-tuning set-up that cannot work (plan, teacher, ranges)."""
+
+
+def check_plan(model: Any, plan: Any, input_shape: tuple[int, ...] = (1, 64, 64, 3)) -> Any:
+    """The `Plan` for ``model``'s layers; raises `FinetuneError` when a pattern matches no layer (listing
+    the layer names) or the plan leaves every layer float."""
+    from ..models import Plan, describe
+    try:
+        p = Plan.make(plan)
+    except (ValueError, TypeError, KeyError) as e:
+        raise FinetuneError(f"bad plan: {e.args[0] if e.args else e}") from None
+    names = [i.name for i in describe(model.clone(plan=p), input_shape)]
+    unused = p.unused_patterns(names)
+    if unused:
+        raise FinetuneError(f"plan pattern(s) {', '.join(repr(u) for u in unused)} match no layer{_hint(unused, names)}")
+    if p.is_float:
+        raise FinetuneError("the plan leaves every layer float: nothing approximate to fine-tune for")
+    return p
+
+
+def _hint(unused: list[str], names: list[str]) -> str:
+    """Close layer names / module globs for mistyped patterns, and the model's modules with their layer counts."""
+    import difflib
+    globs = sorted({".".join(n.split(".")[:d]) + ".*" for n in names for d in range(1, n.count(".") + 1)})
+    close = [c for u in unused for c in difflib.get_close_matches(u, globs + names, n=2, cutoff=0.6)]
+    tops: dict[str, int] = {}
+    for n in names:
+        tops[n.split(".")[0]] = tops.get(n.split(".")[0], 0) + 1
+    text = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    shown = ", ".join(names) if len(names) <= 16 else ", ".join(names[:4] + ["..."] + names[-4:])
+    return text + f"; the model's {len(names)} layers: {shown} ({', '.join(f'{t}.*: {k}' for t, k in tops.items())})"
+
+
+def check_teacher(student_preset: Any, teacher_preset: Any) -> None:
+    """Teacher and student must be the same architecture (same preset settings), so outputs align."""
+    s, t = student_preset.to_dict(), teacher_preset.to_dict()
+    s.pop("input_size", None)
+    t.pop("input_size", None)
+    if s != t:
+        diff = sorted(k for k in set(s) | set(t) if s.get(k) != t.get(k))
+        raise FinetuneError(f"teacher preset {teacher_preset.name!r} differs from the student's "
+                            f"{student_preset.name!r} ({', '.join(diff)}): distill from the same architecture")
+
+
+def _covers(model: Any, variables: dict, input_shape: tuple[int, ...]) -> bool:
+    """True when ``variables['quant']`` has an entry for every quantised layer and all planned tables are signed
+    (a stored calibration is signed int8 unless it was made for this very plan)."""
+    import jax
+    if "quant" not in variables:
+        return False
+    try:
+        jax.eval_shape(lambda v, x: model.apply(v, x), variables, jax.ShapeDtypeStruct(input_shape, np.float32))
+        return True
+    except Exception:
+        return False
+
+
+def prepare_student(model: Any, variables: dict, plan: Any, calib_images: np.ndarray, ranges: str = "calibrate",
+                    *, stored_plan: Any = None, method: str = "minmax") -> tuple[Any, dict]:
+    """(the plan's model, variables with activation quantisation for it).
+
+    ``ranges``: "keep" the checkpoint's ``quant`` (it must cover the plan and, unless the checkpoint was
+    saved for this plan (``stored_plan``), every planned table must be signed: stored calibrations are
+    signed int8); "calibrate" or "learn": calibrate on ``calib_images`` (N, H, W, 3) in [0, 1] ("learn" then
+    trains the scales, see `jaxdepth.training.train`)."""
+    from ..models import Plan, calibrate
+    if ranges not in RANGES:
+        raise FinetuneError(f"ranges must be one of {', '.join(RANGES)}, got {ranges!r}")
+    p = Plan.make(plan)
+    student = model.clone(plan=p)
+    base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    if ranges == "keep":
+        same = stored_plan is not None and Plan.make(stored_plan).source == p.source
+        signed = all(a.multiplier is None or a.multiplier.signed for _, a in p.rules) and \
+            (p.default.multiplier is None or p.default.multiplier.signed)
+        if not (same or signed) or not _covers(student, variables, (1, *calib_images.shape[1:])):
+            raise FinetuneError("ranges='keep': the checkpoint's activation calibration does not cover this plan "
+                                "(missing layers or unsigned tables); use ranges='calibrate' or 'learn'")
+        return student, {**base, "quant": variables["quant"]}
+    return student, calibrate(student, base, np.asarray(calib_images, np.float32), method)

@@ -1,0 +1,82 @@
+"""DenseDepth's training loss and its targets (Alhashim & Wonka 2018, Keras code).
+
+On depth-norm maps ``y = 10 / depth_m`` (the network's raw output convention) at the output resolution:
+
+    loss = 0.1 * mean|y_hat - y| + clip((1 - SSIM(y_hat, y)) / 2, 0, 1) + mean(|dx y_hat - dx y| + |dy y_hat - dy y|)
+
+with SSIM over an 11x11 Gaussian window (sigma 1.5) and ``L = 100`` (the target range, as in the reference
+code). The same loss serves distillation: the target is then the exact (teacher) model's raw output.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+RAW_RANGE = (1.0, 100.0)   # raw outputs of depths 10 m .. 0.1 m (what `models.to_metres` keeps)
+
+
+def _gaussian(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    x = np.arange(size, dtype=np.float32) - size // 2
+    g = np.exp(-x ** 2 / (2 * sigma ** 2))
+    return (g / g.sum()).astype(np.float32)
+
+
+def _blur(x: jax.Array, g: np.ndarray) -> jax.Array:
+    """Separable 'valid' Gaussian filter of (N, H, W, 1)."""
+    k = len(g)
+    kh = jnp.asarray(g.reshape(k, 1, 1, 1))
+    kw = jnp.asarray(g.reshape(1, k, 1, 1))
+    dn = ("NHWC", "HWIO", "NHWC")
+    x = jax.lax.conv_general_dilated(x, kh, (1, 1), "VALID", dimension_numbers=dn)
+    return jax.lax.conv_general_dilated(x, kw, (1, 1), "VALID", dimension_numbers=dn)
+
+
+def ssim(a: jax.Array, b: jax.Array, val_range: float = 100.0) -> jax.Array:
+    """Mean SSIM of two (N, H, W, 1) maps (11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03)."""
+    g = _gaussian()
+    c1, c2 = (0.01 * val_range) ** 2, (0.03 * val_range) ** 2
+    mu_a, mu_b = _blur(a, g), _blur(b, g)
+    saa = _blur(a * a, g) - mu_a ** 2
+    sbb = _blur(b * b, g) - mu_b ** 2
+    sab = _blur(a * b, g) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
+    return s.mean()
+
+
+def image_gradients(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(dy, dx) forward differences of (N, H, W, C), zero in the last row / column (tf.image.image_gradients)."""
+    dy = jnp.pad(x[:, 1:] - x[:, :-1], ((0, 0), (0, 1), (0, 0), (0, 0)))
+    dx = jnp.pad(x[:, :, 1:] - x[:, :, :-1], ((0, 0), (0, 0), (0, 1), (0, 0)))
+    return dy, dx
+
+
+def depth_loss(pred: jax.Array, target: jax.Array, w_l1: float = 0.1, w_ssim: float = 1.0,
+               w_grad: float = 1.0, val_range: float = 100.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """DenseDepth loss of raw predictions vs depth-norm targets, both (N, h, w, 1): (total, parts)."""
+    l1 = jnp.abs(pred - target).mean()
+    l_ssim = jnp.clip((1.0 - ssim(pred, target, val_range)) * 0.5, 0.0, 1.0)
+    pdy, pdx = image_gradients(pred)
+    tdy, tdx = image_gradients(target)
+    l_grad = (jnp.abs(pdy - tdy) + jnp.abs(pdx - tdx)).mean()
+    total = w_l1 * l1 + w_ssim * l_ssim + w_grad * l_grad
+    return total, {"l1": l1, "ssim": l_ssim, "grad": l_grad}
+
+
+def depth_to_target(depth_m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Metres (N, H, W) -> depth-norm targets ``10 / depth`` (N, h, w, 1) at the output size (block mean in metres)."""
+    d = np.clip(np.asarray(depth_m, np.float32), 0.1, 10.0)
+    n, h, w = d.shape
+    oh, ow = out_hw
+    if (h, w) != (oh, ow):
+        if h % oh == 0 and w % ow == 0:
+            d = d.reshape(n, oh, h // oh, ow, w // ow).mean(axis=(2, 4))
+        else:
+            from ..data.transforms import resize_depth
+            d = resize_depth(d, (oh, ow))
+    return (10.0 / d)[..., None].astype(np.float32)
+
+
+def teacher_target(raw: jax.Array) -> jax.Array:
+    """A teacher's raw output as a distillation target: clipped to the range `models.to_metres` keeps, no gradient."""
+    return jax.lax.stop_gradient(jnp.clip(raw, *RAW_RANGE))
