@@ -26,7 +26,7 @@ except ImportError:  # hypothesis is in the `test` extra; without it only the pr
 if settings is not None:
     _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
     settings.register_profile("ci", max_examples=15, derandomize=True, **_common)
-    settings.register_profile("thorough", max_examples=2000, **_common)
+    settings.register_profile("thorough", max_examples=500, **_common)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

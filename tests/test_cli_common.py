@@ -151,3 +151,37 @@ def test_entry_points_declared():
         module, func = target.split(":")
         __import__(module)
         assert callable(getattr(sys.modules[module], func)), name
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("jaxdepth.predict", ["--out", "{file}/o"], "is a file, not a folder"),
+    ("jaxdepth.evaluate", ["--data", "synthetic:0"], "no frames"),
+    ("jaxdepth.data.synthetic", ["{tmp}/s", "--height", "-5"], "expected a positive integer"),
+])
+def test_python_m_shims_give_one_line_errors(module, argv, message, tmp_path):
+    """``python -m jaxdepth.<tool>`` goes through the same runner: one line on stderr, exit 2."""
+    import subprocess
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(file=tmp_path / "file", tmp=tmp_path) for a in argv]
+    env = dict(os.environ, JAXDEPTH_COMPILE_CACHE="0")
+    res = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_library_warnings_become_one_line(capsys):
+    import warnings
+
+    def body(args):
+        warnings.warn("12 prediction pixels are NaN", RuntimeWarning)
+    assert common.run(_parser("out"), body, []) == 0
+    assert capsys.readouterr().err == "warning: 12 prediction pixels are NaN\n"
+
+
+def test_atomic_write_errors_name_the_destination(tmp_path):
+    """An error on the temporary file is reported with the file the user asked for; nothing is left behind."""
+    (tmp_path / "a.png").mkdir()                                 # the destination is a folder: rename fails
+    with pytest.raises(OSError) as e:
+        atomic.write_text(tmp_path / "a.png", "x")
+    assert e.value.filename == str(tmp_path / "a.png")
+    assert os.listdir(tmp_path) == ["a.png"]

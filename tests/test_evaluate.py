@@ -10,7 +10,8 @@ import pytest
 
 from jaxdepth import metrics as M
 from jaxdepth.data import load
-from jaxdepth.evaluate import evaluate, make_predictor, upsample_depth
+from jaxdepth.evaluation import evaluate
+from jaxdepth.inference import make_predictor, upsample_depth
 
 ROOT = Path(__file__).parents[1]
 
@@ -76,7 +77,8 @@ SHARD_SCRIPT = '''
 import json, sys, numpy as np, jax
 sys.path.insert(0, %r)
 from standin import tiny
-from jaxdepth.evaluate import evaluate, make_predictor
+from jaxdepth.evaluation import evaluate
+from jaxdepth.inference import make_predictor
 m, v = tiny()
 rng = np.random.default_rng(3)
 rgb = rng.integers(0, 256, (5, 16, 24, 3), dtype=np.uint8)   # 5 frames: the last batch of 3 is padded
@@ -138,3 +140,37 @@ def test_cli_with_multiplier_writes_json_and_plot(tmp_path, monkeypatch, capsys)
     assert "approx vs exact" in text and "exact vs gt" in text
     assert E.main(["--data", str(tmp_path / "nothing")]) == 2
     assert E.main(["--data", str(tmp_path), "--multiplier", "no_such_mult"]) == 2
+
+
+def test_cli_errors_checked_first_and_results_printed_before_writing(tmp_path, monkeypatch, capsys):
+    """--out under a file fails before the evaluation; all-NaN ground truth is an error, not a table of nan;
+    a write failure after the evaluation still leaves the metrics printed."""
+    from PIL import Image
+
+    from jaxdepth import inference
+    from jaxdepth.cli import common
+    from jaxdepth.cli import evaluate as cli
+    model, variables = tiny(0)
+    monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
+    rgb, gt = _data(2, 16, 24)
+    for i in range(2):
+        Image.fromarray(rgb[i]).save(tmp_path / f"f{i}.png")
+        np.save(tmp_path / f"f{i}_depth.npy", np.full_like(gt[i], np.nan))
+    (tmp_path / "file").write_text("x")
+    calls = []
+    real_make = inference.make_predictor
+    monkeypatch.setattr(inference, "make_predictor", lambda *a, **k: calls.append(1) or real_make(*a, **k))
+    assert cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "file" / "res"), "--no-progress"]) == 2
+    assert "is a file" in capsys.readouterr().err and not calls          # nothing was computed
+    assert cli.main(["--data", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data {tmp_path}") and "no valid pixel" in err and len(err.splitlines()) == 1
+    for i in range(2):
+        np.save(tmp_path / f"f{i}_depth.npy", gt[i])
+
+    def fail(res, out):
+        raise PermissionError(13, "Permission denied", str(out))
+    monkeypatch.setattr(cli, "write_outputs", fail)
+    assert cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "res"), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "model vs gt" in captured.out and "delta1" in captured.out and "Permission denied" in captured.err

@@ -82,11 +82,6 @@ def test_make_plan_and_table_file(tmp_path):
         common.make_plan(str(tmp_path / "bad.npy"), signed=True)
 
 
-def test_model_size_rule():
-    assert inference.run_size((120, 160), (480, 640)) == (120, 160)
-    assert inference.run_size(None, (470, 650)) == (448, 640)
-
-
 def test_help_runs():
     with pytest.raises(SystemExit) as e:
         predict.build_parser().parse_args(["--help"])
@@ -110,3 +105,87 @@ def test_no_arguments_runs_bundled_model_on_samples(tmp_path, monkeypatch, capsy
         assert pred.shape == gt.shape == (240, 320)
         acc.add(pred, gt)
     assert acc.result()["delta1"] > 0.4   # a floor against a broken pipeline (random weights: ~0.01)
+
+
+def _listing(folder):
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_rerun_removes_stale_files_and_ctrl_c_keeps_whole_sets(tmp_path, tiny, monkeypatch, capsys):
+    """A run without --multiplier after one with it removes NAME_exact_* / NAME_compare.png; Ctrl-C during the
+    second image leaves the first image's new set, the second image's old set, no temporary files, exit 130."""
+    from jaxdepth import viz
+    folder, out = _images(tmp_path), tmp_path / "out"
+    assert predict.main([str(folder), "--multiplier", "mul8s_1L2J", "--out", str(out), "--no-progress"]) == 0
+    before = _listing(out)
+    assert len(before) == 10
+    real = viz.depth_png
+
+    def depth_png(depth, path, title=None, **kw):
+        if "im1" in str(path):
+            raise KeyboardInterrupt
+        return real(depth, path, title=title, **kw)
+    monkeypatch.setattr(viz, "depth_png", depth_png)
+    capsys.readouterr()
+    assert predict.main([str(folder), "--out", str(out), "--no-progress"]) == common.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "interrupted: 1 of 2 images finished" in err and "Traceback" not in err
+    after = _listing(out)
+    assert sorted(after) == ["im0_depth.npy", "im0_depth.png"] + sorted(n for n in before if n.startswith("im1"))
+    assert all(after[n] == before[n] for n in after if n.startswith("im1"))      # untouched old set
+    assert after["im0_depth.npy"] != before["im0_depth.npy"]
+    exact_model_depth = np.load(out / "im0_depth.npy")                           # now the exact model's
+    assert exact_model_depth.shape == (40, 60)
+
+
+def test_degenerate_and_nan_outputs_are_reported(tmp_path, tiny, monkeypatch, capsys):
+    import jax
+    folder, out = _images(tmp_path, 1), tmp_path / "out"
+    model, variables, _ = common.load_model(None)
+    monkeypatch.setattr(inference, "quantized", lambda m, v, plan, calib, **kw: (TinyDepth(scale=0.0), variables))
+    assert predict.main([str(folder), "--multiplier", "mul8s_1L2J", "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "approximate depth looks degenerate" in err and "constant 10.00 m" in err and "clipped to 10.0 m" in err
+    nan_vars = jax.tree_util.tree_map(lambda a: a * np.nan, variables)
+    monkeypatch.setattr(common, "load_model", lambda spec: (model, nan_vars, {}))
+    assert predict.main([str(folder), "--out", str(tmp_path / "nan"), "--no-progress"]) == 1
+    assert "NaN everywhere" in capsys.readouterr().err
+    assert not any((tmp_path / "nan").iterdir())
+
+
+def test_large_images_warn_and_max_side_downscales(tmp_path, tiny, monkeypatch, capsys):
+    from jaxdepth.cli import predict as cli_predict
+    monkeypatch.setattr(cli_predict, "LARGE_IMAGE_PIXELS", 1000)
+    folder, out = _images(tmp_path, 1), tmp_path / "out"
+    assert predict.main([str(folder), "--out", str(out), "--no-progress"]) == 0
+    assert "--max-side" in capsys.readouterr().err
+    assert predict.main([str(folder), "--out", str(out), "--no-progress", "--max-side", "30"]) == 0
+    assert "--max-side" not in capsys.readouterr().err
+    assert np.load(out / "im0_depth.npy").shape == (20, 30)
+
+
+def test_usage_errors_before_any_work(tmp_path, tiny, capsys):
+    folder = _images(tmp_path, 1)
+    (tmp_path / "file").write_text("x")
+    np.save(tmp_path / "t.npy", np.zeros((256, 256), np.int32))
+    for argv, message in [(["--out", str(tmp_path / "file" / "o")], "is a file"),
+                          (["--layers", "decoder.*"], "--layers needs --multiplier"),
+                          (["--multiplier", str(tmp_path / "t.npy")], "--signed or --unsigned"),
+                          (["--max-side", "0"], "positive integer")]:
+        with pytest.raises(SystemExit) if "--max-side" in argv else _no_raise():
+            assert predict.main([str(folder), "--no-progress", *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "imgs", "t.npy"]
+
+
+def _no_raise():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+@pytest.mark.skipif(not (common.DEFAULT_MODEL / "jaxdepth.json").exists(), reason="bundled model absent")
+def test_layers_matching_nothing_lists_the_layers(tmp_path, capsys):
+    """The bundled model: 'decodr.*' is an error naming the layer groups, before anything is computed."""
+    assert predict.main(["--multiplier", "mul8s_1KV8", "--layers", "decodr.*", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "decodr.*" in err and "decoder.up1.* (2)" in err and "encoder.stem" in err

@@ -6,7 +6,7 @@ nearest code. Hypothesis shrinks a failure to a minimal case and prints it (with
 
 Example budget: the ``ci`` profile (the default, registered in ``tests/conftest.py``) runs a few seconds per
 property; ``HYPOTHESIS_PROFILE=thorough python -m pytest tests/test_properties.py`` (or
-``--hypothesis-profile=thorough``) runs 2000 random examples per property.
+``--hypothesis-profile=thorough``) runs 500 random examples per property.
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -131,7 +132,9 @@ def run(parser: argparse.ArgumentParser, body: Callable[..., Optional[int]],
     done = Done()
     takes_done = len(inspect.signature(body).parameters) >= 2
     try:
-        code = body(args, done) if takes_done else body(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            code = body(args, done) if takes_done else body(args)
         return 0 if code is None else int(code)
     except BrokenPipeError:             # the reader went away (``... | head``): stop quietly, as Unix tools do
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -158,6 +161,11 @@ def error_line(e: BaseException) -> str:
     else:
         text = str(e) or type(e).__name__
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (e.g. NaN pixels left out of the metrics) as one ``warning: ...`` line."""
+    print(f"warning: {error_line(message) if isinstance(message, BaseException) else message}", file=sys.stderr)
 
 
 def _flush() -> None:
@@ -195,9 +203,14 @@ def enable_compile_cache() -> Optional[Path]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
-    import jax
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    settings = {"jax_compilation_cache_dir": str(folder), "jax_persistent_cache_min_compile_time_secs": 0.5}
+    if "jax" in sys.modules:                 # already imported (in-process callers): update its config
+        import jax
+        for key, value in settings.items():
+            jax.config.update(key, value)
+    else:                                    # not yet: JAX reads these at import (no 2-4 s import for a usage error)
+        for key, value in settings.items():
+            os.environ.setdefault(key.upper(), str(value))
     return folder
 
 
@@ -245,8 +258,9 @@ def load_model(spec: Optional[str]) -> tuple[Any, dict, dict]:
     if path.exists():
         try:
             return checkpoint.load(path)
-        except (FileNotFoundError, ValueError) as e:
-            raise CliError(str(e)) from None
+        except (OSError, ValueError, KeyError) as e:      # corrupt / truncated files: name the checkpoint
+            text = error_line(e)
+            raise CliError(text if str(path) in text else f"--model {path}: {text}") from None
     if spec and spec in models.list_presets():
         model = models.build(spec)
         return model, models.init_variables(model, 0), {"preset_name": spec, "random_weights": True}
@@ -340,3 +354,33 @@ def stored_signedness(spec: str) -> Optional[bool]:
     except (OSError, ValueError, EOFError):
         return None
     return None
+
+
+def check_layers(model: Any, patterns: Optional[Sequence[str]], size: Optional[Sequence[int]]) -> None:
+    """CliError when a --layers pattern matches no multiplying layer of ``model`` (listing the names).
+
+    Models without a plan (stand-ins that cannot take one) are not checked."""
+    if not patterns or not hasattr(model, "plan"):
+        return
+    from fnmatch import fnmatchcase
+
+    from ..models import describe
+    h, w = size or (64, 64)
+    names = [i.name for i in describe(model, (1, h, w, 3))]
+    unused = [p for p in patterns if not any(fnmatchcase(n, p) for n in names)]
+    if unused:
+        raise CliError(f"--layers {' '.join(unused)} matches no layer of the model; its layers: "
+                       f"{layer_summary(names)}")
+
+
+def layer_summary(names: Sequence[str], limit: int = 24) -> str:
+    """The layer names, or for long lists the groups ``a.b.*`` (with counts) they fall into."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    groups: dict[str, int] = {}
+    for n in names:
+        parts = n.split(".")
+        key = ".".join(parts[:2]) + ".*" if len(parts) > 2 else n
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(f"{g} ({c})" if c > 1 else g for g, c in groups.items()) + \
+        f" ({len(names)} layers; python -m jaxdepth.models PRESET prints them all)"

@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, done: common.Done) -> int:
+    done.what, done.total = "conversions", 1
+    done.note = f"{args.output} unchanged (a checkpoint is swapped in only when complete)"
     from ..convert.torch_loading import convert_file, detect_preset, load_state_dict, normalize_keys
     if not Path(args.input).is_file():
         raise CliError(f"{args.input}: no such file" if not Path(args.input).exists()
@@ -85,11 +87,12 @@ def _main(args: argparse.Namespace) -> int:
         raise CliError(f"{out} exists; pass --overwrite to replace it (or choose another output folder)")
     if out.exists() and not out.is_dir():
         raise CliError(f"{out} is a file, not a checkpoint folder")
-    common.check_out_dir(out.parent if str(out.parent) else ".")
+    common.check_out_dir(out.parent, "output folder in")
     plan = common.parse_plan(args.plan)
     overrides = parse_overrides(args.overrides)
     report = convert_file(args.input, out, args.preset, plan=plan, seed=args.seed, trust_pickle=args.trust_pickle,
                           overwrite=args.overwrite, **overrides)
+    done.add(str(out))
     print(report.summary())
     print(f"saved {out}")
     return 0

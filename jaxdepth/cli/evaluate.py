@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import inference
 from .. import metrics as M
+from ..data.loaders import FORMATS
 from . import common
 from .common import CliError
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 2)[2],
         parents=[common.parent_parser(out_help="folder for metrics.json, metrics.png and example.png")])
     ap.add_argument("--data", default="synthetic:32:1000", help="dataset path or synthetic:N[:SEED[:HxW]]")
-    ap.add_argument("--format", default="auto", help="force a format: nyu_test, nyu_mat, npz, folder, synthetic")
+    ap.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="force a data format")
     ap.add_argument("--limit", type=common.positive_int, help="evaluate only the first N frames")
     ap.add_argument("--batch-size", type=common.positive_int, default=8)
     ap.add_argument("--no-flip", action="store_true", help="skip flip averaging")
@@ -53,7 +54,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     Every usage error (model, multiplier, layers, data, --out) is raised before the evaluation starts."""
     from ..data import load
     from ..evaluation import evaluate
-    from .predict import check_layers
     plan = common.make_plan(args.multiplier, args.layers, args.signed)
     if args.out:
         common.check_out_dir(args.out)
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, plan = inference.exact_and_plan(model, plan)
     size = inference.model_input_size(model, info)
     if args.multiplier:
-        check_layers(model, args.layers, size)
+        common.check_layers(model, args.layers, size)
     if info.get("random_weights"):
         print(f"warning: {args.model} has random weights (a preset name, not a checkpoint)", file=sys.stderr)
     exact = inference.make_predictor(model, variables, flip=not args.no_flip, input_size=size)
@@ -75,8 +75,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         qmodel, qvars = inference.quantized(model, variables, plan, calib, stored_plan=not args.multiplier)
         predict = inference.make_predictor(qmodel, qvars, flip=not args.no_flip, input_size=size)
         reference = exact
-    res = evaluate(predict, ds, reference=reference, batch_size=args.batch_size, limit=args.limit,
-                   mean=args.mean, progress=not args.no_progress, keep=1 if args.out else 0)
+    try:
+        res = evaluate(predict, ds, reference=reference, batch_size=args.batch_size, limit=args.limit,
+                       mean=args.mean, progress=not args.no_progress, keep=1 if args.out else 0)
+    except M.NoValidPixelsError as e:            # all-NaN / zero ground truth, or NaN predictions everywhere
+        raise CliError(f"--data {args.data}: {e}") from None
     res["config"] = {"data": args.data, "format": ds.format, "model": args.model or "default",
                      "preset": getattr(getattr(model, "preset", None), "name", type(model).__name__),
                      "input_size": size, "multiplier": args.multiplier,
@@ -86,11 +89,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_result(res: dict[str, Any]) -> list[str]:
-    """Warnings about the result (degenerate or partly NaN predictions); CliError when it means nothing:
-    no valid ground-truth pixel, or every prediction NaN."""
-    if res["accuracy"].get("pixels", 1) == 0:
-        raise CliError(f"--data {res['config']['data']}: no valid ground-truth pixel in {res['frames']} frames "
-                       "(all NaN / zero / beyond 10 m, or outside the crop): the metrics would be NaN")
+    """Warnings about the result (degenerate or partly NaN predictions); CliError when every prediction is
+    NaN (no valid ground truth at all is caught earlier, by the metrics)."""
     warnings = []
     names = {"prediction": "approximate model" if "fidelity" in res else "model", "reference": "exact model"}
     for key, check in res.get("checks", {}).items():
@@ -132,8 +132,11 @@ def write_outputs(res: dict[str, Any], out: str | Path) -> list[Path]:
     return files
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, done: common.Done) -> int:
+    done.what, done.total = "evaluations", 1
+    done.note = "nothing written (--out gets results only from a complete evaluation)" if args.out else ""
     res = run(args)
+    done.add(args.data)
     warnings = check_result(res)
     print(f"{res['frames']} frames in {res['seconds']:.1f} s on {res['config']['devices']} device(s)")
     print(M.format_table(rows(res)), flush=True)

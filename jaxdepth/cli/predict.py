@@ -46,36 +46,6 @@ class PredictResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_layers(model: Any, patterns: Optional[Sequence[str]], size: Optional[Sequence[int]]) -> None:
-    """CliError when a --layers pattern matches no multiplying layer of ``model`` (listing the names).
-
-    Models without a plan (stand-ins that cannot take one) are not checked."""
-    if not patterns or not hasattr(model, "plan"):
-        return
-    from fnmatch import fnmatchcase
-
-    from ..models import describe
-    h, w = size or (64, 64)
-    names = [i.name for i in describe(model, (1, h, w, 3))]
-    unused = [p for p in patterns if not any(fnmatchcase(n, p) for n in names)]
-    if unused:
-        raise CliError(f"--layers {' '.join(unused)} matches no layer of the model; its layers: "
-                       f"{layer_summary(names)}")
-
-
-def layer_summary(names: Sequence[str], limit: int = 24) -> str:
-    """The layer names, or for long lists the groups ``a.b.*`` (with counts) they fall into."""
-    if len(names) <= limit:
-        return ", ".join(names)
-    groups: dict[str, int] = {}
-    for n in names:
-        parts = n.split(".")
-        key = ".".join(parts[:2]) + ".*" if len(parts) > 2 else n
-        groups[key] = groups.get(key, 0) + 1
-    return ", ".join(f"{g} ({c})" if c > 1 else g for g, c in groups.items()) + \
-        f" ({len(names)} layers; python -m jaxdepth.models PRESET prints them all)"
-
-
 def downscale(rgb: np.ndarray, max_side: Optional[int]) -> np.ndarray:
     """``rgb`` shrunk (aspect kept) so its longer side is at most ``max_side`` (unchanged when None / fits)."""
     if not max_side or max(rgb.shape[:2]) <= max_side:
@@ -92,19 +62,18 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
     """Run the model on every image in ``paths`` and write the files listed in the module docstring.
 
     Usage errors (CliError) are raised before any file is written; per-image failures are collected."""
+    plan = common.make_plan(multiplier, layers, signed)      # fails early on unknown multipliers / tables
+    out = common.check_out_dir(out)
     from tqdm import tqdm
 
     from .. import viz
     from ..io.atomic import replacing_all
     from ..io.images import ImageError, read_rgb
-
-    plan = common.make_plan(multiplier, layers, signed)      # fails early on unknown multipliers / tables
-    out = common.check_out_dir(out)
     model, variables, info = common.load_model(model_spec)
     model, plan = inference.exact_and_plan(model, plan)
     native = inference.model_input_size(model, info)
     if multiplier:
-        check_layers(model, layers, native)
+        common.check_layers(model, layers, native)
     label = f"{Path(multiplier).name if common.is_table_file(multiplier) else multiplier} on " \
             f"{', '.join(layers or ['*'])}" if multiplier else "stored plan"
     if info.get("random_weights"):
@@ -152,12 +121,13 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
         res.seconds[name] = time.time() - t0
         exact_full = inference.upsample_depth(exact, rgb.shape[:2])
         main_depth = exact_full if approx is None else inference.upsample_depth(approx, rgb.shape[:2])
-        problem = _depth_problem(name, exact_full, "exact" if plan is not None else "", res, bar.write)
+        warn = lambda m: bar.write(m, file=sys.stderr)  # noqa: E731
+        problem = _depth_problem(name, exact_full, "exact" if plan is not None else "", res, warn)
         if plan is not None:
-            problem = _depth_problem(name, main_depth, "approximate", res, bar.write) or problem
+            problem = _depth_problem(name, main_depth, "approximate", res, warn) or problem
         if problem:
             res.failed[name] = problem
-            bar.write(f"error: {problem}")
+            warn(f"error: {problem}")
             continue
         files = _write_set(out, Path(name).stem, rgb, exact_full, main_depth if plan is not None else None,
                            label, viz, replacing_all)

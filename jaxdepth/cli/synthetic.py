@@ -34,7 +34,7 @@ def _size(text: str) -> int:
 
 def _main(args: argparse.Namespace, done: common.Done) -> int:
     from ..data.synthetic import write_dataset
-    out = common.check_out_dir(args.out)
+    out = common.check_out_dir(args.out, "output folder")
     done.what = "datasets"
     done.note = f"{out} holds no complete dataset (no meta.json): rerun the command"
     if (out / "meta.json").exists():

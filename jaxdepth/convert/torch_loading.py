@@ -118,8 +118,8 @@ def load_state_dict(path: Union[str, Path], *, trust_pickle: bool = False) -> di
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for unreadable files
         if not _is_pickle(path):
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ConversionError(f"{path}: not a PyTorch checkpoint (torch.load: {first[:200]})") from None
+            raise ConversionError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip archive nor a "
+                                  f"pickle; torch.load: {type(e).__name__})") from None
         if not trust_pickle:
             raise ConversionError(
                 f"{path}: holds pickled Python objects (e.g. a whole nn.Module), not just tensors; reading it "

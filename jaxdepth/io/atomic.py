@@ -40,9 +40,11 @@ def replacing(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is not None and Path(e.filename) == tmp:
+            raise type(e)(e.errno, e.strerror, str(p)) from e      # name the file the user asked for
         raise
 
 

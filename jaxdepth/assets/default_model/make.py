@@ -17,7 +17,8 @@ import numpy as np
 
 from jaxdepth import viz
 from jaxdepth.data import load
-from jaxdepth.evaluate import evaluate, make_predictor, resize_batch
+from jaxdepth.evaluation import evaluate
+from jaxdepth.inference import make_predictor, resize_batch
 from jaxdepth.io import checkpoint
 from jaxdepth.models import Plan, calibrate
 
