@@ -42,7 +42,8 @@ def _legacy(key):
 
 # (preset, how the checkpoint is saved)
 CASES = [("densenet161", "state_dict"), ("densenet169", "dataparallel"), ("densenet121", "legacy"),
-         ("densenet201", "wrapped"), ("mobilenetv2", "pickled_model"), ("mobilenetv2_lite", "state_dict")]
+         ("densenet201", "wrapped"), ("mobilenetv2", "pickled_model"), ("mobilenetv2_lite", "state_dict"),
+         ("resnet50", "state_dict")]
 
 
 @pytest.mark.parametrize("preset,how", CASES)
@@ -184,3 +185,19 @@ def test_cli_bad_inputs_are_one_line_errors_before_any_work(tmp_path, capsys, li
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "junk.pth", "sd.pth", "whole.pth"]
     assert not any((tmp_path / "exists").iterdir())
+
+
+def test_resnet_family_detected_from_torchvision_keys():
+    """The ResNet family's rule: torchvision resnet50 weights alone (fc ignored) -> resnet50 with a fresh
+    decoder; other bottleneck block counts -> resnet50_custom with those counts."""
+    torch.manual_seed(4)
+    chosen, variables, report = convert_state_dict(tr.resnet50().state_dict())
+    assert chosen.name == "resnet50" and report.layout == "encoder" and report.decoder_initialised
+    assert "fc.weight" in report.ignored and "decoder" in variables["params"]
+    np.testing.assert_array_equal(np.asarray(variables["batch_stats"]["encoder"]["layer4_2"]["conv3"]["bn"]["var"]),
+                                  np.ones(2048, np.float32))
+    small = tr.ResNet((2, 1, 1, 2), 16).state_dict()
+    chosen, _, report = convert_state_dict(small)
+    assert chosen.name == "resnet50_custom" and chosen.block_config == (2, 1, 1, 2)
+    assert chosen.num_init_features == 16 and report.converted == len([k for k in small if "num_batches" not in k
+                                                                       and not k.startswith("fc.")])

@@ -104,18 +104,22 @@ def tiny_ckpt(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_ev(tiny_ckpt):
+    from jaxdepth.explore import EvalSpec, Protocol
+    return EvalSpec(model=str(tiny_ckpt), data=DATA, protocol=Protocol(batch_size=2, calib_frames=2)).build()
+
+
 @pytest.mark.slow
-def test_stored_results_equal_a_direct_evaluate(tiny_ckpt, tmp_path):
+def test_stored_results_equal_a_direct_evaluate(tiny_ckpt, tiny_ev, tmp_path):
     from jaxdepth.cli import evaluate as cli_evaluate
-    from jaxdepth.explore import EvalSpec, Protocol, run_configs, sweep_configs
-    spec = EvalSpec(model=str(tiny_ckpt), data=DATA, protocol=Protocol(batch_size=2, calib_frames=2))
-    ev = spec.build()
-    configs = sweep_configs([multipliers.get("mul8u_197B")], ["decoder.*"], references=False)
+    from jaxdepth.explore import run_configs, sweep_configs
+    configs = sweep_configs([multipliers.get("mul8u_197B")], ["*"], references=False)
     with ResultStore(tmp_path / "r.sqlite") as st:
-        run_configs(ev, st, configs)
+        run_configs(tiny_ev, st, configs)
         stored = st.records()[0]
     args = cli_evaluate.build_parser().parse_args(
-        ["--model", str(tiny_ckpt), "--data", DATA, "--multiplier", "mul8u_197B", "--layers", "decoder.*",
+        ["--model", str(tiny_ckpt), "--data", DATA, "--multiplier", "mul8u_197B",
          "--batch-size", "2", "--calib-frames", "2", "--no-progress"])
     direct = cli_evaluate.run(args)
     assert stored["frames"] == direct["frames"] == 4
@@ -123,8 +127,58 @@ def test_stored_results_equal_a_direct_evaluate(tiny_ckpt, tmp_path):
         for k, v in direct[part].items():
             assert stored[part][k] == pytest.approx(v, rel=1e-5, abs=1e-7), (part, k)
     assert 0 < stored["fidelity"]["depth_rel_rms"] < 1 and 0 < stored["fidelity"]["decoder_rel_rms"] < 1
-    quantized = [n for n, m in stored["plan"].items() if m]
-    assert quantized and all(n.startswith("decoder.") for n in quantized)
+    assert set(stored["plan"].values()) == {"mul8u_197B"}
+
+
+@pytest.mark.slow
+def test_sensitivity_ranking_and_error_propagation(tiny_ev, tmp_path):
+    from jaxdepth.explore import layer_groups, run_configs
+    from jaxdepth.explore.sensitivity import propagation, rank, saturation, sensitivity_configs
+    m = multipliers.get("mul8u_L93")
+    configs = sensitivity_configs(m, layer_groups(tiny_ev.layer_names, "parts"))
+    assert [c.label for c in configs] == ["uint8", "mul8u_L93 @ encoder", "mul8u_L93 @ decoder"]
+    with ResultStore(tmp_path / "r.sqlite") as st:
+        recs = run_configs(tiny_ev, st, configs)
+    ranking = rank(recs, "psnr")
+    base = recs[0]["fidelity"]["psnr"]
+    assert {r["group"] for r in ranking} == {"encoder", "decoder"}
+    assert all(r["drop"] == pytest.approx(base - r["psnr"]) for r in ranking)
+    assert ranking[0]["drop"] >= ranking[1]["drop"]
+    # propagation: the last layer's error is the decoder output's relative rms that the evaluation stored
+    # (same 4 frames, unflipped), computed independently; every layer is listed, in model order
+    rows = propagation(tiny_ev, configs[2], frames=4)
+    assert [r["layer"] for r in rows] == tiny_ev.layer_names
+    assert [r["multiplier"] for r in rows] == [m.name if n.startswith("decoder.") else "exact_u8"
+                                               for n in tiny_ev.layer_names]
+    assert rows[-1]["rel_error"] == pytest.approx(recs[2]["fidelity"]["decoder_rel_rms"], rel=1e-4)
+    assert all(r["rel_error"] > 0 and r["std_ratio"] > 0 for r in rows)
+    assert set(saturation(rows)) == {"enters", "blows_up", "collapses"}
+
+
+@pytest.mark.slow
+def test_search_returns_a_non_dominated_front_and_resumes(tiny_ev, tmp_path):
+    from jaxdepth.explore import layer_groups
+    from jaxdepth.explore.search import front, search
+    cands = [multipliers.get(n) for n in ("mul8u_197B", "mul8u_2AC", "mul8u_L93")]
+    groups = layer_groups(tiny_ev.layer_names, "parts")
+    with ResultStore(tmp_path / "r.sqlite") as st:
+        recs = search(tiny_ev, st, cands, groups, n_trials=8, population=4, ranking=["decoder", "encoder"])
+        evaluated = len(st.evaluation_log())
+        assert len(recs) == 8 and evaluated <= 8
+        again = search(tiny_ev, st, cands, groups, n_trials=11, population=4)    # resume: 3 more trials
+        assert len(again) == 11 and len(st.evaluation_log()) - evaluated <= 3
+        log = [k for k, _ in st.evaluation_log()]
+    assert len(log) == len(set(log))
+    rows = [flatten(r) for r in again]
+    best = front(again, "delta1")
+    assert best
+    for b in best:
+        assert not any(r["power"] <= b["power"] and r["delta1"] >= b["delta1"] and
+                       (r["power"] < b["power"] or r["delta1"] > b["delta1"]) for r in rows)
+    assert all(all(m in ("exact_u8", "mul8u_197B", "mul8u_2AC", "mul8u_L93") for m in r["plan"].values())
+               for r in again)
+    with pytest.raises(ValueError, match="signedness"):
+        search(tiny_ev, st, [multipliers.get("mul8s_1L2J"), cands[0]], groups, n_trials=1)
 
 
 def _cli(*args, out):
@@ -190,3 +244,38 @@ def test_unwritable_output_is_reported_before_the_sweep(tiny_ckpt, tmp_path, cap
     code = main(["sweep", "--multipliers", "mul8u_2AC", "--model", str(tiny_ckpt), "--data", DATA,
                  "--out", str(tmp_path / "file" / "sub"), "--no-progress"])
     assert code == 2 and "file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skip(reason="unverified: on the shared host (load 25-38, 2026-12-02) Ray 2.60 could not start a local "
+                         "cluster (raylet registration has a fixed 30 s limit; once the raylet died waiting for "
+                         "its agents); enable once it has passed")
+def test_ray_workers_give_the_local_results_and_survive_a_killed_worker(tiny_ckpt, tiny_ev, tmp_path):
+    ray = pytest.importorskip("ray")
+    from jaxdepth.explore import EvalSpec, Protocol, run_configs, sweep_configs
+    from jaxdepth.explore.ray_backend import RayExecutor
+    configs = sweep_configs([multipliers.get(n) for n in ("mul8u_2AC", "mul8u_L93", "mul8u_DM1")], ["*"],
+                            references=False)
+    with ResultStore(tmp_path / "local.sqlite") as st:
+        local = run_configs(tiny_ev, st, configs)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)   # a local 2-CPU cluster
+    try:
+        spec = EvalSpec(model=str(tiny_ckpt), data=DATA, protocol=Protocol(batch_size=2, calib_frames=2))
+        try:
+            ex = RayExecutor(spec, None, workers=2, expected_context=tiny_ev.context, startup_timeout=600)
+        except ray.exceptions.GetTimeoutError:     # Ray's own start-up (raylet, agents) failed on this host
+            pytest.skip("the local Ray cluster did not start within 10 minutes (see /tmp/ray/session_latest/logs)")
+        results = ex.run(configs)
+        first = next(results)
+        ray.kill(ex.actors[0], no_restart=False)        # a worker dies mid-run: restarted, its config resubmitted
+        with ResultStore(tmp_path / "ray.sqlite") as st:
+            for c, rec in [first, *results]:
+                st.put(tiny_ev.key(c), tiny_ev.context, rec)
+            remote = {r["label"]: r for r in st.records()}
+        ex.shutdown()
+    finally:
+        ray.shutdown()
+    assert set(remote) == {c.label for c in configs}
+    for rec in local:
+        for part in ("accuracy", "fidelity", "cost"):
+            assert remote[rec["label"]][part] == rec[part], (rec["label"], part)

@@ -241,7 +241,7 @@ def test_densenet161_decoder_conv2_exact_table_and_evoapprox():
     x = np.random.default_rng(4).random((1, 64, 96, 3), dtype=np.float32)
     with torch.no_grad():   # the encoder features from PyTorch (the float encoders are tested in test_convert)
         feats = [f.permute(0, 2, 3, 1).numpy() for f in tm.encoder(torch.from_numpy(x).permute(0, 3, 1, 2))]
-    bottleneck = feats[preset.bottleneck]
+    bottleneck = feats[preset.tap_index(preset.bottleneck)]
     qp = quant.Observer("minmax")
     qp.update(bottleneck)                                                  # = calibrate(), for this one layer
     qp = qp.qparams(signed=True)

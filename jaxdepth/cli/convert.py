@@ -1,4 +1,4 @@
-"""PyTorch DenseDepth / torchvision checkpoint -> jaxdepth checkpoint (``jaxdepth-convert``, ``python -m jaxdepth.convert``)."""
+"""Keras .h5 / PyTorch DenseDepth checkpoint -> jaxdepth checkpoint (``jaxdepth-convert``, ``python -m jaxdepth.convert``)."""
 from __future__ import annotations
 
 import argparse
@@ -12,13 +12,18 @@ from .common import CliError
 
 EPILOG = """\
 examples:
+  jaxdepth-convert nyu.h5 ckpt/nyu                     # the authors' published Keras weights
   jaxdepth-convert nyu.pth ckpt/densenet169            # detect the preset
   jaxdepth-convert model_2019.pth ckpt/d161 --preset densenet161 --set conv2_padding=0
   jaxdepth-convert mobilenet_v2.pth ckpt/mnv2          # torchvision encoder weights alone:
                                                        # the decoder is freshly initialised
   jaxdepth-convert nyu.pth ckpt/d169 --plan '{"decoder.*": "mul8s_1KV8"}'
 
-inputs: a state dict (optionally under "state_dict" / "model"), with or without the "module." prefix,
+Keras inputs (read with h5py: no TensorFlow or Keras needed): whole-model or weights-only .h5 saves of
+Keras 2 (the published nyu.h5 / kitti.h5) or Keras 3 (legacy HDF5). Decoder width, LeakyReLU after convA,
+bottleneck ReLU and BatchNorm epsilon are read from the file's model_config; weights-only files get the
+registered preset with their shapes (densedepth_nyu for full width).
+PyTorch inputs: a state dict (optionally under "state_dict" / "model"), with or without the "module." prefix,
 DenseDepth keys (encoder.original_model.features.*, decoder.*) or torchvision keys alone (features.*,
 classifier.*), legacy DenseNet names (denselayerN.norm.1.weight). A whole pickled model is read only with
 --trust-pickle (unpickling can run code from the file). Settings that the weights do not show
@@ -54,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     doc = __doc__ or ""
     ap = argparse.ArgumentParser(prog="jaxdepth-convert", description=doc.split("(``")[0].strip(),
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("input", help="PyTorch checkpoint (.pth / .pt / .tar)")
+    ap.add_argument("input", help="Keras .h5 file or PyTorch checkpoint (.pth / .pt / .tar)")
     ap.add_argument("output", help="output checkpoint folder (orbax + jaxdepth.json)")
     ap.add_argument("--preset", choices=sorted(PRESETS), help="use this preset instead of the detected one")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -74,13 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(args: argparse.Namespace, done: common.Done) -> int:
     done.what, done.total = "conversions", 1
     done.note = f"{args.output} unchanged (a checkpoint is swapped in only when complete)"
-    from ..convert.torch_loading import convert_file, detect_preset, load_state_dict, normalize_keys
+    from ..convert.files import convert_file, detect_file
     if not Path(args.input).is_file():
         raise CliError(f"{args.input}: no such file" if not Path(args.input).exists()
                        else f"{args.input}: is a folder, not a checkpoint file")
     if args.detect_only:
-        preset, layout = detect_preset(normalize_keys(load_state_dict(args.input, trust_pickle=args.trust_pickle)))
-        print(f"{layout} checkpoint, preset {preset.name}: {json.dumps(preset.to_dict())}")
+        preset, layout, source = detect_file(args.input, trust_pickle=args.trust_pickle)
+        print(f"{source} {layout} checkpoint, preset {preset.name}: {json.dumps(preset.to_dict())}")
         return 0
     out = Path(args.output)
     if out.exists() and not args.overwrite:

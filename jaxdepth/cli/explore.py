@@ -33,6 +33,9 @@ def _data_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-frames", type=common.positive_int, default=8,
                    help="frames used to calibrate quantization when the checkpoint's calibration does not apply")
     g.add_argument("--store", help="results database (default: OUT/results.sqlite)")
+    g.add_argument("--ray", metavar="ADDRESS", help="evaluate on Ray workers: 'auto' (the running cluster, "
+                                                    "ray start --head), 'local' (start one here), or host:port")
+    g.add_argument("--ray-workers", type=common.positive_int, help="Ray actors (default: one per cluster CPU)")
     g.add_argument("--metric", default="delta1", help="metric of the front and the ranking: delta1, abs_rel, "
                                                      "rmse, ... (vs ground truth) or psnr, depth_rel_rms, "
                                                      "decoder_rel_rms (vs the exact model)")
@@ -62,6 +65,47 @@ def build_parser() -> argparse.ArgumentParser:
     _mult_options(sp)
     sp.add_argument("--layers", nargs="+", default=["*"], metavar="PATTERN", help="layer-name globs (default *)")
     _data_options(sp)
+
+    sn = sub.add_parser("sensitivity", parents=[parent], help="one layer / group at a time through a multiplier",
+                        description="One layer (or block, or encoder / decoder) at a time through --multiplier, "
+                                    "the rest through the exact table of its signedness (--base exact) or float; "
+                                    "groups ranked by the metric drop, with a bar chart.")
+    sn.add_argument("--multiplier", required=True, help="the circuit under test (name or table file)")
+    sn.add_argument("--signed", dest="signed", action="store_const", const=True, default=None)
+    sn.add_argument("--unsigned", dest="signed", action="store_const", const=False)
+    sn.add_argument("--granularity", choices=("layers", "blocks", "parts"), default="layers")
+    sn.add_argument("--layers", nargs="+", default=["*"], metavar="PATTERN",
+                    help="only groups of these layers (default *)")
+    sn.add_argument("--base", choices=("exact", "float"), default="exact",
+                    help="arithmetic of the other layers (exact: one compilation for the whole run)")
+    _data_options(sn)
+
+    pp = sub.add_parser("propagate", parents=[parent], help="per-layer error of one configuration vs the exact "
+                                                            "model",
+                        description="The relative error of every layer's output against the exact model's for "
+                                    "--multiplier on --layers: where the error enters, blows up, collapses.")
+    pp.add_argument("--multiplier", required=True)
+    pp.add_argument("--signed", dest="signed", action="store_const", const=True, default=None)
+    pp.add_argument("--unsigned", dest="signed", action="store_const", const=False)
+    pp.add_argument("--layers", nargs="+", default=["*"], metavar="PATTERN")
+    pp.add_argument("--frames", type=common.positive_int, default=4, help="frames compared (default 4)")
+    _data_options(pp)
+
+    se = sub.add_parser("search", parents=[parent], help="per-layer / per-group assignment search (NSGA-II)",
+                        description="NSGA-II (optuna) over which candidate circuit each group uses, objectives "
+                                    "--metric and relative power, seeded from a sensitivity ranking (--ranking "
+                                    "FILE from 'sensitivity', else computed first with the cheapest candidate); "
+                                    "rerun the same command to resume.")
+    _mult_options(se)
+    se.set_defaults(multipliers=["unsigned", "MAE% < 1"])
+    se.add_argument("--granularity", choices=("layers", "blocks", "parts"), default="blocks")
+    se.add_argument("--layers", nargs="+", default=["*"], metavar="PATTERN",
+                    help="only these layers are searched (the others stay float)")
+    se.add_argument("--trials", type=common.positive_int, default=200, help="evaluations in total (default 200)")
+    se.add_argument("--population", type=common.positive_int, default=20, help="NSGA-II population size")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--ranking", help="groups, most sensitive first, one a line (sensitivity.txt)")
+    _data_options(se)
 
     rp = sub.add_parser("report", parents=[parent], help="export a store's results again (CSV, JSON, plot, "
                                                          "Markdown)")
@@ -112,6 +156,17 @@ def _print_rows(rows: list[dict], metric: str) -> None:
               f"{r.get('warning') or ''}")
 
 
+def _executor(args: argparse.Namespace, ev):
+    """None (in process) or the Ray executor --ray asks for (built once per command)."""
+    if not getattr(args, "ray", None):
+        return None
+    if getattr(args, "_executor", None) is None:
+        from ..explore.ray_backend import RayExecutor
+        args._executor = RayExecutor(_spec(args), args.ray, workers=args.ray_workers, expected_context=ev.context)
+        print(f"Ray: {len(args._executor.actors)} worker(s)", flush=True)
+    return args._executor
+
+
 def _run(ev, store, configs, args, done) -> list[dict]:
     from ..explore import run_configs
     done.what, done.total, done.where = "configurations", len(configs), store.path
@@ -121,7 +176,8 @@ def _run(ev, store, configs, args, done) -> list[dict]:
         counts["new" if new else "stored"] += 1
         done.add(rec["label"])
 
-    records = run_configs(ev, store, configs, progress=not args.no_progress, on_record=on_record)
+    records = run_configs(ev, store, configs, executor=_executor(args, ev), progress=not args.no_progress,
+                          on_record=on_record)
     print(f"{counts['new']} configuration(s) evaluated, {counts['stored']} read from {store.path}; "
           f"compile {ev.compile_seconds:.1f} s", flush=True)
     return records
@@ -141,6 +197,119 @@ def _sweep(args: argparse.Namespace, done: common.Done) -> int:
     _print_rows(rows, args.metric)
     title = f"sweep of {len(mults)} multipliers on {' '.join(args.layers)} ({ev.frames} frames of {args.data})"
     files = _write_outputs(rows, out, "sweep", args.metric, title)
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _one_multiplier(args: argparse.Namespace):
+    from ..explore import select_multipliers
+    mults = select_multipliers([args.multiplier], args.signed)
+    if len(mults) != 1:
+        raise CliError(f"--multiplier {args.multiplier!r} selects {len(mults)} circuits; name one")
+    return mults[0]
+
+
+def _sensitivity(args: argparse.Namespace, done: common.Done) -> int:
+    from ..explore import layer_groups, select_layers
+    from ..explore.report import _fmt
+    from ..explore.sensitivity import rank, sensitivity_configs, sensitivity_plot
+    from ..io.atomic import write_text
+    from ..explore.report import write_tables
+    _check_metric(args.metric)
+    m = _one_multiplier(args)
+    out, store = _open_store(args)
+    with store:
+        ev = _spec(args).build()
+        groups = layer_groups(select_layers(args.layers, ev.layer_names), args.granularity)
+        configs = sensitivity_configs(m, groups, args.base)
+        ranking = rank(_run(ev, store, configs, args, done), args.metric)
+    print(f"{'group':<44}{'drop':>9}{args.metric:>10}{'psnr':>8}{'power':>8}")
+    for r in ranking:
+        print(f"{r['group'][:43]:<44}{_fmt(r['drop'], 4):>9}{_fmt(r.get(args.metric), 4):>10}"
+              f"{_fmt(r.get('psnr'), 2):>8}{_fmt(r.get('power')):>8}")
+    title = f"sensitivity to {m.name} ({args.granularity}, rest {args.base}; {ev.frames} frames)"
+    files = write_tables(ranking, out, "sensitivity")
+    files.append(sensitivity_plot(ranking, out / "sensitivity.png", args.metric, title))
+    files.append(write_text(out / "sensitivity.txt", "\n".join(r["group"] for r in ranking) + "\n"))
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _propagate(args: argparse.Namespace) -> int:
+    from ..explore import Config, select_layers
+    from ..explore.report import _fmt
+    from ..explore.sensitivity import propagation, propagation_plot, saturation
+    from ..io.atomic import write_json, write_text
+    from ..explore.report import to_csv
+    m = _one_multiplier(args)
+    out = common.check_out_dir(args.out)
+    ev = _spec(args).build()
+    select_layers(args.layers, ev.layer_names)
+    config = Config(f"{m.name} @ {' '.join(args.layers)}", tuple((p, m) for p in args.layers))
+    rows = propagation(ev, config, args.frames)
+    sat = saturation(rows)
+    print(f"{'layer':<48}{'multiplier':>12}{'rel error':>11}{'std ratio':>11}")
+    for r in rows:
+        print(f"{r['layer'][:47]:<48}{(r['multiplier'] or 'float'):>12}{_fmt(r['rel_error'], 4):>11}"
+              f"{_fmt(r['std_ratio'], 3):>11}")
+    print(f"error enters at {sat['enters'] or '-'} (> 5 %), blows up at {sat['blows_up'] or '-'} (> 50 %), "
+          f"output collapses at {sat['collapses'] or '-'} (spread < 5 % of exact)")
+    cols = ("layer", "multiplier", "macs", "rel_error", "std_ratio", "mean", "exact_mean")
+    files = [write_text(out / "propagation.csv", to_csv(rows, cols)),
+             write_json(out / "propagation.json", {"config": config.label, "saturation": sat, "layers": rows}),
+             propagation_plot(rows, out / "propagation.png", f"{config.label}: error of every layer's output")]
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _search(args: argparse.Namespace, done: common.Done) -> int:
+    from ..explore import flatten, layer_groups, select_layers, select_multipliers
+    from ..explore.runner import reference_configs
+    from ..explore.search import candidates_with_exact, front, search
+    from ..explore.sensitivity import rank, sensitivity_configs
+    from ..explore.cost import figures
+    _check_metric(args.metric)
+    try:
+        cands = candidates_with_exact(select_multipliers(args.multipliers, args.signed))
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    ranking = None
+    if args.ranking:
+        try:
+            ranking = [line.strip() for line in Path(args.ranking).read_text().splitlines() if line.strip()]
+        except OSError as e:
+            raise CliError(f"--ranking {args.ranking}: {e.strerror or e}") from None
+    out, store = _open_store(args)
+    with store:
+        ev = _spec(args).build()
+        groups = layer_groups(select_layers(args.layers, ev.layer_names), args.granularity)
+        if ranking is not None:
+            unknown = [g for g in ranking if g not in groups]
+            if unknown:
+                raise CliError(f"--ranking {args.ranking}: unknown groups {unknown[:5]} for --granularity "
+                               f"{args.granularity}")
+        refs = _run(ev, store, reference_configs({cands[0].signed}, args.layers), args, done)
+        if ranking is None:
+            cheapest = min(cands[1:], key=lambda m: figures(m)["power"])
+            print(f"ranking the {len(groups)} groups by their sensitivity to {cheapest.name} (stored; "
+                  f"--ranking FILE skips this)", flush=True)
+            ranking = [r["group"] for r in rank(_run(ev, store, sensitivity_configs(cheapest, groups), args, done),
+                                                args.metric)]
+        done.what, done.total = "search trials", args.trials
+        executor = _executor(args, ev)
+        records = search(ev, store, cands[1:], groups, n_trials=args.trials, metric=args.metric, ranking=ranking,
+                         seed=args.seed, population=args.population, progress=not args.no_progress,
+                         executor=executor, batch=len(executor.actors) if executor else 1,
+                         on_record=lambda rec, new: done.add(rec["label"]))
+    rows = [flatten(r) for r in refs] + [flatten(r) for r in records]
+    best = front(records, args.metric)
+    print(f"{len(records)} trials; Pareto front of {len(best)}:")
+    _print_rows(best, args.metric)
+    for r in best:
+        print(f"  {r['label']}: {r['layers']}")
+    title = (f"NSGA-II over {len(groups)} {args.granularity}, {len(cands)} candidates, {len(records)} trials "
+             f"({ev.frames} frames)")
+    files = _write_outputs(rows, out, "search", args.metric, title)
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
@@ -165,6 +334,12 @@ def _report(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace, done: common.Done) -> int:
     if args.command == "sweep":
         return _sweep(args, done)
+    if args.command == "sensitivity":
+        return _sensitivity(args, done)
+    if args.command == "propagate":
+        return _propagate(args)
+    if args.command == "search":
+        return _search(args, done)
     return _report(args)
 
 

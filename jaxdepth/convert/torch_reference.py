@@ -2,6 +2,7 @@
 
 Independent re-implementations with torchvision's module names (no torchvision needed): `densenet` builds
 torchvision's DenseNet (121/161/169/201), `mobilenet_v2` torchvision's MobileNetV2 (any ``width_mult``),
+`resnet50` torchvision's ResNet-50 (`ResNet`: any bottleneck block counts),
 and `DenseDepth` wraps one as ``encoder.original_model`` with the decoder of the DenseDepth / MobileNetV2
 code bases (``decoder.conv2``, ``decoder.upK.convA/convB``, ``decoder.conv3``), configured by a
 `jaxdepth.models.Preset`. Requires torch (imported at module load: import this module lazily).
@@ -141,6 +142,64 @@ def mobilenet_v2(width_mult: float = 1.0, num_classes: int = 1000) -> MobileNetV
     return MobileNetV2(width_mult, 8, num_classes)
 
 
+# ---- torchvision ResNet (bottleneck) ------------------------------------------------------------------------
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, width: int, stride: int = 1, downsample: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, width * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+class ResNet(nn.Module):
+    def __init__(self, layers=(3, 4, 6, 3), stem: int = 64, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        inplanes = stem
+        for i, n in enumerate(layers):
+            width, stride = stem * 2 ** i, 1 if i == 0 else 2
+            blocks = []
+            for j in range(n):
+                down = None
+                if j == 0:
+                    down = nn.Sequential(nn.Conv2d(inplanes, width * 4, 1, stride=stride, bias=False),
+                                         nn.BatchNorm2d(width * 4))
+                blocks.append(Bottleneck(inplanes, width, stride if j == 0 else 1, down))
+                inplanes = width * 4
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(inplanes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"):
+            x = getattr(self, name)(x)
+        return self.fc(torch.flatten(x, 1))
+
+
+def resnet50(num_classes: int = 1000) -> ResNet:
+    """torchvision.models.resnet50() architecture, random weights."""
+    return ResNet((3, 4, 6, 3), 64, num_classes)
+
+
 # ---- DenseDepth -----------------------------------------------------------------------------------------------
 class UpSample(nn.Sequential):
     def __init__(self, skip_input: int, output_features: int, leakyrelu_a: bool = True) -> None:
@@ -165,17 +224,17 @@ class Decoder(nn.Module):
         super().__init__()
         self.preset = preset
         width = preset.decoder_features()
-        c_bottleneck = preset.feature_channels()[preset.bottleneck]
+        c_bottleneck = preset.bottleneck_channels()
         self.conv2 = nn.Conv2d(c_bottleneck, width, kernel_size=1, stride=1, padding=preset.conv2_padding)
         for name, c_in, c_out in preset.decoder_channels():
             self.add_module(name, UpSample(c_in, c_out, preset.leakyrelu_a))
         self.conv3 = nn.Conv2d(preset.decoder_channels()[-1][2], 1, kernel_size=3, stride=1, padding=1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = features[self.preset.bottleneck]
+        x = features[self.preset.tap_index(self.preset.bottleneck)]
         x = self.conv2(F.relu(x) if self.preset.bottleneck_relu else x)
         for blk in self.preset.up_blocks:
-            x = getattr(self, blk.name)(x, features[blk.skip])
+            x = getattr(self, blk.name)(x, features[self.preset.tap_index(blk.skip)])
         return self.conv3(x)
 
 
@@ -185,8 +244,11 @@ class Encoder(nn.Module):
         self.original_model = original_model
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """DenseDepth's walk over the classifier's feature children (ResNets: its children up to ``layer4``)."""
         features = [x]
-        for module in self.original_model.features.children():
+        children = (self.original_model.features.children() if hasattr(self.original_model, "features") else
+                    (m for n, m in self.original_model.named_children() if n not in ("avgpool", "fc")))
+        for module in children:
             features.append(module(features[-1]))
         return features
 
@@ -197,6 +259,8 @@ def encoder_model(preset: Preset) -> nn.Module:
         return DenseNet(preset.growth_rate, preset.block_config, preset.num_init_features, preset.bn_size)
     if preset.encoder == "mobilenetv2":
         return MobileNetV2(preset.width_mult, preset.round_nearest)
+    if preset.encoder == "resnet":
+        return ResNet(preset.block_config, preset.num_init_features)
     raise ValueError(f"unknown encoder kind {preset.encoder!r}")
 
 

@@ -103,6 +103,22 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:32]
 
 
+#: Kernels that take the table as a runtime operand (lowrank factorises a concrete table at trace time).
+RUNTIME_KERNELS = ("wstat", "dwrows", "direct", "gather")
+
+
+def runtime_kernel(info: Any, signed: bool, batch: int) -> str:
+    """The kernel for a layer whose table is a runtime operand: what ``auto`` picks among `RUNTIME_KERNELS`
+    for the exact table of that signedness (every 8x8 product table narrows to 16 bits like it; without a
+    concrete table ``auto`` would assume 32-bit entries and pick the slower ``direct``)."""
+    from .. import lutconv
+    from ..multipliers import get
+    x_shape = (batch, *info.x_shape[1:])
+    text = lutconv.explain(x_shape, info.w_shape, get("exact_s8" if signed else "exact_u8"), stride=info.stride,
+                           padding=info.padding, groups=info.groups, traced=True, impl=list(RUNTIME_KERNELS))
+    return text.split(":", 1)[0]
+
+
 class Evaluator:
     """Configurations of one model on one dataset under one protocol (see the module docstring).
 
@@ -168,12 +184,14 @@ class Evaluator:
         from ..models import Plan, to_metres
         if structure in self._compiled:
             return self._compiled[structure]
-        rules = {}
-        for name, s in zip(self.layer_names, structure):
-            if s[0] == "table":
-                rules[name] = {"multiplier": "exact_s8" if s[1] else "exact_u8", "runtime_table": True}
-        model = self.model.clone(plan=Plan.make(rules))
         flip = self.protocol.flip
+        batch = self.protocol.batch_size * (2 if flip else 1)
+        rules = {}
+        for info, s in zip(self.infos, structure):
+            if s[0] == "table":
+                rules[info.name] = {"multiplier": "exact_s8" if s[1] else "exact_u8", "runtime_table": True,
+                                    "impl": runtime_kernel(info, s[1], batch)}
+        model = self.model.clone(plan=Plan.make(rules))
 
         def run(v, x):
             x = x.astype(jnp.float32) / 255.0

@@ -29,6 +29,8 @@ def flatten(record: dict) -> dict[str, Any]:
     quantized = [n for n, m in plan.items() if m is not None]
     meta = record.get("meta", {})
     layers = meta.get("layers") or (f"{len(quantized)}/{len(plan)} layers" if plan else "")
+    if meta.get("assignment"):    # a search trial: which circuit on which groups (exact ones left out)
+        layers = describe_assignment(meta["assignment"])
     row: dict[str, Any] = {"label": record["label"], "kind": record["kind"], "multipliers": " ".join(used) or "float",
                            "layers": layers}
     row.update({k: record["accuracy"].get(k) for k in ACCURACY})
@@ -37,6 +39,25 @@ def flatten(record: dict) -> dict[str, Any]:
     row.update({k: record.get("cost", {}).get(k) for k in ("power", "area", "delay")})
     row.update(warning=record.get("warning") or "", seconds=record.get("seconds"), key=record.get("key"))
     return row
+
+
+def describe_assignment(assignment: Iterable, show: int = 4) -> str:
+    """``circuit: group, group, ... (+k)`` per approximate circuit of a group assignment, compactly."""
+    pairs = [(str(g), str(m)) for g, m in assignment]
+    by: dict[str, list[str]] = {}
+    for g, m in pairs:
+        by.setdefault(m, []).append(g)
+    parts = []
+    for m, gs in by.items():
+        if m.startswith("exact"):
+            continue
+        if len(gs) == len(pairs):
+            parts.append(f"{m}: all {len(gs)} groups")
+        else:
+            more = f" (+{len(gs) - show})" if len(gs) > show else ""
+            parts.append(f"{m}: {', '.join(gs[:show])}{more}")
+    exact = len(by.get("exact_u8", [])) + len(by.get("exact_s8", []))
+    return "; ".join(parts + ([f"exact: {exact} groups"] if exact and parts else [])) or "all exact"
 
 
 def value(row: dict, metric: str) -> Optional[float]:
@@ -84,7 +105,8 @@ def write_tables(rows: Sequence[dict], out: Path, stem: str = "results") -> list
     return [write_text(out / f"{stem}.csv", to_csv(rows)), write_json(out / f"{stem}.json", clean)]
 
 
-def _place_labels(ax, points: Sequence[tuple[float, float, str]]) -> None:
+def _place_labels(ax, points: Sequence[tuple[float, float, str]],
+                  obstacles: Sequence[tuple[float, float]] = ()) -> None:
     """Label points without overlapping text: each label tries offsets around its point (nearest first) and
     takes the first whose box overlaps no earlier label, no marker and stays inside the axes; a label
     with no free place is drawn further out with a leader line."""
@@ -92,10 +114,13 @@ def _place_labels(ax, points: Sequence[tuple[float, float, str]]) -> None:
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     axbox = ax.get_window_extent(renderer)
-    marker_boxes = []
+    marker_boxes, other_markers = [], []
     for x, y, _ in points:
         px, py = ax.transData.transform((x, y))
         marker_boxes.append((px - 4, py - 4, px + 4, py + 4))
+    for x, y in obstacles:
+        px, py = ax.transData.transform((x, y))
+        other_markers.append((px - 5, py - 5, px + 5, py + 5))
     taken: list[tuple[float, float, float, float]] = []
     offsets = [(6, 4), (6, -12), (-6, 4), (-6, -12), (0, 10), (0, -16), (12, 14), (12, -22), (-12, 14),
                (-12, -22), (20, 0), (-20, 0), (24, 24), (24, -30), (-24, 24), (-24, -30)]
@@ -113,7 +138,7 @@ def _place_labels(ax, points: Sequence[tuple[float, float, str]]) -> None:
                                 arrowprops=None if far == 1 else dict(arrowstyle="-", lw=0.5, color="0.5"))
                 bb = t.get_window_extent(renderer)
                 box = (bb.x0, bb.y0, bb.x1, bb.y1)
-                others = [b for b in marker_boxes if b is not mbox]
+                others = [b for b in marker_boxes if b is not mbox] + other_markers
                 inside = box[0] >= axbox.x0 and box[2] <= axbox.x1 and box[1] >= axbox.y0 and box[3] <= axbox.y1
                 if inside and not overlaps(box, taken) and not overlaps(box, others):
                     taken.append(box)
@@ -159,7 +184,9 @@ def pareto_plot(rows: Sequence[dict], path: Path, metric: str = "delta1", cost: 
     if len(labels) > max_labels:   # label a spread along the front
         step = (len(labels) - 1) / (max_labels - 1)
         labels = [labels[round(i * step)] for i in range(max_labels)]
-    _place_labels(ax, [(value(r, cost), value(r, metric), r["label"]) for r in labels])
+    refs = [(value(r, cost), value(r, metric)) for r in rows if r["kind"] == "reference" and r["label"] != "float"
+            and value(r, cost) is not None and value(r, metric) is not None]
+    _place_labels(ax, [(value(r, cost), value(r, metric), r["label"]) for r in labels], refs)
     return _save(fig, path)
 
 
@@ -191,7 +218,8 @@ def markdown(rows: Sequence[dict], metric: str = "delta1", cost: str = "power", 
     lines += [f"Pareto front ({len(front)} of {len(rows)} configurations; {metric} "
               f"{'higher' if higher_is_better(metric) else 'lower'} is better, {cost} relative to int8):", ""]
     lines += table(front[:limit]) + [""]
-    int8 = next((r for r in refs if r["label"] == "int8"), None)
+    int8 = next((r for r in refs if r["label"] == "int8"), None) or next(
+        (r for r in refs if r["label"] == "uint8"), None)
     if int8 is not None and value(int8, metric) is not None:
         base = value(int8, metric)
         for tol in (0.01, 0.05):
@@ -199,7 +227,7 @@ def markdown(rows: Sequence[dict], metric: str = "delta1", cost: str = "power", 
                 value(r, metric) >= base * (1 - tol) if higher_is_better(metric) else value(r, metric) <= base * (1 + tol))]
             if ok:
                 best = min(ok, key=lambda r: value(r, cost))
-                lines.append(f"- within {tol:.0%} of int8's {metric} ({base:.4f}): **{best['label']}** "
+                lines.append(f"- within {tol:.0%} of {int8['label']}'s {metric} ({base:.4f}): **{best['label']}** "
                              f"({best['multipliers']}; {best['layers']}) at {cost} {value(best, cost):.3f} "
                              f"(saves {100 * (1 - value(best, cost)):.1f} % of the multiplier {cost}), "
                              f"{metric} {value(best, metric):.4f}")

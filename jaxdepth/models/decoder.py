@@ -37,10 +37,11 @@ class Decoder(nn.Module):
     def __call__(self, features: Sequence[jax.Array]) -> jax.Array:
         p = self.preset
         width = p.decoder_features()
-        x = features[p.bottleneck]
+        x = features[p.tap_index(p.bottleneck)]
         if p.bottleneck_relu:
             x = nn.relu(x)
         x = QConv(width, 1, padding=p.conv2_padding, use_bias=True, plan=self.plan, name="conv2")(x)
         for blk in p.up_blocks:
-            x = UpSample(width // blk.divisor, p.leakyrelu_a, self.plan, name=blk.name)(x, features[blk.skip])
+            skip = features[p.tap_index(blk.skip)]
+            x = UpSample(width // blk.divisor, p.leakyrelu_a, self.plan, name=blk.name)(x, skip)
         return QConv(1, 3, padding=1, use_bias=True, plan=self.plan, name="conv3")(x)

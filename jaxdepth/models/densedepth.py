@@ -9,20 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from .decoder import Decoder
-from .densenet import DenseNetEncoder
-from .mobilenetv2 import MobileNetV2Encoder
+from .family import get_family
 from .layers import numpy_init
 from .plan import FLOAT_PLAN, Plan, describe
 from .presets import Preset, get_preset
 
-ENCODERS = {"densenet": DenseNetEncoder, "mobilenetv2": MobileNetV2Encoder}
-
-
 def make_encoder(preset: Preset, plan: Plan = FLOAT_PLAN, name: Optional[str] = None) -> nn.Module:
-    """The encoder alone: ``apply(variables, images, train=False)`` returns the feature list."""
-    if preset.encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder kind {preset.encoder!r}; known: {sorted(ENCODERS)}")
-    return ENCODERS[preset.encoder](preset, plan, name=name)
+    """The encoder alone (its family's module): ``apply(variables, images, train=False)`` returns the feature
+    list, whose entries ``preset.taps()`` names."""
+    return get_family(preset.encoder).module(preset, plan, name=name)
 
 
 class DenseDepth(nn.Module):

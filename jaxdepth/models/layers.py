@@ -191,6 +191,7 @@ class QConv(_Quantized, nn.Module):
     norm: bool = False
     plan: Plan = FLOAT_PLAN
     weight_init: str = "torch"   # kernel init: "torch" (PyTorch Conv2d default), "he_fan_in", "he_fan_out"
+    bn_eps: float = BN_EPS       # epsilon of the owned BatchNorm (Keras applications use 1.001e-5)
     activation: str = "none"     # applied after the (BatchNorm'd) output; fused in integer requantization
 
     @nn.compact
@@ -205,7 +206,7 @@ class QConv(_Quantized, nn.Module):
                             (k, k, c_in // self.groups, self.features))
         bias = (self.param("bias", torch_default_uniform(fan_in), (self.features,)) if self.use_bias
                 else jnp.zeros((self.features,), jnp.float32))
-        bn = BatchNorm(self.features, name="bn") if self.norm else None
+        bn = BatchNorm(self.features, eps=self.bn_eps, name="bn") if self.norm else None
         name = layer_name(self)
         arith = self.plan.resolve(name)
         kind = ("depthwise" if self.groups > 1 and self.groups == c_in else

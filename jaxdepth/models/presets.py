@@ -1,14 +1,17 @@
 """The ONE registry of DenseDepth presets, shared by the Flax models, the converter and the CLI.
 
-A `Preset` is plain config data: which encoder (and its hyper-parameters), which encoder features feed
-the decoder (indices into DenseDepth's feature list ``[x, out(features.0), out(features.1), ...]``), how
-wide the decoder is, and the quirks that differ between the published code bases (``conv2`` padding,
-whether ``leakyreluA`` is applied, whether the bottleneck is taken after ``norm5`` + ReLU).
+A `Preset` is plain config data naming an encoder family (`jaxdepth.models.family`: module, feature names,
+checkpoint key maps, detection) with its hyper-parameters, which encoder features feed the decoder (by the
+family's tap NAMES: ``"transition2"``, ``"block17"``, ``"layer3"``; list indices are still accepted), how wide
+the decoder is, and the quirks that differ between the published code bases (``conv2`` padding, whether
+``leakyreluA`` is applied, whether the bottleneck is taken after ``norm5`` + ReLU, BatchNorm epsilon).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+import numpy as np
 
 #: torchvision DenseNet: name -> (growth_rate, block_config, num_init_features)
 DENSENET_CONFIGS: dict[str, tuple[int, tuple[int, ...], int]] = {
@@ -17,6 +20,9 @@ DENSENET_CONFIGS: dict[str, tuple[int, tuple[int, ...], int]] = {
     "densenet169": (32, (6, 12, 32, 32), 64),
     "densenet201": (32, (6, 12, 48, 32), 64),
 }
+
+#: BatchNorm epsilon of keras.applications (DenseNet, ResNet, ...); PyTorch's default is 1e-5
+KERAS_BN_EPS = 1.001e-5
 
 #: torchvision MobileNetV2 inverted residual setting: (expand ratio t, channels c, repeats n, stride s)
 MOBILENETV2_SETTING: tuple[tuple[int, int, int, int], ...] = (
@@ -35,10 +41,10 @@ def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) 
 
 @dataclasses.dataclass(frozen=True)
 class UpBlock:
-    """One decoder block: upsample to ``features[skip]``'s size, concat it, convA + convB."""
+    """One decoder block: upsample to the skip feature's size, concat it, convA + convB."""
 
-    name: str           # "up1", ... (the PyTorch attribute name, also the Flax module name)
-    skip: int           # index into the encoder feature list
+    name: str              # "up1", ... (the PyTorch attribute name, also the Flax module name)
+    skip: Union[str, int]  # the encoder feature it concatenates: a tap name of the family (or a list index)
     divisor: int        # output channels = decoder features // divisor
 
 
@@ -47,14 +53,15 @@ class Preset:
     """A DenseDepth variant. Hashable, so it can be a Flax module attribute."""
 
     name: str
-    encoder: str                                  # "densenet" | "mobilenetv2"
+    encoder: str                                  # encoder family: "densenet" | "mobilenetv2" | "resnet" ...
     up_blocks: tuple[UpBlock, ...]
-    bottleneck: int                               # index of the decoder input in the feature list
+    bottleneck: Union[str, int]                   # the decoder input: a tap name (or a feature list index)
     bottleneck_relu: bool                         # apply ReLU to it before conv2
     decoder_width: float                          # decoder features = int(bottleneck channels * width)
     conv2_padding: int                            # padding of the 1x1 conv2 (1 in some published code)
     leakyrelu_a: bool                             # whether LeakyReLU(0.2) follows convA
-    # DenseNet encoder
+    bn_eps: float = 1e-5                          # BatchNorm epsilon: PyTorch 1e-5, Keras applications 1.001e-5
+    # DenseNet encoder (block_config / num_init_features: also ResNet's blocks per stage / stem width)
     growth_rate: int = 32
     block_config: tuple[int, ...] = (6, 12, 24, 16)
     num_init_features: int = 64
@@ -71,27 +78,28 @@ class Preset:
     def family(self) -> str:
         return self.encoder
 
+    def family_unit(self):
+        """The registered `jaxdepth.models.family.EncoderFamily` of this preset's encoder."""
+        from .family import get_family
+        return get_family(self.encoder)
+
+    def taps(self) -> list[str]:
+        """Names of the encoder feature list's entries (index 0 = the RGB input)."""
+        return self.family_unit().taps(self)
+
+    def tap_index(self, tap: Union[str, int]) -> int:
+        """Feature list index of a tap name (an index passes through)."""
+        if isinstance(tap, (int, np.integer)):
+            return int(tap)
+        names = self.taps()
+        if tap not in names:
+            raise ValueError(f"preset {self.name!r}: the {self.encoder} encoder has no feature {tap!r}; its "
+                             f"features: {', '.join(names)}")
+        return names.index(tap)
+
     def feature_channels(self) -> list[int]:
         """Channels of every entry of the encoder feature list (index 0 = the RGB input)."""
-        if self.encoder == "densenet":
-            chans = [3]
-            c = self.num_init_features
-            chans += [c, c, c, c]                     # conv0, norm0, relu0, pool0
-            for i, n in enumerate(self.block_config):
-                c = c + n * self.growth_rate
-                chans.append(c)                        # denseblock
-                if i != len(self.block_config) - 1:
-                    c = c // 2
-                    chans.append(c)                    # transition
-            chans.append(c)                            # norm5
-            return chans
-        if self.encoder == "mobilenetv2":
-            chans = [3, self.mobilenet_stem_channels()]
-            for _, c_out, _, _ in self.mobilenet_blocks():
-                chans.append(c_out)
-            chans.append(self.mobilenet_last_channels())
-            return chans
-        raise ValueError(f"unknown encoder kind {self.encoder!r}")
+        return self.family_unit().feature_channels(self)
 
     def mobilenet_stem_channels(self) -> int:
         return make_divisible(32 * self.width_mult, self.round_nearest)
@@ -109,8 +117,11 @@ class Preset:
                 c_in = c_out
         return out
 
+    def bottleneck_channels(self) -> int:
+        return self.feature_channels()[self.tap_index(self.bottleneck)]
+
     def decoder_features(self) -> int:
-        return int(self.feature_channels()[self.bottleneck] * self.decoder_width)
+        return int(self.bottleneck_channels() * self.decoder_width)
 
     def decoder_channels(self) -> list[tuple[str, int, int]]:
         """(block name, input channels, output channels) of every up block, in order."""
@@ -118,7 +129,7 @@ class Preset:
         out, prev = [], self.decoder_features()
         for blk in self.up_blocks:
             c_out = self.decoder_features() // blk.divisor
-            out.append((blk.name, prev + feats[blk.skip], c_out))
+            out.append((blk.name, prev + feats[self.tap_index(blk.skip)], c_out))
             prev = c_out
         return out
 
@@ -127,6 +138,8 @@ class Preset:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preset":
+        """The inverse of `to_dict` (also for checkpoints written before taps had names: list indices become
+        the family's tap names)."""
         d = dict(d)
         d["up_blocks"] = tuple(UpBlock(**b) if isinstance(b, dict) else UpBlock(*b) for b in d["up_blocks"])
         for key in ("block_config", "input_size"):
@@ -136,7 +149,11 @@ class Preset:
         unknown = set(d) - fields
         if unknown:
             raise ValueError(f"unknown preset fields: {sorted(unknown)}")
-        return cls(**d)
+        p = cls(**d)
+        names = p.taps()
+        name = lambda t: names[t] if isinstance(t, int) else t  # noqa: E731
+        return dataclasses.replace(p, bottleneck=name(p.bottleneck),
+                                   up_blocks=tuple(dataclasses.replace(b, skip=name(b.skip)) for b in p.up_blocks))
 
     def replace(self, **overrides: Any) -> "Preset":
         fields = {f.name for f in dataclasses.fields(self)}
@@ -146,14 +163,17 @@ class Preset:
         return dataclasses.replace(self, **overrides)
 
 
-_DENSENET_UP = (UpBlock("up1", 8, 2), UpBlock("up2", 6, 4), UpBlock("up3", 4, 8), UpBlock("up4", 3, 16))
-_MOBILENET_UP = (UpBlock("up0", 18, 2), UpBlock("up1", 15, 2), UpBlock("up2", 9, 4), UpBlock("up3", 6, 8),
-                 UpBlock("up4", 4, 8), UpBlock("up5", 2, 16))
+_DENSENET_UP = (UpBlock("up1", "transition2", 2), UpBlock("up2", "transition1", 4), UpBlock("up3", "pool0", 8),
+                UpBlock("up4", "relu0", 16))
+_MOBILENET_UP = (UpBlock("up0", "block17", 2), UpBlock("up1", "block14", 2), UpBlock("up2", "block8", 4),
+                 UpBlock("up3", "block5", 8), UpBlock("up4", "block3", 8), UpBlock("up5", "block1", 16))
+_RESNET_UP = (UpBlock("up1", "layer3", 2), UpBlock("up2", "layer2", 4), UpBlock("up3", "layer1", 8),
+              UpBlock("up4", "relu", 16))
 
 
-def _densenet(name: str, **kw: Any) -> Preset:
-    growth, blocks, init = DENSENET_CONFIGS[name]
-    base = dict(name=name, encoder="densenet", up_blocks=_DENSENET_UP, bottleneck=12, bottleneck_relu=True,
+def _densenet(name: str, arch: Optional[str] = None, **kw: Any) -> Preset:
+    growth, blocks, init = DENSENET_CONFIGS[arch or name]
+    base = dict(name=name, encoder="densenet", up_blocks=_DENSENET_UP, bottleneck="norm5", bottleneck_relu=True,
                 decoder_width=1.0, conv2_padding=0, leakyrelu_a=False, growth_rate=growth, block_config=blocks,
                 num_init_features=init, input_size=(480, 640))
     base.update(kw)
@@ -162,7 +182,8 @@ def _densenet(name: str, **kw: Any) -> Preset:
 
 PRESETS: dict[str, Preset] = {
     "densenet161": _densenet(
-        "densenet161", bottleneck=11, bottleneck_relu=False, decoder_width=0.5, conv2_padding=1, leakyrelu_a=True,
+        "densenet161", bottleneck="denseblock4", bottleneck_relu=False, decoder_width=0.5, conv2_padding=1,
+        leakyrelu_a=True,
         description="DenseDepth 2019 code: DenseNet-161, bottleneck = denseblock4 output (no norm5/ReLU), "
                     "conv2 padding 1, leakyreluA applied"),
     "densenet169": _densenet(
@@ -171,14 +192,31 @@ PRESETS: dict[str, Preset] = {
     "densenet121": _densenet("densenet121", description="DenseNet-121 encoder, densenet169 decoder settings"),
     "densenet201": _densenet("densenet201", description="DenseNet-201 encoder, densenet169 decoder settings"),
     "mobilenetv2": Preset(
-        name="mobilenetv2", encoder="mobilenetv2", up_blocks=_MOBILENET_UP, bottleneck=19, bottleneck_relu=False,
+        name="mobilenetv2", encoder="mobilenetv2", up_blocks=_MOBILENET_UP, bottleneck="head",
+        bottleneck_relu=False,
         decoder_width=0.6, conv2_padding=1, leakyrelu_a=True, input_size=(480, 640),
         description="alinstein/Depth_estimation: MobileNetV2 encoder, six up blocks, ReLU6"),
     "mobilenetv2_lite": Preset(
-        name="mobilenetv2_lite", encoder="mobilenetv2", up_blocks=_MOBILENET_UP, bottleneck=19,
+        name="mobilenetv2_lite", encoder="mobilenetv2", up_blocks=_MOBILENET_UP, bottleneck="head",
         bottleneck_relu=False, decoder_width=0.25, conv2_padding=1, leakyrelu_a=True, width_mult=0.5,
         input_size=(240, 320),
         description="project default: MobileNetV2 x0.5 encoder, decoder width 0.25 (~2.9M params), 240x320"),
+    # The authors' Keras files. nyu.h5 / kitti.h5: full-width decoder, no LeakyReLU after convA (their own
+    # PyTorch/load_weight_from_keras.py loads nyu.h5 into that model); Keras BatchNorm epsilon 1.001e-5.
+    "densedepth_nyu": _densenet(
+        "densedepth_nyu", "densenet169", bn_eps=KERAS_BN_EPS,
+        description="published Keras nyu.h5 / kitti.h5: DenseNet-169, full-width decoder, no leakyreluA, "
+                    "Keras BatchNorm eps 1.001e-5"),
+    "densedepth_half": _densenet(
+        "densedepth_half", "densenet169", decoder_width=0.5, leakyrelu_a=True, bn_eps=KERAS_BN_EPS,
+        description="DenseDepth model.py (Keras, later files): DenseNet-169, half-width decoder, LeakyReLU after "
+                    "convA and convB, Keras BatchNorm eps 1.001e-5"),
+    "resnet50": Preset(
+        name="resnet50", encoder="resnet", up_blocks=_RESNET_UP, bottleneck="layer4", bottleneck_relu=False,
+        decoder_width=0.5, conv2_padding=0, leakyrelu_a=True, block_config=(3, 4, 6, 3), num_init_features=64,
+        input_size=(480, 640),
+        description="torchvision ResNet-50 encoder (skips relu, layer1-3; bottleneck layer4, 2048 ch), DenseDepth "
+                    "decoder width 0.5 with LeakyReLU after convA and convB"),
 }
 
 

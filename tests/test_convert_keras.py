@@ -1,0 +1,219 @@
+"""Keras .h5 -> Flax conversion verified against Keras itself (Keras 3 on JAX, test-only dependency).
+
+A DenseDepth model is built with keras.applications.DenseNet169 and the decoder in Keras layers (random
+weights, non-trivial BatchNorm statistics with some tiny variances), saved by Keras 3 (legacy HDF5) and in the
+Keras 2 layout of the published nyu.h5 (checked by loading it back with Keras), converted with the CLI /
+library and run in Flax: max |diff| / max |output| <= 1e-4 against Keras' own output.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+keras = pytest.importorskip("keras")
+if keras.backend.backend() != "jax":  # pragma: no cover - depends on the environment
+    pytest.skip("the Keras reference runs on Keras' JAX backend (KERAS_BACKEND=jax)", allow_module_level=True)
+
+import h5py  # noqa: E402
+import jax  # noqa: E402
+
+import keras_densedepth as kd  # noqa: E402
+from jaxdepth import convert, models  # noqa: E402
+from jaxdepth.convert import ConversionError  # noqa: E402
+from jaxdepth.io import checkpoint  # noqa: E402
+from jaxdepth.models.densedepth import FAST_COMPILE_OPTIONS  # noqa: E402
+
+H, W = 64, 96
+TOL = 1e-4
+
+
+def _keras_run(model, x):
+    """Keras' own forward pass (inference mode), compiled with XLA's fast options like the Flax side."""
+    tv = [v.value for v in model.trainable_variables]
+    ntv = [v.value for v in model.non_trainable_variables]
+    fn = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
+    return np.asarray(fn.lower(tv, ntv, x).compile(compiler_options=FAST_COMPILE_OPTIONS)(tv, ntv, x))
+
+
+def _text(v):
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _rel_err(out, ref):
+    scale = float(np.abs(ref).max())
+    assert scale > 0 and out.shape == ref.shape
+    return float(np.abs(out - ref).max()) / scale
+
+
+@pytest.fixture(scope="module")
+def nyu(tmp_path_factory):
+    """The published nyu.h5 architecture in Keras (full-width decoder, no LeakyReLU after convA), one input,
+    its Keras 3 and Keras 2 saves; Keras' output (`_keras_ref`) and the Flax forward pass compiled once."""
+    d = tmp_path_factory.mktemp("keras_nyu")
+    base = kd.densenet169(H, W)
+    model = kd.densedepth(base, half=False, leaky_a=False)
+    kd.randomize(model, 0)
+    x = np.random.default_rng(0).random((1, H, W, 3), dtype=np.float32)
+    model.save(d / "keras3.h5")
+    kd.write_keras2_h5(model, d / "keras2.h5")
+    return {"base": base, "model": model, "x": x, "dir": d, "fn": None}
+
+
+def _keras_ref(nyu):
+    if "ref" not in nyu:
+        nyu["ref"] = _keras_run(nyu["model"], nyu["x"])
+    return nyu["ref"]
+
+
+def _flax_out(nyu, variables):
+    """The converted densedepth_nyu model's output (compiled once per session)."""
+    if nyu["fn"] is None:
+        nyu["fn"] = models.compile_apply(models.build("densedepth_nyu"), variables, nyu["x"].shape, fast_compile=True)
+    return np.asarray(nyu["fn"](variables, nyu["x"]))
+
+
+@pytest.mark.slow
+def test_keras3_save_converted_by_cli_matches_keras(nyu, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "jaxdepth.convert", str(nyu["dir"] / "keras3.h5"),
+                          str(tmp_path / "ck")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "preset densedepth_nyu" in res.stdout and "keras full checkpoint" in res.stdout
+    assert "leakyrelu_a = False (read from the Keras 3 model_config)" in res.stdout
+    model, variables, info = checkpoint.load(tmp_path / "ck")
+    assert model.preset == models.get_preset("densedepth_nyu") and info["extra"]["source"] == "keras"
+    assert model.preset.bn_eps == pytest.approx(1.001e-5)
+    assert _rel_err(_flax_out(nyu, variables), _keras_ref(nyu)) <= TOL
+
+
+@pytest.mark.slow
+def test_keras2_layout_of_the_published_files_matches_keras(nyu):
+    """The Keras 2 file ("conv1/conv" groups, "kernel:0", byte-string names) holds the model's weights (Keras'
+    own loader reads them back) and converts to the same outputs."""
+    path = nyu["dir"] / "keras2.h5"
+    with h5py.File(path) as f:
+        assert "conv1" in f["model_weights"] and "conv" in f["model_weights/conv1"]
+        assert isinstance(f["model_weights"].attrs["layer_names"][0], bytes)
+        assert "conv1/conv/kernel:0" in f["model_weights/conv1/conv"].attrs["weight_names"][0].decode()
+    model = nyu["model"]
+    original = model.get_weights()
+    try:
+        model.set_weights([np.zeros_like(w) for w in original])
+        kd.load_legacy_weights(model, path)
+        assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), original))
+    finally:
+        model.set_weights(original)
+    preset, variables, report = convert.convert(path)
+    assert preset.name == "densedepth_nyu" and report.source == "keras"
+    assert report.settings["leakyrelu_a"] == "read from the Keras 2 model_config"
+    assert "conv1_relu" in report.skipped and "pool3_pool" in report.skipped
+    assert len(report.used) == report.converted == len(model.weights)
+    assert _rel_err(_flax_out(nyu, variables), _keras_ref(nyu)) <= TOL
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A DenseDepth on keras.applications' DenseNet builder with blocks (2, 2, 2, 2) (same layer names, a
+    custom encoder configuration), both decoder variants, saved by Keras 3."""
+    d = tmp_path_factory.mktemp("keras_small")
+    out = {"dir": d, "x": np.random.default_rng(2).random((1, H, W, 3), dtype=np.float32)}
+    for name, half, leaky in (("full", False, False), ("half", True, True)):
+        model = kd.densedepth(kd.small_densenet(H, W), half=half, leaky_a=leaky)   # one base each
+        kd.randomize(model, 3 if half else 4)
+        model.save(d / f"{name}.h5")
+        out[name] = model
+    return out
+
+
+def test_half_width_leaky_convA_variant_matches_keras(small):
+    """Decoder width 0.5 with LeakyReLU after convA (DenseDepth model.py), on a DenseNet with a custom block
+    configuration: every setting comes from the file (model_config and shapes), outputs match Keras."""
+    preset, variables, report = convert.convert(small["dir"] / "half.h5")
+    assert preset.name == "densedepth_custom" and preset.block_config == (2, 2, 2, 2)
+    assert preset.leakyrelu_a and preset.decoder_features() == 64 and preset.bn_eps == pytest.approx(1.001e-5)
+    assert report.settings["leakyrelu_a"] == "read from the Keras 3 model_config"
+    fn = models.compile_apply(models.build(preset), variables, small["x"].shape, fast_compile=True)
+    assert _rel_err(np.asarray(fn(variables, small["x"])), _keras_run(small["half"], small["x"])) <= TOL
+
+
+def test_detection_of_each_keras_preset(nyu, tmp_path):
+    """nyu.h5 architecture -> densedepth_nyu (above); model.py's half-width decoder with LeakyReLU after convA
+    -> densedepth_half; keras.applications DenseNet169 alone -> encoder layout (fresh decoder); a full-width
+    file whose convA is followed by a LeakyReLU matches no registered preset -> densedepth_custom."""
+    half = kd.densedepth(nyu["base"], half=True, leaky_a=True)
+    half.save(tmp_path / "half.h5")
+    preset, layout, source = convert.detect_file(tmp_path / "half.h5")
+    assert (preset.name, layout, source) == ("densedepth_half", "full", "keras")
+    assert preset.leakyrelu_a and preset.decoder_features() == 832
+    (tmp_path / "half.h5").unlink()
+    nyu["base"].save(tmp_path / "enc.h5")
+    preset, layout, _ = convert.detect_file(tmp_path / "enc.h5")
+    assert layout == "encoder" and preset.name == "densedepth_nyu"
+    full = kd.densedepth(nyu["base"], half=False, leaky_a=True)
+    full.save(tmp_path / "leaky.h5")
+    preset, _, _ = convert.detect_file(tmp_path / "leaky.h5")
+    assert preset.name == "densedepth_custom" and preset.leakyrelu_a and preset.decoder_width == 1.0
+
+
+def test_weights_only_saves_use_the_documented_default(small, tmp_path):
+    """Keras 2 ``save_weights`` layout and Keras 3's legacy weights writer: no model_config, so LeakyReLU after
+    convA takes the documented default (False, as nyu.h5); the arrays equal the whole-model conversion."""
+    model = small["full"]
+    kd.write_keras2_h5(model, tmp_path / "w2.h5", whole_model=False)
+    kd.write_keras3_weights_h5(model, tmp_path / "w3.h5")
+    whole_preset, whole, _ = convert.convert(small["dir"] / "full.h5")
+    ref = dict(jax.tree_util.tree_leaves_with_path(whole))
+    for name in ("w2.h5", "w3.h5"):
+        preset, variables, report = convert.convert(tmp_path / name)
+        assert preset == whole_preset and not preset.leakyrelu_a, name
+        assert report.settings["leakyrelu_a"].startswith("weights-only file"), name
+        leaves = jax.tree_util.tree_leaves_with_path(variables)
+        assert len(leaves) == len(ref) == len(model.weights)
+        assert all(np.array_equal(v, ref[k]) for k, v in leaves), name
+
+
+def test_bad_files_fail_with_one_clear_error_naming_the_keys(small, tmp_path):
+    # another architecture
+    inp = keras.Input((32, 32, 3))
+    other = keras.Model(inp, keras.layers.Conv2D(4, 3, name="my_conv")(keras.layers.Conv2D(8, 3, name="stem")(inp)))
+    other.save(tmp_path / "other.h5")
+    with pytest.raises(ConversionError, match="not a keras.applications DenseNet") as err:
+        convert.convert(tmp_path / "other.h5")
+    assert "my_conv" in str(err.value) and "stem" in str(err.value)
+    # truncated file
+    kd.write_keras2_h5(small["full"], tmp_path / "keras2.h5")
+    src = tmp_path / "keras2.h5"
+    with open(src, "rb") as f, open(tmp_path / "cut.h5", "wb") as g:
+        g.write(f.read(os.path.getsize(src) // 2))
+    with pytest.raises(ConversionError, match="truncated"):
+        convert.convert(tmp_path / "cut.h5")
+    # a layer missing (group and name list entry removed): nothing converted, the keys listed
+    shutil.copy(src, tmp_path / "missing.h5")
+    with h5py.File(tmp_path / "missing.h5", "r+") as f:
+        mw = f["model_weights"]
+        del mw["up2_convA"]
+        mw.attrs["layer_names"] = np.array([n for n in mw.attrs["layer_names"] if n != b"up2_convA"])
+    with pytest.raises(ConversionError) as err:
+        convert.convert(tmp_path / "missing.h5")
+    msg = str(err.value)
+    assert "missing keys (2)" in msg and "up2_convA/kernel" in msg and "up2_convA/bias" in msg
+    assert "nothing was converted" in msg
+    # a skip connection wired elsewhere in model_config: another architecture, not converted
+    shutil.copy(src, tmp_path / "rewired.h5")
+    with h5py.File(tmp_path / "rewired.h5", "r+") as f:
+        cfg = _text(f.attrs["model_config"])
+        f.attrs["model_config"] = cfg.replace('["pool2_pool", 0, 0, {}]]]', '["pool3_pool", 0, 0, {}]]]').encode()
+    with pytest.raises(ConversionError, match="skip connections") as err:
+        convert.convert(tmp_path / "rewired.h5")
+    assert "up2: concatenates" in str(err.value)
+    # Keras 3's native weights format has no layer names
+    small["full"].save_weights(tmp_path / "native.weights.h5")
+    with pytest.raises(ConversionError, match="native weights file"):
+        convert.convert(tmp_path / "native.weights.h5")
+    # the CLI: exit 2, one line on stderr, no checkpoint written
+    from jaxdepth.cli.convert import main
+    assert main([str(tmp_path / "cut.h5"), str(tmp_path / "ck")]) == 2
+    assert not (tmp_path / "ck").exists()
