@@ -464,6 +464,11 @@ def test_auto_choice_is_inspectable_and_sensible():
     references = {name for name in lutconv.implementations() if registry.get_kernel(name).reference}
     assert references == {"loop", "vectorized", "xla_loop"}
     assert not references & {k for k, _ in traced.estimates + traced.skipped}
+    # on an accelerator auto keeps to XLA kernels (lowrank, gather, xla_vmap): the numba ones are CPU code
+    problem = registry.Problem((1, 32, 40, 64), (3, 3, 64, 64), lutconv.ConvSpec(), TABLES["random_s8"][0], True)
+    kernel, gpu = registry.choose(problem, platform="gpu")
+    assert kernel.name in ("gather", "xla_vmap") and {"wstat", "direct"} <= dict(gpu.skipped).keys()
+    assert registry.choose(problem, platform="cpu")[0].name == "wstat"
     named = lutconv.explain((1, 8, 8, 8), (3, 3, 8, 8), exact, impl=["vectorized", "gather"])
     assert named.kernel in ("vectorized", "gather") and named.how.startswith("auto among")
 
