@@ -12,7 +12,7 @@ Per implementation: seconds per layer (median of --repeats; the best run is repo
 machine may be shared), time per output value (the seed's unit),
 GMAC/s, speed-up over the seed's figures (v2: 83 ms per conv2 output value, ~327 s per up1.convA output
 channel; other layers at the v2 rate of 26,600 multiplications/s) and the ratio to the exact float32 XLA
-convolution measured in the same run. ``loop`` and ``vectorized`` (and ``gather`` on big layers) run on
+convolution measured in the same run. ``loop``, ``vectorized``, their XLA versions ``xla_loop`` / ``xla_vmap`` (and ``gather`` on big layers) run on
 a slice of output channels and are extrapolated: marked "extrapolated".
 
 Tables: ``--table`` (default mul8u_2AC, an EvoApprox circuit: non-commutative, integer rank 11, an exact
@@ -21,7 +21,7 @@ plan of 10 int8 terms) through every implementation, in the network sums and the
 mul8u_197B, one of the 17 EvoApprox circuits with no int8 plan: the worst case, run on wstat / dwrows /
 direct) through auto, and in the network sums.
 
-    python bench/compare.py --quick          # a short run
+    python bench/compare.py --quick          # a short run, results in bench/quick/ (not committed)
     python bench/compare.py                   # everything, results in bench/results/
 """
 from __future__ import annotations
@@ -49,7 +49,8 @@ from layer_shapes import NETWORKS, Layer  # noqa: E402
 from jaxdepth import lutconv, multipliers  # noqa: E402
 from jaxdepth.lutconv import lowrank  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"        # the committed figures (full runs)
+QUICK_RESULTS = Path(__file__).resolve().parent / "quick"    # --quick runs (git-ignored)
 SEED_V2_PER_MAC = 0.083 / 2208            # seconds per multiplication of the seed's v2 (conv2 figure)
 SEED_PER_OUTPUT = {"conv2": 0.083,         # measured by the seed, seconds per output value
                    "up1.convA": 327.0 / 1200}
@@ -60,7 +61,7 @@ LAYERS = {
     "dw3x3_s1": Layer("dw3x3_s1", (1, 120, 160, 144), (3, 3, 1, 144), padding=1, groups=144),
     "dw3x3_s2": Layer("dw3x3_s2", (1, 120, 160, 144), (3, 3, 1, 144), stride=2, padding=1, groups=144),
 }
-SLICED = {"loop": 2, "vectorized": 16}    # output channels actually run by the slow references
+SLICED = {"loop": 2, "vectorized": 16, "xla_loop": 2, "xla_vmap": 16}  # output channels run by the slow ones
 GATHER_FULL_LIMIT = 2e9                     # gather runs on a slice above this many MACs
 
 
@@ -117,14 +118,14 @@ def bench_layer(key: str, layer: Layer, table_name: str, impls: list[str], repea
             sub = Layer(layer.name, layer.x_shape[:3] + (sliced,), layer.w_shape[:3] + (sliced,),
                         layer.stride, layer.padding, sliced)
         xs, ws = x[..., :sub.x_shape[3]], w[..., :sliced]
-        reps = 1 if impl in ("loop", "vectorized") else repeats
-        if impl == "loop":  # a few output positions too
+        reps = 1 if impl in ("loop", "vectorized", "xla_loop") else repeats
+        if impl in ("loop", "xla_loop"):  # a few output positions too
             xs = xs[:, :layer.w_shape[0] + 1, :layer.w_shape[1] + 1]
             sub = Layer(sub.name, xs.shape, sub.w_shape, sub.stride, sub.padding, sub.groups)
         t = timed(lut_call(sub, impl, mult, mult.signed, xs, ws), reps)
         rows.append(_row(key, layer, impl, table_name, t, t_float, layer.macs / sub.macs))
     choice = lutconv.explain(layer.x_shape, layer.w_shape, mult, stride=layer.stride, padding=layer.padding,
-                             groups=layer.groups).split(":")[0]
+                             groups=layer.groups).kernel
     for r in rows:
         r["auto_choice"] = choice
     return rows
@@ -157,7 +158,7 @@ def bench_network(net: str, table_name: str, batch: int, repeats: int) -> dict:
     for layer in layers:
         x, w = codes(layer, mult.signed, seed=1)
         choice = lutconv.explain(layer.x_shape, layer.w_shape, mult, stride=layer.stride,
-                                 padding=layer.padding, groups=layer.groups).split(":")[0]
+                                 padding=layer.padding, groups=layer.groups).kernel
         (t, tb), (tf, tfb) = timed(lut_call(layer, "auto", mult, mult.signed, x, w), repeats), \
             timed(float_call(layer, x, w), repeats)
         total, best, t_float, best_float = total + t, best + tb, t_float + tf, best_float + tfb
@@ -222,11 +223,18 @@ def bench_batches(key: str, table_name: str, batches: list[int], repeats: int) -
     return out
 
 
+def _load(avg) -> str:
+    return "/".join(f"{v:.1f}" for v in avg)
+
+
 def markdown(rows: list[dict], nets: list[dict], meta: dict, batches: list[dict] = (),
              model_rows: list[dict] = ()) -> str:
     out = [f"# LUT convolution benchmark ({meta['date']})", "",
            f"Machine: {meta['machine']}, {meta['threads']} numba threads, jax {meta['jax']}. Medians of "
-           f"{meta['repeats']} runs. Seed v2 = 83 ms per conv2 output value.", "",
+           f"{meta['repeats']} runs. Seed v2 = 83 ms per conv2 output value."
+           + (f" Host load (1/5/15 min) {_load(meta['load_before'])} before, {_load(meta['load_after'])} after "
+              "(a shared host: ratios to float from the same run are the robust figures)."
+              if "load_before" in meta else ""), "",
            "| layer | impl | table | s/layer | us/output | GMAC/s | GMAC/s (best) | vs seed v2 | vs float "
            "| vs float (best) | auto |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -280,15 +288,19 @@ def main(argv=None) -> int:
                     help="real Flax models run end to end (one process each)")
     ap.add_argument("--model-repeats", type=int, default=3, help="timed runs per real model (median)")
     ap.add_argument("--model-only", choices=list(NETWORKS), help=argparse.SUPPRESS)  # internal: one model
-    ap.add_argument("--out", default=str(RESULTS), help="directory for JSON and markdown results")
+    ap.add_argument("--out", default=None, help="directory for JSON and markdown results (default: "
+                    "bench/results, or bench/quick with --quick so a short run never replaces the committed "
+                    "figures)")
     ap.add_argument("--name", default="compare", help="result file stem")
     args = ap.parse_args(argv)
     if args.model_only:
         print(json.dumps(bench_model(args.model_only, args.table, args.repeats)))
         return 0
+    load_before = os.getloadavg()  # the host is shared: the load goes with the figures
     if args.quick:
         args.repeats, args.layers, args.networks, args.models = 2, ["conv2", "dw3x3_s1", "dw3x3_s2"], [], []
-    impls = args.impls or [i for i in ["loop", "vectorized", "gather", "direct", "wstat", "lowrank", "auto"]
+    impls = args.impls or [i for i in ["loop", "xla_loop", "vectorized", "xla_vmap", "gather", "direct", "wstat",
+                                       "lowrank", "auto"]
                            if i in lutconv.implementations() + ["auto"]]
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     rows = []
@@ -326,15 +338,29 @@ def main(argv=None) -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "threads": numba.get_num_threads(), "jax": jax.__version__, "repeats": args.repeats,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "argv": sys.argv[1:]}
-    out = Path(args.out)
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "argv": sys.argv[1:],
+            "load_before": load_before, "load_after": os.getloadavg()}
+    out = results_dir(args.out, args.quick)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "layers": rows, "batches": batches,
-                                                       "networks": nets,
-                                                       "models": model_rows}, indent=1))
-    (out / f"{args.name}.md").write_text(markdown(rows, nets, meta, batches, model_rows))
+    _write_atomic(out / f"{args.name}.json", json.dumps({"meta": meta, "layers": rows, "batches": batches,
+                                                          "networks": nets, "models": model_rows}, indent=1))
+    _write_atomic(out / f"{args.name}.md", markdown(rows, nets, meta, batches, model_rows))
     print(markdown(rows, nets, meta, batches, model_rows))
+    print(f"wrote {out / args.name}.json and .md")
     return 0
+
+
+def results_dir(out: str | None, quick: bool) -> Path:
+    """Where results go: ``--out``, else bench/quick for --quick runs, else bench/results (committed)."""
+    return Path(out) if out else (QUICK_RESULTS if quick else RESULTS)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then rename: an interrupted run leaves the
+    previous file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

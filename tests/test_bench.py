@@ -15,3 +15,15 @@ def test_bench_script_runs(script):
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+def test_quick_runs_never_replace_the_committed_results():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(BENCH))
+    assert compare.results_dir(None, quick=False) == BENCH / "results"
+    quick = compare.results_dir(None, quick=True)
+    assert quick != BENCH / "results" and BENCH / "results" not in quick.parents
+    assert compare.results_dir("elsewhere", quick=True) == Path("elsewhere")

@@ -22,6 +22,13 @@ def test_loss_zero_for_perfect_prediction_and_terms():
     assert float(total) == pytest.approx(0.1 * 1.0 + float(parts["ssim"]), rel=1e-5)
 
 
+def test_student_clip_keeps_its_gradient():
+    import jax
+    raw = jnp.asarray([0.5, 3.0, 150.0])
+    np.testing.assert_array_equal(np.asarray(training.clip_straight_through(raw)), [1.0, 3.0, 100.0])
+    np.testing.assert_array_equal(np.asarray(jax.grad(lambda r: training.clip_straight_through(r).sum())(raw)), 1.0)
+
+
 def test_image_gradients_match_numpy():
     x = np.random.default_rng(1).normal(size=(1, 5, 6, 1)).astype(np.float32)
     dy, dx = training.image_gradients(jnp.asarray(x))

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="training input size (default: the model's native size, else 240 320)")
     t.add_argument("--save-every", type=int, default=500)
+    t.add_argument("--log-every", type=int, default=10, help="loss curve point every N steps (mean over them)")
     return ap
 
 
@@ -200,7 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"{models.count_params(variables) / 1e6:.2f}M params) -> {out}")
     variables, log = T.train(student, svars, data, steps=args.steps, batch_size=args.batch_size, lr=lr,
                              seed=args.seed, minutes=args.minutes, out=out, preset=preset,
-                             save_every=args.save_every, val=val if val is not None and val.has_depth else None,
+                             save_every=args.save_every, log_every=max(1, args.log_every), val=val if val is not None and val.has_depth else None,
                              val_every=args.val_every, progress=not args.no_progress,
                              trainable=args.trainable, learn_ranges=plan is not None and args.ranges == "learn",
                              range_lr=args.range_lr, target=target, teacher=teacher, teacher_variables=teacher_vars,

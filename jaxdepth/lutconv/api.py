@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..multipliers import Multiplier, validate_table
-from .registry import Kernel, Problem, choose, get_kernel
+from .registry import Choice, Kernel, Problem, choose, get_kernel
 from .spec import (ConvSpec, Pair, PaddingArg, as_pair, check_code_range, check_integer_codes, is_traced,
                    normalize_padding)
 
@@ -116,27 +116,29 @@ def _prepare(x: Any, w: Any, lut: TableLike, stride: Any, padding: PaddingArg, d
 def _empty_reason(problem: Problem) -> str:
     shape = _out_shape(problem)
     if 0 in shape:
-        return f"none: empty output {shape}, no kernel runs"
-    return f"none: no input channel (C = 0), every sum is empty: zeros of shape {shape}, no kernel runs"
+        return f"empty output {shape}, no kernel runs"
+    return f"no input channel (C = 0), every sum is empty: zeros of shape {shape}, no kernel runs"
 
 
-def _select(problem: Problem, impl: ImplArg) -> tuple[Optional[Kernel], str]:
-    """The kernel ``impl`` runs ``problem`` with, and why; a forced kernel that cannot run it raises.
-    An empty problem needs no kernel (None): its result is the zero array of the output shape."""
+def _select(problem: Problem, impl: ImplArg) -> tuple[Optional[Kernel], Choice]:
+    """The kernel ``impl`` runs ``problem`` with, and the `Choice`; a forced kernel that cannot run it
+    raises. An empty problem needs no kernel (None): its result is the zero array of the output shape."""
     if not isinstance(impl, str) or impl == "auto":
         allowed = _allowed(impl)
         if _is_empty(problem):
-            return None, _empty_reason(problem)
+            return None, Choice(None, "empty", description=_empty_reason(problem))
         return choose(problem, allowed)
     kernel = get_kernel(impl)
     if _is_empty(problem):
-        return None, _empty_reason(problem)
+        return None, Choice(None, "empty", description=_empty_reason(problem))
     if problem.traced and not kernel.jittable:
         raise ValueError(f"impl={impl!r} runs on concrete arrays only; use a jittable impl inside jit")
     why_not = kernel.supports(problem)
     if why_not:
         raise ValueError(f"impl={impl!r} cannot run this call: {why_not}")
-    return kernel, f"{kernel.name}: forced (impl={impl!r})"
+    est = kernel.estimate(problem)
+    return kernel, Choice(kernel.name, "forced", () if est is None else ((kernel.name, est),),
+                          description=f"impl={impl!r}")
 
 
 def conv2d(x: Any, w: Any, lut: TableLike, *, stride: Any = 1, padding: PaddingArg = 0, dilation: Any = 1,
@@ -177,10 +179,12 @@ def dense(x: Any, w: Any, lut: TableLike, *, signed: Optional[bool] = None, impl
 
 def explain(x_shape: tuple[int, ...], w_shape: tuple[int, ...], lut: TableLike, *, stride: Any = 1,
             padding: PaddingArg = 0, dilation: Any = 1, groups: int = 1, traced: bool = False,
-            impl: ImplArg = "auto") -> str:
+            impl: ImplArg = "auto") -> Choice:
     """Which kernel ``impl`` ("auto", "auto" among a list of kernels, or one forced kernel) would use for
-    such a call, and why; raises as `conv2d` would on inconsistent shapes or when a forced kernel cannot
-    run it. An empty call (N, C or O = 0, or no output position) runs no kernel ("none: ...")."""
+    such a call, and why, as data: a `Choice` (``.kernel``, ``.estimates``, ``.skipped``; ``str()`` or
+    ``.format()`` gives the one-line explanation). Raises as `conv2d` would on inconsistent shapes or when
+    a forced kernel cannot run it. An empty call (N, C or O = 0, or no output position) runs no kernel
+    (``kernel`` None, text "none: ...")."""
     table = lut.table if isinstance(lut, Multiplier) else validate_table(np.asarray(lut))
     problem, _ = _problem(x_shape, w_shape, table, stride, padding, dilation, groups, traced)
     return _select(problem, impl)[1]

@@ -29,8 +29,10 @@ def im2col(x: jax.Array, kernel_hw: tuple[int, int], spec: ConvSpec) -> jax.Arra
     return jnp.stack(taps, axis=3)
 
 
-def gather_conv(x: jax.Array, w: jax.Array, lut: jax.Array, spec: ConvSpec) -> jax.Array:
-    """The jitted gather kernel: returns int32 accumulators (N, Ho, Wo, O)."""
+def channel_lookup(x: jax.Array, w: jax.Array, lut: jax.Array, spec: ConvSpec):
+    """``(one_channel, n_out)``: ``one_channel(o)`` is output channel ``o`` (N, Ho, Wo) int32, one
+    vectorised table lookup over every position, tap and input channel of its group (the index
+    ``w_byte * 256 + x_byte`` into the flattened table) and an int32 sum."""
     x, w, lut = jnp.asarray(x, jnp.int32), jnp.asarray(w, jnp.int32), jnp.asarray(lut, jnp.int32)
     patches = im2col(x, w.shape[:2], spec)
     n_batch, ho, wo, taps, _ = patches.shape
@@ -44,5 +46,11 @@ def gather_conv(x: jax.Array, w: jax.Array, lut: jax.Array, spec: ConvSpec) -> j
         idx = w_rows[:, :, o] + xb[o // og]
         return jnp.take(flat, idx, mode="clip").sum(axis=(3, 4), dtype=jnp.int32)
 
+    return one_channel, n_out
+
+
+def gather_conv(x: jax.Array, w: jax.Array, lut: jax.Array, spec: ConvSpec) -> jax.Array:
+    """The jitted gather kernel: returns int32 accumulators (N, Ho, Wo, O)."""
+    one_channel, n_out = channel_lookup(x, w, lut, spec)
     out = jax.lax.map(one_channel, jnp.arange(n_out))  # (O, N, Ho, Wo)
     return jnp.moveaxis(out, 0, -1)

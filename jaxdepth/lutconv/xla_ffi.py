@@ -169,7 +169,11 @@ def register(name: str, handler_body: Callable) -> str:
     backend as FFI target ``name`` (once per process). Returns the target name for `jax.ffi.ffi_call`."""
     if name not in _registered:
         import jax.ffi
+        from numba.np.ufunc.parallel import _launch_threads
 
+        # numba starts its thread pool when a parallel function is first called from Python; a handler
+        # loaded from numba's disk cache and first run by XLA would enter a pool that does not exist yet
+        _launch_threads()
         compiled = cfunc(HANDLER_SIGNATURE, cache=True)(handler_body)
         new_capsule = ctypes.pythonapi.PyCapsule_New
         new_capsule.restype = ctypes.py_object

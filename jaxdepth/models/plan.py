@@ -23,7 +23,6 @@ import dataclasses
 import fnmatch
 import functools
 import json
-import re
 from typing import Any, Iterable, Mapping, Optional, Union
 
 from ..multipliers import Multiplier, get as get_multiplier
@@ -87,11 +86,6 @@ def _arith(value: RuleValue) -> Arithmetic:
     if key.lower() in ("float", "fp32", "none"):
         return FLOAT_ARITH
     return Arithmetic(_multiplier(key), "auto", key)
-
-
-def _forced(impl: Union[str, tuple[str, ...]]) -> bool:
-    """True when the plan names one kernel (not "auto", not a list to choose among)."""
-    return isinstance(impl, str) and impl != "auto"
 
 
 def _jsonable(value: Any) -> Any:
@@ -194,31 +188,34 @@ class LayerInfo:
         ho, wo = self.out_hw
         return self.x_shape[0] * ho * wo * kh * kw * cg * o
 
-    def kernel(self, verbose: bool = False) -> str:
-        """The kernel ``impl="auto"`` picks (with its estimated time; ``verbose``: lutconv.explain's reason)."""
-        text = self._explain()
-        if verbose or self.arith.is_float or _forced(self.arith.impl):
-            return text
-        name = text.split(":", 1)[0]
-        est = re.search(rf"estimated: {re.escape(name)} ([0-9.e+-]+) (\w+)", text)
-        if not est:
-            return name
-        value, unit = float(est.group(1)), est.group(2)
-        if unit == "ms" and value >= 1000:
-            value, unit = value / 1000, "s"
-        return f"{name} (est. {value:.3g} {unit})"
+    def choice(self) -> Any:
+        """`lutconv.explain`'s `Choice` for this layer under its plan rule (None for a float layer)."""
+        if self.arith.is_float:
+            return None
+        from .. import lutconv
+        return lutconv.explain(self.x_shape, self.w_shape, self.arith.multiplier, stride=self.stride,
+                               padding=self.padding, groups=self.groups, traced=True, impl=self.arith.impl)
 
-    def _explain(self) -> str:
+    def kernel(self, verbose: bool = False) -> str:
+        """The kernel the layer runs (with its estimated time; ``verbose``: lutconv.explain's reason)."""
         if self.arith.is_float:
             return "xla conv (float32)"
-        from .. import lutconv
-        if _forced(self.arith.impl):
-            return f"{self.arith.impl} (forced by the plan)"
         try:
-            return lutconv.explain(self.x_shape, self.w_shape, self.arith.multiplier, stride=self.stride,
-                                   padding=self.padding, groups=self.groups, traced=True, impl=self.arith.impl)
-        except Exception as e:  # explain must never break a listing
+            choice = self.choice()
+        except Exception as e:  # a listing must never break
             return f"? ({e})"
+        if verbose:
+            return choice.format()
+        if choice.kernel is None:
+            return "none (empty)"
+        if choice.how == "forced":
+            return f"{choice.kernel} (forced by the plan)"
+        if choice.estimate is None:
+            return choice.kernel
+        value, unit = choice.estimate * 1e3, "ms"
+        if value >= 1000:
+            value, unit = value / 1000, "s"
+        return f"{choice.kernel} (est. {value:.3g} {unit})"
 
 
 _RECORDER: list[list[LayerInfo]] = []

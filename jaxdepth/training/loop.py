@@ -21,7 +21,7 @@ import optax
 from flax import traverse_util
 
 from .data import ArrayData, augment
-from .loss import depth_loss, depth_to_target, teacher_target
+from .loss import clip_straight_through, depth_loss, depth_to_target, teacher_target
 
 TRAINABLE = ("all", "decoder", "bn")
 TARGETS = ("gt", "teacher", "both")
@@ -119,7 +119,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *, target: str
             loss, parts = depth_loss(out, y, **loss_kwargs)
         if target in ("teacher", "both"):
             t = teacher_target(teacher.apply(tvars, x))
-            d_loss, d_parts = depth_loss(jnp.clip(out, 1.0, 100.0), t, **loss_kwargs)
+            d_loss, d_parts = depth_loss(clip_straight_through(out), t, **loss_kwargs)
             if target == "teacher":
                 parts = d_parts
             parts = {**parts, "distill": d_loss}
@@ -200,6 +200,8 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
             state, frozen, opt_state, loss, parts = step_fn(state, frozen, opt_state, jnp.asarray(x), y,
                                                             teacher_variables)
             vals = {"loss": float(loss), **{k: float(v) for k, v in parts.items()}}
+            if step == 1:
+                log["config"]["first_step_seconds"] = time.time() - t0     # includes compiling the step
             if not math.isfinite(vals["loss"]):
                 raise FloatingPointError(f"loss became {vals['loss']} at step {step}")
             for k, v in vals.items():

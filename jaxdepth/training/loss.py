@@ -77,6 +77,12 @@ def depth_to_target(depth_m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     return (10.0 / d)[..., None].astype(np.float32)
 
 
+def clip_straight_through(raw: jax.Array) -> jax.Array:
+    """A student's raw output clipped to the metric range in value, with the identity gradient: a saturated
+    student still learns towards a teacher that is not (a plain clip would stop its gradient)."""
+    return raw + jax.lax.stop_gradient(jnp.clip(raw, *RAW_RANGE) - raw)
+
+
 def teacher_target(raw: jax.Array) -> jax.Array:
     """A teacher's raw output as a distillation target: clipped to the range `models.to_metres` keeps, no gradient."""
     return jax.lax.stop_gradient(jnp.clip(raw, *RAW_RANGE))
