@@ -124,6 +124,7 @@ CASES = [
 ]
 
 IMPLS = [name for name in lutconv.implementations() if name != "loop"]
+XLA_LOOP_TABLES = ("mul8u_2AC", "wide_s8")  # xla_loop's share of the matrix (16-bit and wider tables)
 
 
 def _codes(rng, shape, signed):
@@ -162,6 +163,8 @@ def test_every_impl_matches_reference(table_name, case_index):
                               groups=case[5], pad_code=case[6])
     ran = []
     for impl in IMPLS + ["auto"]:
+        if impl == "xla_loop" and table_name not in XLA_LOOP_TABLES:
+            continue  # one fori_loop iteration per output value: two tables cover it (CI time)
         if impl != "auto" and _unsupported(impl, x, w, table, case):
             with pytest.raises(ValueError, match="cannot run"):
                 _run(impl, x, w, table, signed, case)
