@@ -29,16 +29,17 @@ register_kernel(Kernel("gather", gather_kernel.gather_conv,
 register_kernel(Kernel("direct", direct_kernel.direct_conv,
                        "numba, both cores: per input byte the table column lut[:, x] (L1), every output "
                        "channel adds column[w_byte]; depthwise: vectorised over channels",
-                       jittable=True, priority=20, estimate=direct_kernel.estimate))
+                       jittable=True, priority=20, estimate=direct_kernel.estimate, platforms=("cpu",)))
 register_kernel(Kernel("wstat", wstat_kernel.wstat_conv,
                        "numba, both cores, weight-stationary: product rows T[c, v, pos] = lut[v, x] built "
                        "once per input element, output channels add contiguous rows",
-                       jittable=True, priority=30, supports=wstat_kernel.supports, estimate=wstat_kernel.estimate))
+                       jittable=True, priority=30, supports=wstat_kernel.supports, estimate=wstat_kernel.estimate,
+                       platforms=("cpu",)))
 register_kernel(Kernel("dwrows", dwrows_kernel.dwrows_conv,
                        "numba, both cores, depthwise only: per band of output rows, channel and tap, the "
                        "weight byte's table row looked up along whole input rows (register permutes), any stride",
                        jittable=True, priority=25, supports=dwrows_kernel.supports,
-                       estimate=dwrows_kernel.estimate, pads_inside=True))
+                       estimate=dwrows_kernel.estimate, pads_inside=True, platforms=("cpu",)))
 register_kernel(Kernel("lowrank", lowrank.lowrank_conv,
                        "tables that are exactly a short sum of integer outer products: XLA's int8 x int8 -> "
                        "int32 convolution (VNNI) per int8 term, exact integer arithmetic",

@@ -50,6 +50,8 @@ class Kernel:
     A ``pads_inside`` kernel is called as ``fn(x, w, table, spec, pads, pad_code)`` with the caller's
     unpadded codes (any integer dtype) and pads them itself (no padded copy of the input).
     ``reference`` kernels (the readable definitions) are never chosen by ``impl="auto"``, only by name.
+    ``platforms``: the JAX backends the kernel runs on (None: wherever XLA runs); ``impl="auto"`` skips a
+    kernel that does not run on the default backend (the numba kernels are CPU code).
     """
 
     name: str
@@ -61,6 +63,7 @@ class Kernel:
     estimate: Callable[[Problem], Optional[float]] = lambda p: None
     pads_inside: bool = False
     reference: bool = False
+    platforms: Optional[tuple[str, ...]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +117,14 @@ def get_kernel(name: str) -> Kernel:
     return _KERNELS[name]
 
 
-def choose(problem: Problem, allowed: Optional[Collection[str]] = None) -> tuple[Kernel, Choice]:
+def choose(problem: Problem, allowed: Optional[Collection[str]] = None,
+           platform: Optional[str] = None) -> tuple[Kernel, Choice]:
     """The kernel ``impl="auto"`` uses for ``problem`` and the `Choice` (estimates, skipped kernels);
-    ``allowed``: choose among these kernel names only (``impl=[...]``, references included then)."""
+    ``allowed``: choose among these kernel names only (``impl=[...]``, references included then);
+    ``platform``: the JAX backend the call runs on (default: ``jax.default_backend()``)."""
+    if platform is None:
+        import jax
+        platform = jax.default_backend()
     skipped, candidates = [], []
     for kernel in sorted(_KERNELS.values(), key=lambda k: -k.priority):
         if allowed is not None and kernel.name not in allowed:
@@ -125,6 +133,9 @@ def choose(problem: Problem, allowed: Optional[Collection[str]] = None) -> tuple
             continue  # reference implementations are never chosen automatically
         if problem.traced and not kernel.jittable:
             skipped.append((kernel.name, "not usable on traced inputs"))
+            continue
+        if kernel.platforms is not None and platform not in kernel.platforms:
+            skipped.append((kernel.name, f"runs on {'/'.join(kernel.platforms)} only, not {platform}"))
             continue
         why_not = kernel.supports(problem)
         if why_not is not None:

@@ -6,7 +6,9 @@
 For each layer the plan quantizes, an `jaxdepth.quant.Observer` (``method`` = "minmax", "percentile" or
 "mse") sees the layer's input in the FLOAT model (every layer exact), and gives per-tensor ``QParams``
 (symmetric int8 for signed tables, affine uint8 for unsigned ones). They are stored as
-``variables["quant"][<layer path>] = {"x_scale", "x_zero_point"}`` and saved with checkpoints.
+``variables["quant"][<layer path>] = {"x_scale", "x_zero_point"}`` and saved with checkpoints. Layers with
+integer requantization (plan ``"requant": "integer"``; every layer with ``layers="all"``) also get their
+OUTPUT range (after the layer's fused activation, same observer method) as ``y_scale``, ``y_zero_point``.
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", 
         return compiled[x.shape](v, x)
 
     observers: dict[tuple[str, ...], Observer] = {}
+    out_observers: dict[tuple[str, ...], Observer] = {}
     seen_any = False
     for batch in _batches(images):
         batch = jnp.asarray(batch, jnp.float32)
@@ -81,12 +84,14 @@ def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", 
         state = jax.device_get(observe(base, batch))
         samples = _flatten(dict(state.get("calib_sample", {})))
         for path, stats in _flatten(dict(state["calib"])).items():
-            obs = observers.setdefault(path, Observer(method, **observer_kwargs))
-            lo = min(float(np.min(v)) for v in stats["min"])
-            hi = max(float(np.max(v)) for v in stats["max"])
-            obs.update(np.array([lo, hi], np.float32))
-            if path in samples:
-                for values in samples[path]["values"]:
+            for prefix, table in (("", observers), ("y_", out_observers)):   # input, output
+                if prefix + "min" not in stats:
+                    continue
+                obs = table.setdefault(path, Observer(method, **observer_kwargs))
+                lo = min(float(np.min(v)) for v in stats[prefix + "min"])
+                hi = max(float(np.max(v)) for v in stats[prefix + "max"])
+                obs.update(np.array([lo, hi], np.float32))
+                for values in samples.get(path, {}).get(prefix + "values", ()):
                     obs.update(values)
     if not seen_any:
         raise ValueError("calibration got no images")
@@ -102,6 +107,13 @@ def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", 
         node = quant
         for p in path[:-1]:
             node = node.setdefault(p, {})
-        node[path[-1]] = {"x_scale": jnp.asarray(qp.scale, jnp.float32),
-                          "x_zero_point": jnp.asarray(qp.zero_point, jnp.int32)}
+        entry = {"x_scale": jnp.asarray(qp.scale, jnp.float32), "x_zero_point": jnp.asarray(qp.zero_point, jnp.int32)}
+        if (layers == "all" or arith.requant == "integer") and path in out_observers:
+            y_qp = out_observers[path].qparams(signed)
+            entry.update(y_scale=jnp.asarray(y_qp.scale, jnp.float32),
+                         y_zero_point=jnp.asarray(y_qp.zero_point, jnp.int32))
+        if path:
+            node[path[-1]] = entry
+        else:                                   # a layer applied on its own
+            quant.update(entry)
     return {**base, "quant": quant}

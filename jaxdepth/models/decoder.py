@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from .layers import QConv
-from .ops import leaky_relu, resize_bilinear_align_corners
+from .ops import resize_bilinear_align_corners
 from .plan import FLOAT_PLAN, Plan
 from .presets import Preset
 
@@ -22,12 +22,11 @@ class UpSample(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
         up = resize_bilinear_align_corners(x, skip.shape[1:3])
-        y = QConv(self.features, 3, padding=1, use_bias=True, plan=self.plan, name="convA")(
+        y = QConv(self.features, 3, padding=1, use_bias=True, plan=self.plan,
+                  activation="leaky_relu" if self.leakyrelu_a else "none", name="convA")(
             jnp.concatenate([up, skip], axis=-1))
-        if self.leakyrelu_a:
-            y = leaky_relu(y)
-        y = QConv(self.features, 3, padding=1, use_bias=True, plan=self.plan, name="convB")(y)
-        return leaky_relu(y)
+        return QConv(self.features, 3, padding=1, use_bias=True, plan=self.plan, activation="leaky_relu",
+                     name="convB")(y)
 
 
 class Decoder(nn.Module):

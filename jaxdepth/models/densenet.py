@@ -32,8 +32,7 @@ class DenseLayer(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         y = nn.relu(BatchNorm(x.shape[-1], eps=self.bn_eps, name="norm1")(x, train))
         y = QConv(self.bn_size * self.growth_rate, 1, norm=True, plan=self.plan, weight_init="he_fan_in",
-                  bn_eps=self.bn_eps, name="conv1")(y, train)       # conv1 + norm2 (folded when quantized)
-        y = nn.relu(y)
+                  bn_eps=self.bn_eps, activation="relu", name="conv1")(y, train)   # conv1 + norm2 (folded) + relu2
         return QConv(self.growth_rate, 3, padding=1, plan=self.plan, weight_init="he_fan_in", name="conv2")(y)
 
 

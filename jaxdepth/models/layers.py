@@ -15,7 +15,10 @@ quantized per output channel. (BatchNorms that do not follow a convolution -- De
 ``norm1`` / ``transition.norm`` / ``norm5`` -- stay float per-channel affine ops.)
 
 Quantized layers read their input quantization (per-tensor ``x_scale``, ``x_zero_point``) from the
-``"quant"`` variable collection, which `jaxdepth.models.calibrate` fills. Gradients of quantized layers use
+``"quant"`` variable collection, which `jaxdepth.models.calibrate` fills. A plan rule with
+``"requant": "integer"`` makes the layer requantize its accumulators in integer arithmetic
+(`jaxdepth.quant.requant`) to output codes with the calibrated output parameters (``y_scale``,
+``y_zero_point``), the layer's ``activation`` fused; its output is the dequantised value of those codes. Gradients of quantized layers use
 the straight-through estimator: the forward value is the table result, bit for bit; the backward pass is
 the exact float layer's (so approximation-aware fine-tuning works).
 """
@@ -28,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import quant
+from ..quant import requant
 from .plan import FLOAT_PLAN, LayerInfo, Plan, record
 
 BN_EPS = 1e-5
@@ -138,6 +142,25 @@ class _Quantized:
                 step = max(1, flat.size // CALIB_SAMPLE)
                 self.sow("calib_sample", "values", flat[::step])
 
+    def _observe_output(self, y: jax.Array) -> None:
+        """During calibration, record the output's range (after the fused activation), for integer requant."""
+        if self.is_mutable_collection("calib") and not self.is_initializing():
+            self.sow("calib", "y_min", jnp.min(y))
+            self.sow("calib", "y_max", jnp.max(y))
+            if self.is_mutable_collection("calib_sample"):
+                flat = y.reshape(-1)
+                step = max(1, flat.size // CALIB_SAMPLE)
+                self.sow("calib_sample", "y_values", flat[::step])
+
+    def _output_qparams(self, signed: bool) -> quant.QParams:
+        if not self.has_variable("quant", "y_scale"):
+            raise ValueError(
+                f"layer {layer_name(self)} uses integer requantization but the variables have no output "
+                f"calibration (quant y_scale) for it: run jaxdepth.models.calibrate(model, variables, images) "
+                f"with this plan (or layers='all')")
+        return quant.QParams(self.get_variable("quant", "y_scale"), self.get_variable("quant", "y_zero_point"),
+                             signed)
+
     def _input_qparams(self) -> tuple[jax.Array, jax.Array]:
         if not self.has_variable("quant", "x_scale"):
             raise ValueError(
@@ -169,6 +192,7 @@ class QConv(_Quantized, nn.Module):
     plan: Plan = FLOAT_PLAN
     weight_init: str = "torch"   # kernel init: "torch" (PyTorch Conv2d default), "he_fan_in", "he_fan_out"
     bn_eps: float = BN_EPS       # epsilon of the owned BatchNorm (Keras applications use 1.001e-5)
+    activation: str = "none"     # applied after the (BatchNorm'd) output; fused in integer requantization
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_pre_norm: bool = False):
@@ -188,7 +212,7 @@ class QConv(_Quantized, nn.Module):
         kind = ("depthwise" if self.groups > 1 and self.groups == c_in else
                 "pointwise" if k == 1 and self.groups == 1 else "conv")
         record(LayerInfo(name, kind, tuple(x.shape), tuple(kernel.shape), self.stride, self.padding, self.groups,
-                         arith, self.norm, self.weight_init, self.use_bias))
+                         arith, self.norm, self.weight_init, self.use_bias, self.activation))
         self._observe(x)
         cfg = (arith.multiplier, arith.impl, self.stride, self.padding, self.groups)
         if arith.is_float or (self.is_initializing() and not self.has_variable("quant", "x_scale")):
@@ -196,14 +220,35 @@ class QConv(_Quantized, nn.Module):
             pre = y
             if bn is not None:
                 y = bn(y, train)
+            y = requant.apply_activation(y, self.activation)
+            self._observe_output(y)
             return (y, pre) if return_pre_norm else y
         if bn is not None:  # fold the BatchNorm (running statistics) into the convolution
             mul, add = bn.fold()
             kernel = kernel * mul
             bias = bias * mul + add
         x_scale, x_zero = self._input_qparams()
-        y = ste_lut_conv(x, kernel, bias, x_scale, x_zero, cfg, self._runtime_table(arith))
+        table = self._runtime_table(arith)
+        if arith.requant == "integer":
+            y = self._integer_requant(x, kernel, bias, x_scale, x_zero, cfg, table)
+        else:
+            y = requant.apply_activation(ste_lut_conv(x, kernel, bias, x_scale, x_zero, cfg, table),
+                                         self.activation)
         return (y, None) if return_pre_norm else y
+
+    def _integer_requant(self, x, kernel, bias, x_scale, x_zero, cfg, table) -> jax.Array:
+        """The layer with integer requantization; with the ``"export"`` collection mutable, also sows the
+        integer tensors and parameters (`jaxdepth.export` reads them: golden codes and C headers)."""
+        multiplier, impl, stride, padding, groups = cfg
+        x_qp = quant.QParams(x_scale, x_zero, multiplier.signed)
+        y_qp = self._output_qparams(multiplier.signed)
+        kw = dict(activation=self.activation, stride=stride, padding=padding, groups=groups, impl=impl, table=table)
+        if self.is_mutable_collection("export"):
+            y, details = quant.lut_conv2d_requant(x, kernel, bias, multiplier, x_qp, y_qp, return_details=True,
+                                                  **kw)
+            self.sow("export", "details", details)
+            return y
+        return quant.lut_conv2d_requant(x, kernel, bias, multiplier, x_qp, y_qp, straight_through=True, **kw)
 
 
 
@@ -230,6 +275,14 @@ class QDense(_Quantized, nn.Module):
         self._observe(x)
         cfg = (arith.multiplier, arith.impl, 1, 0, 1)
         if arith.is_float or (self.is_initializing() and not self.has_variable("quant", "x_scale")):
-            return x @ kernel + bias
+            y = x @ kernel + bias
+            self._observe_output(y)
+            return y
         x_scale, x_zero = self._input_qparams()
-        return ste_lut_conv(x4, w4, bias, x_scale, x_zero, cfg, self._runtime_table(arith))[:, 0, 0, :]
+        table = self._runtime_table(arith)
+        if arith.requant == "integer":
+            x_qp = quant.QParams(x_scale, x_zero, arith.multiplier.signed)
+            y_qp = self._output_qparams(arith.multiplier.signed)
+            return quant.lut_conv2d_requant(x4, w4, bias, arith.multiplier, x_qp, y_qp, impl=arith.impl,
+                                            straight_through=True, table=table)[:, 0, 0, :]
+        return ste_lut_conv(x4, w4, bias, x_scale, x_zero, cfg, table)[:, 0, 0, :]

@@ -2,7 +2,8 @@
 
 ``features = [x, stem, block1, ..., block17, head]`` (20 entries): torchvision ``features.0`` is ``stem``,
 ``features.i`` (1 <= i <= 17) is ``block{i}`` (``expand`` / ``depthwise`` / ``project`` convolutions, each
-with its BatchNorm), ``features.18`` is ``head``. ReLU6 after stem, expand, depthwise and head.
+with its BatchNorm), ``features.18`` is ``head``. ReLU6 after stem, expand, depthwise and head (the QConv's
+``activation``: fused into the layer in integer requantization).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import numpy as np
 from . import keys
 from .family import EncoderFamily, register
 from .layers import BN_EPS, QConv
-from .ops import relu6
 from .plan import FLOAT_PLAN, Plan
 from .presets import Preset
 
@@ -35,10 +35,10 @@ class InvertedResidual(nn.Module):
         hidden = int(round(c_in * self.expand_ratio))
         y = x
         if self.expand_ratio != 1:
-            y = relu6(QConv(hidden, 1, norm=True, plan=self.plan, weight_init="he_fan_out", bn_eps=self.bn_eps,
-                            name="expand")(y, train))
-        y = relu6(QConv(hidden, 3, stride=self.stride, padding=1, groups=hidden, norm=True, plan=self.plan,
-                        weight_init="he_fan_out", bn_eps=self.bn_eps, name="depthwise")(y, train))
+            y = QConv(hidden, 1, norm=True, plan=self.plan, weight_init="he_fan_out", bn_eps=self.bn_eps,
+                      activation="relu6", name="expand")(y, train)
+        y = QConv(hidden, 3, stride=self.stride, padding=1, groups=hidden, norm=True, plan=self.plan,
+                  weight_init="he_fan_out", bn_eps=self.bn_eps, activation="relu6", name="depthwise")(y, train)
         y = QConv(self.out_channels, 1, norm=True, plan=self.plan, weight_init="he_fan_out", bn_eps=self.bn_eps,
                   name="project")(y, train)
         if self.stride == 1 and c_in == self.out_channels:
@@ -56,14 +56,14 @@ class MobileNetV2Encoder(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
         p = self.preset
         feats = [x]
-        y = relu6(QConv(p.mobilenet_stem_channels(), 3, stride=2, padding=1, norm=True, plan=self.plan,
-                        weight_init="he_fan_out", bn_eps=p.bn_eps, name="stem")(x, train))
+        y = QConv(p.mobilenet_stem_channels(), 3, stride=2, padding=1, norm=True, plan=self.plan,
+                  weight_init="he_fan_out", bn_eps=p.bn_eps, activation="relu6", name="stem")(x, train)
         feats.append(y)
         for i, (_, c_out, stride, t) in enumerate(p.mobilenet_blocks()):
             y = InvertedResidual(c_out, stride, t, self.plan, p.bn_eps, name=f"block{i + 1}")(y, train)
             feats.append(y)
-        y = relu6(QConv(p.mobilenet_last_channels(), 1, norm=True, plan=self.plan, weight_init="he_fan_out",
-                        bn_eps=p.bn_eps, name="head")(y, train))
+        y = QConv(p.mobilenet_last_channels(), 1, norm=True, plan=self.plan, weight_init="he_fan_out",
+                  bn_eps=p.bn_eps, activation="relu6", name="head")(y, train)
         feats.append(y)
         return feats
 

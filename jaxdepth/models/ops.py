@@ -1,4 +1,4 @@
-"""Small numerics shared by the models: PyTorch-compatible bilinear resize and activations."""
+"""Small numerics shared by the models: PyTorch-compatible bilinear resize (activations: `jaxdepth.quant.requant.apply_activation`)."""
 from __future__ import annotations
 
 import jax
@@ -31,11 +31,3 @@ def resize_bilinear_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Ar
         lam = jnp.asarray(lam)[None, None, :, None]
         x = jnp.take(x, i0, axis=2) * (1 - lam) + jnp.take(x, i1, axis=2) * lam
     return x
-
-
-def leaky_relu(x: jax.Array) -> jax.Array:
-    return jnp.where(x >= 0, x, 0.2 * x)
-
-
-def relu6(x: jax.Array) -> jax.Array:
-    return jnp.clip(x, 0.0, 6.0)

@@ -8,6 +8,8 @@ Rules are tried in order and the first match wins; unmatched layers use ``defaul
 A rule's value is ``"float"``, ``"int8"`` (the exact signed table, which the fast kernels run natively),
 any name `jaxdepth.multipliers.get` accepts, a `Multiplier`, or ``{"multiplier": name, "impl": kernel}``
 to force a `jaxdepth.lutconv` kernel (``impl="auto"`` otherwise; a list of kernels: auto among those).
+``"requant": "integer"`` in that dict rescales the accumulators with integer arithmetic
+(`jaxdepth.quant.requant`) instead of the default float ``s_x * s_w * acc + bias``.
 ``{"multiplier": name, "runtime_table": true}`` makes the layer read its table from the ``"lut"`` variable
 collection (``variables["lut"][<layer path>]["table"]``) at run time, so one compiled model serves any table of
 that signedness (the named multiplier only fixes the signedness; `jaxdepth.explore` uses this).
@@ -41,16 +43,18 @@ class Arithmetic:
     impl: Union[str, tuple[str, ...]] = "auto"  # "auto", a kernel, or the kernels auto chooses among
     label: str = FLOAT                          # what the plan said ("float", "int8", a circuit name)
     runtime_table: bool = False                 # the table is read from variables["lut"] at run time
+    requant: str = "float"                      # "float": s_x s_w acc + bias; "integer": jaxdepth.quant.requant
 
     @property
     def is_float(self) -> bool:
         return self.multiplier is None
 
     def __hash__(self) -> int:
-        return hash((self.label, self.impl, id(self.multiplier), self.runtime_table))
+        return hash((self.label, self.impl, id(self.multiplier), self.runtime_table, self.requant))
 
 
 FLOAT_ARITH = Arithmetic()
+REQUANT_MODES = ("float", "integer")
 
 RuleValue = Union[str, Multiplier, Mapping[str, Any]]
 
@@ -61,10 +65,13 @@ def _arith(value: RuleValue) -> Arithmetic:
     if isinstance(value, Multiplier):
         return Arithmetic(value, "auto", value.name)
     if isinstance(value, Mapping):
-        unknown = set(value) - {"multiplier", "impl", "runtime_table"}
+        unknown = set(value) - {"multiplier", "impl", "runtime_table", "requant"}
         if unknown or "multiplier" not in value:
-            raise ValueError(f"a plan rule dict needs 'multiplier' (and optional 'impl', 'runtime_table'), got "
-                             f"{dict(value)}")
+            raise ValueError(f"a plan rule dict needs 'multiplier' (and optional 'impl', 'runtime_table', "
+                             f"'requant'), got {dict(value)}")
+        requant = value.get("requant", "float")
+        if requant not in REQUANT_MODES:
+            raise ValueError(f"plan rule 'requant' must be one of {', '.join(REQUANT_MODES)}, got {requant!r}")
         inner = _arith(value["multiplier"])
         if inner.is_float:
             return inner
@@ -72,7 +79,7 @@ def _arith(value: RuleValue) -> Arithmetic:
         impl = str(impl) if isinstance(impl, str) else tuple(str(name) for name in impl)
         runtime = bool(value.get("runtime_table", False))
         label = f"runtime ({'signed' if inner.multiplier.signed else 'unsigned'})" if runtime else inner.label
-        return dataclasses.replace(inner, impl=impl, runtime_table=runtime, label=label)
+        return dataclasses.replace(inner, impl=impl, runtime_table=runtime, label=label, requant=requant)
     if not isinstance(value, str):
         raise TypeError(f"plan value must be 'float', a multiplier name, a Multiplier or a dict, got {value!r}")
     key = value.strip()
@@ -162,6 +169,7 @@ class LayerInfo:
     folded_bn: bool
     init: str = "torch"       # kernel initializer kind (see layers.kernel_initializer)
     use_bias: bool = False
+    activation: str = "none"  # fused activation (jaxdepth.quant.requant.ACTIVATIONS)
 
     @property
     def path(self) -> tuple[str, ...]:
@@ -270,6 +278,7 @@ def format_table(infos: list[LayerInfo], kernels: bool = True, verbose: bool = F
         if i.stride != 1:
             shape += f"/{i.stride}"
         mult = i.arith.label + (" +BN" if i.folded_bn and not i.arith.is_float else "")
+        mult += " int-requant" if i.arith.requant == "integer" and not i.arith.is_float else ""
         rows.append((i.name, i.kind, shape, f"{i.macs / 1e6:,.1f}M", mult, i.kernel(verbose) if kernels else ""))
         total += i.macs
         by_mult[i.arith.label] = by_mult.get(i.arith.label, 0) + i.macs

@@ -36,6 +36,7 @@ from ..lutconv.api import ImplArg
 from ..lutconv.spec import as_pair, normalize_padding
 from ..multipliers import Multiplier
 from .params import QParams, check_finite, quantize, weight_qparams
+from .requant import apply_activation, dequantize_output, requant_params, requantize
 
 
 def _exact_conv(x, w, bias, cfg) -> jax.Array:
@@ -46,9 +47,10 @@ def _exact_conv(x, w, bias, cfg) -> jax.Array:
     return y + bias
 
 
-def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], table, cfg) -> jax.Array:
-    """The integer-code forward pass through the table (the reference semantics above); ``table`` (None:
-    the multiplier's own) is a runtime (256, 256) table, possibly traced, used with the multiplier's signedness."""
+def _table_acc(x, w, x_qp: QParams, w_qp: Optional[QParams], table, cfg):
+    """Integer codes and the int32 accumulators through the table (the reference semantics above); ``table``
+    (None: the multiplier's own) is a runtime (256, 256) table, possibly traced, used with the multiplier's
+    signedness. Returns (acc, x_codes, w_codes, w_qp)."""
     multiplier, stride, pads, dilation, groups, per_channel, impl = cfg
     if w_qp is None:
         w_qp = weight_qparams(w, multiplier.signed, per_channel)
@@ -66,6 +68,12 @@ def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], table, cfg) 
         sum_x = lutconv.window_sums(x_codes, kernel_hw, groups, stride, dilation, pads=pads, pad_value=z_x)
         sum_x = jnp.repeat(sum_x, n_out // groups, axis=-1)
         acc = acc - z_x * sum_w - z_w * sum_x + reduction * z_x * z_w
+    return acc, x_codes, w_codes, w_qp
+
+
+def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], table, cfg) -> jax.Array:
+    """The table forward pass with the float rescale ``s_x * s_w[o] * acc + bias``."""
+    acc, _, _, w_qp = _table_acc(x, w, x_qp, w_qp, table, cfg)
     scale = jnp.asarray(x_qp.scale, jnp.float32) * jnp.asarray(w_qp.scale, jnp.float32)
     y = acc.astype(jnp.float32) * scale + bias
     poisoned = jnp.isnan(x).any(axis=(1, 2, 3)) | ~jnp.isfinite(w).all()   # NaN has no code: propagate it
@@ -96,6 +104,20 @@ def _check_inputs(x, w, bias, x_qp: QParams) -> None:
     if inf:
         warnings.warn(f"lut_conv2d input holds {inf} infinite value(s) of {a.size}: they saturate to the "
                       f"end codes {x_qp.code_range}", RuntimeWarning, stacklevel=3)
+
+
+def _int_table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], y_qp: QParams, table, activation: str,
+                    cfg) -> tuple[jax.Array, dict]:
+    """The table forward pass with integer requantization (`jaxdepth.quant.requant`): (dequantised output
+    codes, details = the integer tensors and parameters an accelerator would hold)."""
+    acc, x_codes, w_codes, w_qp = _table_acc(x, w, x_qp, w_qp, table, cfg)
+    rp = requant_params(x_qp.scale, w_qp.scale, bias, y_qp.scale, y_qp.zero_point,
+                        signed=cfg[0].signed, activation=activation)
+    codes = requantize(acc, rp)
+    details = {"x_codes": x_codes, "w_codes": w_codes, "w_zero_point": w_qp.zero_point,
+               "x_zero_point": x_qp.zero_point, "acc": acc, "codes": codes, "requant": rp}
+    poisoned = jnp.isnan(x).any(axis=(1, 2, 3)) | ~jnp.isfinite(w).all()   # as _table_conv: NaN propagates
+    return jnp.where(poisoned[:, None, None, None], jnp.nan, dequantize_output(codes, rp)), details
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
@@ -182,3 +204,57 @@ def lut_dense(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp:
     y = lut_conv2d(x[:, None, None, :], jnp.asarray(w)[None, None], bias, multiplier, x_qp, w_qp=w_qp,
                    per_channel=per_channel, impl=impl, straight_through=straight_through)
     return y[:, 0, 0, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _straight_through_int_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg):
+    return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)[0]
+
+
+def _ste_int_forward(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg):
+    y = _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)[0]
+    return y, (x, w, bias, x_qp, w_qp, y_qp, table)
+
+
+def _ste_int_backward(activation, cfg, residuals, g):
+    x, w, bias, x_qp, w_qp, y_qp, table = residuals
+    _, vjp = jax.vjp(lambda x, w, b: apply_activation(_exact_conv(x, w, b, cfg), activation), x, w, bias)
+    dx, dw, db = vjp(g)
+    return (dx, dw, db, *(jax.tree_util.tree_map(_zero_cotangent, t) for t in (x_qp, w_qp, y_qp, table)))
+
+
+_straight_through_int_conv.defvjp(_ste_int_forward, _ste_int_backward)
+
+
+def lut_conv2d_requant(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams,
+                       y_qp: QParams, *, activation: str = "none", stride: Any = 1, padding: Any = 0,
+                       dilation: Any = 1, groups: int = 1, w_qp: Optional[QParams] = None,
+                       per_channel: bool = True, impl: ImplArg = "auto", straight_through: bool = False,
+                       table: Optional[Any] = None, return_details: bool = False) -> Any:
+    """`lut_conv2d` with integer requantization: the output is ``s_y * (code - z_y)`` for the int8 / uint8
+    codes that `jaxdepth.quant.requant.requantize` makes from the int32 accumulators (activation fused).
+
+    ``y_qp``: the output's per-tensor parameters (same signedness as the table). ``return_details=True``
+    returns ``(y, details)`` with the integer tensors (input / weight / output codes, accumulators) and the
+    `RequantParams` (no gradient). ``straight_through``: gradient of the exact float layer + activation.
+    ``table``: a runtime table, as in `lut_conv2d`. NaN / infinity: as `lut_conv2d`. The quantization
+    parameters get no gradient here (activation ranges are learned with the float rescale).
+    """
+    for what, qp in (("activation", x_qp), ("output", y_qp)):
+        if qp.signed != multiplier.signed:
+            raise ValueError(f"{what} qparams are {'signed' if qp.signed else 'unsigned'} but multiplier "
+                             f"{multiplier.name} is {'signed' if multiplier.signed else 'unsigned'}")
+    _check_inputs(x, w, bias, x_qp)
+    x = jnp.asarray(x, jnp.float32)
+    w = jnp.asarray(w, jnp.float32)
+    bias = jnp.zeros((w.shape[-1],), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
+    stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    pads = normalize_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), stride_p, dilation_p)
+    cfg = (multiplier, stride_p, tuple(pads), dilation_p, int(groups), bool(per_channel), impl)
+    if table is not None:
+        table = jnp.asarray(table, jnp.int32)
+    if return_details:
+        return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)
+    if straight_through:
+        return _straight_through_int_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)
+    return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)[0]

@@ -1,0 +1,181 @@
+"""jaxdepth.export: the exported C99 reference, compiled with the system C compiler, reproduces the JAX
+model's integer codes for every exported layer (bundled model; a DenseNet), the C requantization matches
+an independent Python-int implementation, and bad input fails early with one-line errors."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdepth import export, inference, models
+from jaxdepth.cli import export as export_cli
+from jaxdepth.cli.common import DEFAULT_MODEL, SAMPLES_DIR
+from jaxdepth.io import checkpoint, images
+
+from test_requant import py_mbqm
+
+HAVE_CC = shutil.which("cc") is not None and shutil.which("make") is not None
+needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler (cc) or make on PATH: the exported C is not run")
+CFLAGS = "CFLAGS=-O1 -std=c99 -Wall -Wextra -pedantic -Werror"
+
+#: one export covers the three tables on every layer kind: signed EvoApprox on pointwise expand layers and
+#: decoder convB, unsigned EvoApprox (zero points, non-zero pad codes) on depthwise / project / convA,
+#: the exact table elsewhere
+MIXED_PLAN = {"encoder.*.expand": "mul8s_1L2J", "decoder.*.convB": "mul8s_1L2J",
+              "encoder.*.depthwise": "mul8u_2AC", "encoder.*.project": "mul8u_2AC", "decoder.*.convA": "mul8u_2AC",
+              "*": "int8"}
+
+
+def make_check(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-s", "-j2", "-C", str(folder), "check", CFLAGS], text=True,
+                          capture_output=True, timeout=600)
+
+
+def _image(hw):
+    frame = images.read_rgb(SAMPLES_DIR / "synthetic_1.png")
+    return inference.resize_batch(frame[None], hw)[0].astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="module")
+def bundled_export(tmp_path_factory):
+    model, variables, _ = checkpoint.load(DEFAULT_MODEL)
+    model = model.clone(plan=models.Plan.make(MIXED_PLAN))
+    out = tmp_path_factory.mktemp("export") / "hw"
+    result = export.export_layers(model, variables, _image((32, 48)), out)
+    return model, result
+
+
+@pytest.mark.slow
+@needs_cc
+def test_bundled_model_every_layer_passes_make_check(bundled_export, tmp_path):
+    model, result = bundled_export
+    infos = models.describe(model, (1, 32, 48, 3))
+    assert result.layers == [i.name for i in infos]                        # every layer, model order
+    assert sorted(result.tables) == ["exact_s8", "mul8s_1L2J", "mul8u_2AC"]     # int8 is exact_s8
+    assert result.nonzero_pad_layers                                        # unsigned layers with pad code != 0
+    kinds = {(i.kind, i.arith.label) for i in infos}
+    assert {("depthwise", "mul8u_2AC"), ("pointwise", "mul8s_1L2J"), ("conv", "mul8u_2AC"),
+            ("conv", "mul8s_1L2J"), ("conv", "int8")} <= kinds
+    copy = tmp_path / "elsewhere"                                           # self-contained: a copy works
+    shutil.copytree(result.folder, copy)
+    proc = make_check(copy)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    passed = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("PASS")]
+    assert passed == result.layers
+    assert f"{len(result.layers)} of {len(result.layers)} layers passed" in proc.stdout
+
+
+@pytest.mark.slow
+@needs_cc
+def test_a_corrupted_golden_output_fails(bundled_export, tmp_path):
+    _, result = bundled_export
+    copy = tmp_path / "bad"
+    shutil.copytree(result.folder, copy)
+    name = "decoder.up2.convA"
+    golden = copy / "golden" / "decoder_up2_convA.out.bin"
+    data = bytearray(golden.read_bytes())
+    data[5] = (data[5] + 1) % 256
+    golden.write_bytes(bytes(data))
+    proc = make_check(copy)
+    assert proc.returncode != 0
+    fails = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAIL")]
+    assert len(fails) == 1 and name in fails[0] and "1 of" in fails[0]
+
+
+@pytest.mark.slow
+def test_export_files_describe_the_layers(bundled_export):
+    _, result = bundled_export
+    manifest = json.loads((result.folder / "manifest.json").read_text())
+    layer = next(entry for entry in manifest["layers"] if entry["name"] == "encoder.block2.depthwise")
+    assert layer["kind"] == "depthwise" and layer["table"] == "mul8u_2AC" and not layer["signed"]
+    header = (result.folder / "layers" / "encoder_block2_depthwise.h").read_text()
+    assert f"#define ENCODER_BLOCK2_DEPTHWISE_PAD_CODE {layer['pad_code']}" in header
+    out = np.fromfile(result.folder / "golden" / "encoder_block2_depthwise.out.bin", np.uint8)
+    assert out.size == np.prod(layer["output_hwc"])
+    assert len(list((result.folder / "tables").glob("*.c"))) == 3          # each table once
+
+
+# ---- the C requantization against Python ints ------------------------------------------------------------------
+REQUANT_MAIN = r"""
+#include <stdio.h>
+#include <inttypes.h>
+#include "jd_requant.h"
+int main(void) {
+    long long x, m, s;
+    while (scanf("%lld %lld %lld", &x, &m, &s) == 3)
+        printf("%" PRId32 "\n", jd_mbqm((int32_t)x, (int32_t)m, (int32_t)s));
+    return 0;
+}
+"""
+
+
+@needs_cc
+def test_c_fixed_point_matches_python_ints(tmp_path):
+    from test_requant import _edge_cases
+    xs, ms, shifts = _edge_cases()
+    rng = np.random.default_rng(3)
+    xs = np.concatenate([xs, rng.integers(-2 ** 31, 2 ** 31, 2000), [-2 ** 31]])
+    ms = np.concatenate([ms, rng.integers(0, 2 ** 31, 2000), [-2 ** 31]])
+    shifts = np.concatenate([shifts, rng.integers(-31, 31, 2000, endpoint=True), [0]])
+    src = tmp_path / "t.c"
+    src.write_text(REQUANT_MAIN)
+    inc = Path(export.__file__).parent / "c"
+    subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", "-pedantic", f"-I{inc}", str(src), "-o",
+                    str(tmp_path / "t")], check=True)
+    stdin = "\n".join(f"{x} {m} {s}" for x, m, s in zip(xs, ms, shifts))
+    got = subprocess.run([str(tmp_path / "t")], input=stdin, text=True, capture_output=True, check=True).stdout
+    expect = [py_mbqm(int(x), int(m), int(s)) for x, m, s in zip(xs, ms, shifts)]
+    assert [int(v) for v in got.split()] == expect
+
+
+# ---- a converted-DenseNet stand-in: densenet121 with random weights at 64x64 ------------------------------------
+@pytest.mark.slow
+@needs_cc
+def test_densenet_layers_pass_make_check(tmp_path):
+    model = models.build("densenet121", plan={
+        "encoder.conv0": "mul8u_2AC", "encoder.denseblock1.denselayer2.*": "mul8s_1L2J",
+        "encoder.transition1.conv": "mul8u_2AC", "decoder.up2.*": "mul8s_1L2J", "decoder.conv3": "exact_u8"})
+    variables = models.init_variables(model, 0)
+    rng = np.random.default_rng(0)      # non-trivial BatchNorm statistics, so folding matters
+
+    def perturb(path, a):
+        shape = np.shape(a)
+        v = rng.normal(0, 0.1, shape) if path[-1].key == "mean" else rng.uniform(0.5, 1.5, shape)
+        return v.astype(np.float32)
+    variables["batch_stats"] = jax.tree_util.tree_map_with_path(perturb, variables["batch_stats"])
+    result = export.export_layers(model, variables, _image((64, 64)), tmp_path / "d121")
+    assert len(result.layers) == 7
+    proc = make_check(result.folder)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("PASS") == 7
+
+
+# ---- bad input: one-line errors, exit 2, before any work ----------------------------------------------------
+@pytest.mark.parametrize("argv,message", [
+    (["--multiplier", "int8", "--select", "decoder.nothing*"], "match no layer"),
+    (["--multiplier", "int8", "--layers", "decoder.*", "--select", "encoder.stem"], "run in float"),
+    (["--multiplier", "no_such_circuit"], "no_such_circuit"),
+    (["--multiplier", "int8", "--plan", "{}"], "either --plan or --multiplier"),
+    ([], "all float"),
+])
+def test_cli_bad_input(argv, message, tmp_path, capsys):
+    code = export_cli.main([*argv, "--out", str(tmp_path / "o"), "--no-compile-cache"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_unwritable_or_occupied_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert export_cli.main(["--multiplier", "int8", "--out", str(blocker / "sub"), "--no-compile-cache"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("x")
+    assert export_cli.main(["--multiplier", "int8", "--out", str(busy), "--no-compile-cache"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (busy / "keep.txt").read_text() == "x"
