@@ -1,6 +1,6 @@
 """Integer requantization (jaxdepth.quant.requant) against an independent Python-int implementation of the
-TFLite / gemmlowp fixed-point definition, integer-mode layers against the float-rescale ones, and the
-bundled model in integer mode."""
+TFLite / gemmlowp fixed-point definition, and integer-mode layers against the float-rescale ones (the whole
+bundled model in integer mode runs in tests/test_export.py, every layer checked by the exported C)."""
 import math
 
 import jax
@@ -204,29 +204,3 @@ def test_integer_mode_needs_output_calibration():
         i_layer.apply(stale, x)
     with pytest.raises(ValueError, match="requant"):
         Plan.make({"*": {"multiplier": "int8", "requant": "fixed"}})
-
-
-@pytest.mark.slow
-def test_bundled_model_runs_in_integer_mode():
-    from jaxdepth.io import checkpoint
-    from jaxdepth.cli.common import DEFAULT_MODEL
-    model, variables, _ = checkpoint.load(DEFAULT_MODEL)
-    rng = np.random.default_rng(0)
-    x = np.clip(rng.uniform(0, 1, (1, 64, 64, 3)), 0, 1).astype(np.float32)
-    base = {k: variables[k] for k in ("params", "batch_stats")}
-    y_float = np.asarray(models.compile_apply(model, base, x.shape, fast_compile=True)(base, x))
-    imodel = model.clone(plan=Plan.make({"*": {"multiplier": "int8", "requant": "integer"}}))
-    qv = models.calibrate(imodel, base, x, fast_compile=True)
-    infos = models.describe(imodel, x.shape)
-    assert all(i.arith.requant == "integer" for i in infos) and len(infos) > 50
-    assert all("y_scale" in _node(qv["quant"], i.path) for i in infos)
-    y_int = np.asarray(models.compile_apply(imodel, qv, x.shape, fast_compile=True)(qv, x))
-    assert np.all(np.isfinite(y_int))
-    rel = np.sqrt(np.mean((y_int - y_float) ** 2)) / np.abs(y_float).max()
-    assert rel < 0.05, rel
-
-
-def _node(tree, path):
-    for p in path:
-        tree = tree[p]
-    return tree
