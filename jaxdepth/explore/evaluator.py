@@ -114,9 +114,9 @@ def runtime_kernel(info: Any, signed: bool, batch: int) -> str:
     from .. import lutconv
     from ..multipliers import get
     x_shape = (batch, *info.x_shape[1:])
-    text = lutconv.explain(x_shape, info.w_shape, get("exact_s8" if signed else "exact_u8"), stride=info.stride,
-                           padding=info.padding, groups=info.groups, traced=True, impl=list(RUNTIME_KERNELS))
-    return text.split(":", 1)[0]
+    choice = lutconv.explain(x_shape, info.w_shape, get("exact_s8" if signed else "exact_u8"), stride=info.stride,
+                             padding=info.padding, groups=info.groups, traced=True, impl=list(RUNTIME_KERNELS))
+    return choice.kernel or "auto"   # None: an empty call, no kernel runs
 
 
 class Evaluator:
