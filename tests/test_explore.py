@@ -279,3 +279,29 @@ def test_ray_workers_give_the_local_results_and_survive_a_killed_worker(tiny_ckp
     for rec in local:
         for part in ("accuracy", "fidelity", "cost"):
             assert remote[rec["label"]][part] == rec[part], (rec["label"], part)
+
+
+def test_a_checkpoint_keeps_its_own_ranges_for_its_own_unsigned_plan(tmp_path):
+    """A checkpoint fine-tuned for an unsigned plan: explore uses its stored ranges for that plan (as
+    evaluate does), and calibrates anew for any other unsigned table."""
+    import jax
+    from jaxdepth import models
+    from jaxdepth.explore import EvalSpec, Protocol
+    from jaxdepth.io import checkpoint
+    p = models.get_preset("densenet121", growth_rate=8, block_config=(1, 1, 1, 1), num_init_features=16, bn_size=1,
+                          input_size=(64, 64), decoder_width=1.0)
+    plan = {"*": "exact_u8"}
+    model = models.build(p, plan=plan)
+    rng = np.random.default_rng(3)
+    variables = models.calibrate(model, models.init_variables(model, 0), rng.random((2, 64, 64, 3), np.float32))
+    # ranges unlike any calibration on the data: the stored ones must come back untouched
+    variables["quant"] = jax.tree_util.tree_map(lambda a: np.asarray(a) * 0 + 0.125 if np.asarray(a).dtype.kind == "f"
+                                                else a, variables["quant"])
+    checkpoint.save(tmp_path / "ft", p, variables, plan=plan)
+    ev = EvalSpec(model=str(tmp_path / "ft"), data=DATA, protocol=Protocol(batch_size=2, calib_frames=2)).build()
+    own = {n: multipliers.get("exact_u8") for n in ev.layer_names}
+    other = {n: multipliers.get("mul8u_197B") for n in ev.layer_names}
+    leaves = lambda t: [np.asarray(a) for a in jax.tree_util.tree_leaves(t)]  # noqa: E731
+    stored = leaves(ev.variables["quant"])
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(ev._quant(own)), stored))
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(ev._quant(other)), stored))

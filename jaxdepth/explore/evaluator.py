@@ -142,6 +142,11 @@ class Evaluator:
         self._x = {id(b[0]): resize_batch(np.asarray(b[0], np.uint8), self.input_size) for b in batches}
         shape = next(iter(self._x.values())).shape
         self.infos = describe(self.model, (1, *shape[1:]))
+        own = getattr(model, "plan", None)
+        #: the checkpoint's own plan (layer -> table), e.g. one fine-tuned for it: its stored ranges belong to it
+        self._own_tables = {} if own is None or own.is_float else {
+            i.name: i.arith.multiplier.table for i in describe(model, (1, *shape[1:]))
+            if i.arith.multiplier is not None}
         self.layer_names = [i.name for i in self.infos]
         self.description = dict(description)
         self.context = digest({"description": self.description, "protocol": dataclasses.asdict(protocol),
@@ -224,14 +229,16 @@ class Evaluator:
 
     def _quant(self, assignment: Mapping[str, Optional[Multiplier]]) -> dict:
         """Input quantization as `python -m jaxdepth.evaluate` chooses it: the checkpoint's stored ``quant``
-        when every table is signed and it covers every quantized layer, else calibration on the first
+        when it covers every quantized layer and every table is signed or is the table the checkpoint's own
+        plan gives that layer (a checkpoint fine-tuned for its plan keeps its ranges), else calibration on the first
         ``calib_frames`` frames (per layer, for the layer's signedness; observers see the float model, so
         one calibration per signedness serves every configuration)."""
         from ..models import Plan, calibrate
         used = [n for n in self.layer_names if assignment[n] is not None]
         stored = self.variables.get("quant")
         path = {i.name: i.path for i in self.infos}
-        if stored is not None and all(assignment[n].signed for n in used) and all(
+        own = all(n in self._own_tables and np.array_equal(self._own_tables[n], assignment[n].table) for n in used)
+        if stored is not None and (own or all(assignment[n].signed for n in used)) and all(
                 _get(stored, path[n]) is not None for n in used):
             return stored
         entries = {}
