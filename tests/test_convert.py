@@ -170,10 +170,12 @@ def test_cli_bad_inputs_are_one_line_errors_before_any_work(tmp_path, capsys, li
     from jaxdepth.cli.convert import main
 
     (tmp_path / "junk.pth").write_bytes(b"hello, not a checkpoint" * 10)
+    (tmp_path / "junk.h5").write_bytes(b"hello, not a checkpoint" * 10)
     torch.save(lite_state_dict, tmp_path / "sd.pth")
     torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pth")
     (tmp_path / "exists").mkdir()
     cases = [(["junk.pth", "o1"], "not a PyTorch checkpoint"),
+             (["junk.h5", "o6"], "not an HDF5 file"),
              (["whole.pth", "o2"], "--trust-pickle"),
              (["sd.pth", "o3", "--plan", "{bad"], "--plan is not valid JSON"),
              (["sd.pth", "o4", "--plan", '{"decoder.*": "mul8s_NOPE"}'], "unknown multiplier"),
@@ -183,7 +185,7 @@ def test_cli_bad_inputs_are_one_line_errors_before_any_work(tmp_path, capsys, li
         assert main([str(tmp_path / argv[0]), str(tmp_path / argv[1]), *argv[2:]]) == 2, argv
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "junk.pth", "sd.pth", "whole.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "junk.h5", "junk.pth", "sd.pth", "whole.pth"]
     assert not any((tmp_path / "exists").iterdir())
 
 

@@ -12,6 +12,11 @@ from ..models.presets import Preset
 from .core import ConversionReport
 
 
+#: suffixes that promise a Keras HDF5 file (a file without the HDF5 signature under one of them is an error,
+#: not a PyTorch checkpoint to try)
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+
+
 def file_kind(src: Union[str, Path]) -> str:
     """"keras" (HDF5) or "pytorch"."""
     from .keras_h5 import is_hdf5
@@ -21,7 +26,13 @@ def file_kind(src: Union[str, Path]) -> str:
         raise FileNotFoundError(f"no such checkpoint: {path}")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory, expected a checkpoint file (.h5 / .pth)")
-    return "keras" if is_hdf5(path) else "pytorch"
+    if is_hdf5(path):
+        return "keras"
+    if path.suffix.lower() in KERAS_SUFFIXES:
+        from .core import ConversionError
+        raise ConversionError(f"{path}: not an HDF5 file (a Keras {path.suffix} save starts with the HDF5 "
+                              "signature): damaged, or another format under a Keras name")
+    return "pytorch"
 
 
 def convert(src: Union[str, Path], preset: Union[None, str, Preset] = None, *, seed: int = 0,
