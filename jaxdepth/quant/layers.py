@@ -164,6 +164,25 @@ def _ste_backward(cfg, residuals, g):
 _straight_through_conv.defvjp(_ste_forward, _ste_backward)
 
 
+def _prepare(x, w, bias, multiplier: Multiplier, qps: dict, stride, padding, dilation, groups, per_channel,
+             impl, table):
+    """What both table convolutions check and normalise first: the qparams' signedness against the
+    multiplier's (``qps``: role -> QParams, "activation" first), finite inputs, float32 operands, a zero bias
+    when none, the padding pairs, the static config tuple and an int32 runtime table."""
+    for what, qp in qps.items():
+        if qp.signed != multiplier.signed:
+            raise ValueError(f"{what} qparams are {'signed' if qp.signed else 'unsigned'} but multiplier "
+                             f"{multiplier.name} is {'signed' if multiplier.signed else 'unsigned'}")
+    _check_inputs(x, w, bias, qps["activation"])
+    x = jnp.asarray(x, jnp.float32)
+    w = jnp.asarray(w, jnp.float32)
+    bias = jnp.zeros((w.shape[-1],), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
+    stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    pads = normalize_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), stride_p, dilation_p)
+    cfg = (multiplier, stride_p, tuple(pads), dilation_p, int(groups), bool(per_channel), impl)
+    return x, w, bias, (None if table is None else jnp.asarray(table, jnp.int32)), cfg
+
+
 def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
                stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
                w_qp: Optional[QParams] = None, per_channel: bool = True, impl: ImplArg = "auto",
@@ -177,18 +196,8 @@ def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp
     the signedness.
     NaN / infinity: see the module docstring (concrete NaN raises; under jit it propagates).
     """
-    if x_qp.signed != multiplier.signed:
-        raise ValueError(f"activation qparams are {'signed' if x_qp.signed else 'unsigned'} but multiplier "
-                         f"{multiplier.name} is {'signed' if multiplier.signed else 'unsigned'}")
-    _check_inputs(x, w, bias, x_qp)
-    x = jnp.asarray(x, jnp.float32)
-    w = jnp.asarray(w, jnp.float32)
-    bias = jnp.zeros((w.shape[-1],), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
-    stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
-    pads = normalize_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), stride_p, dilation_p)
-    cfg = (multiplier, stride_p, tuple(pads), dilation_p, int(groups), bool(per_channel), impl)
-    if table is not None:
-        table = jnp.asarray(table, jnp.int32)
+    x, w, bias, table, cfg = _prepare(x, w, bias, multiplier, {"activation": x_qp}, stride, padding, dilation,
+                                      groups, per_channel, impl, table)
     if straight_through:
         return _straight_through_conv(x, w, bias, x_qp, w_qp, table, cfg)
     return _table_conv(x, w, bias, x_qp, w_qp, table, cfg)
@@ -240,19 +249,8 @@ def lut_conv2d_requant(x: Any, w: Any, bias: Optional[Any], multiplier: Multipli
     ``table``: a runtime table, as in `lut_conv2d`. NaN / infinity: as `lut_conv2d`. The quantization
     parameters get no gradient here (activation ranges are learned with the float rescale).
     """
-    for what, qp in (("activation", x_qp), ("output", y_qp)):
-        if qp.signed != multiplier.signed:
-            raise ValueError(f"{what} qparams are {'signed' if qp.signed else 'unsigned'} but multiplier "
-                             f"{multiplier.name} is {'signed' if multiplier.signed else 'unsigned'}")
-    _check_inputs(x, w, bias, x_qp)
-    x = jnp.asarray(x, jnp.float32)
-    w = jnp.asarray(w, jnp.float32)
-    bias = jnp.zeros((w.shape[-1],), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
-    stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
-    pads = normalize_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), stride_p, dilation_p)
-    cfg = (multiplier, stride_p, tuple(pads), dilation_p, int(groups), bool(per_channel), impl)
-    if table is not None:
-        table = jnp.asarray(table, jnp.int32)
+    x, w, bias, table, cfg = _prepare(x, w, bias, multiplier, {"activation": x_qp, "output": y_qp}, stride,
+                                      padding, dilation, groups, per_channel, impl, table)
     if return_details:
         return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)
     if straight_through:
