@@ -247,9 +247,6 @@ def test_unwritable_output_is_reported_before_the_sweep(tiny_ckpt, tmp_path, cap
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="unverified: on the shared host (load 25-38, 2026-12-02) Ray 2.60 could not start a local "
-                         "cluster (raylet registration has a fixed 30 s limit; once the raylet died waiting for "
-                         "its agents); enable once it has passed")
 def test_ray_workers_give_the_local_results_and_survive_a_killed_worker(tiny_ckpt, tiny_ev, tmp_path):
     ray = pytest.importorskip("ray")
     from jaxdepth.explore import EvalSpec, Protocol, run_configs, sweep_configs

@@ -55,6 +55,7 @@ class RayExecutor:
         ray = connect(address, num_cpus)
         self.ray = ray
         self.retries = retries
+        self.startup_timeout = startup_timeout
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_worker))
         actor = ray.remote(num_cpus=cpus_per_worker, max_restarts=retries, max_task_retries=0)(_Worker)
         self.actors = [actor.remote(spec) for _ in range(n)]
@@ -88,10 +89,26 @@ class RayExecutor:
                 failures[i] = failures.get(i, 0) + 1
                 if failures[i] > self.retries:
                     raise
-                pending[actor.evaluate.remote(configs[i])] = (actor, i)    # Ray restarts the actor
+                self._wait_restarted(actor)
+                pending[actor.evaluate.remote(configs[i])] = (actor, i)
                 continue
             yield configs[i], rec
             submit(actor)
+
+    def _wait_restarted(self, actor: Any) -> None:
+        """Block until Ray has restarted ``actor`` (it rebuilds its evaluator), so the resubmitted
+        configuration is not refused as 'actor is restarting' and counted as another failure."""
+        import time
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                self.ray.get(actor.context.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except (ActorUnavailableError, GetTimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def shutdown(self) -> None:
         for a in self.actors:
