@@ -55,7 +55,8 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
     Inputs are resized to ``input_size`` (when given), scaled to [0, 1] and run with ``flip`` averaging.
     The batch is sharded over ``devices`` (default: all JAX devices) with a `NamedSharding` over a 1-D
     mesh ("batch"); variables are replicated; a batch that does not divide is padded (and the padding
-    dropped from the result). One compilation per input shape.
+    dropped from the result). One compilation per input shape; with JAX's compilation cache on (the CLIs),
+    the traced program is stored too and a later process skips tracing (`jaxdepth.exec_cache`).
     """
     import jax
     import jax.numpy as jnp
@@ -79,6 +80,8 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
         return to_metres(model.apply(v, x))[..., 0]
 
     fn = jax.jit(run, in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
+    from .exec_cache import cached_jit
+    fn = cached_jit(fn, "predict", (model, flip))  # a later process skips tracing (with a compilation cache)
     n_dev = len(devices)
 
     def predict(images: np.ndarray) -> np.ndarray:
