@@ -176,3 +176,26 @@ def _program(fn: Callable, name: str, key: Any, args: tuple, sig: tuple) -> tupl
     except OSError:
         pass
     return "exported", jax.jit(exported.call)
+
+
+def remembered(name: str, key: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()`` (a JSON value) stored under ``key`` beside the programs, so a later process with the
+    same key (and the same environment: versions, source digest) reads it instead of computing it; e.g.
+    whether a checkpoint's stored calibration covers a plan, which takes a whole trace of the model to
+    find out. Without a compilation cache folder it is just ``compute()``."""
+    where = folder()
+    if where is None:
+        return compute()
+    path = where / f"{name}-{fingerprint((FORMAT, _environment(), key))[:40]}.json"
+    try:
+        return json.loads(path.read_text())["value"]
+    except (OSError, ValueError, KeyError):
+        pass
+    value = compute()
+    try:
+        from .io.atomic import write_text
+        where.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps({"value": value}))
+    except OSError:
+        pass
+    return value

@@ -111,13 +111,22 @@ def quantized(model: Any, variables: dict, plan: Any, calib_images: np.ndarray, 
     qmodel = model.clone(plan=p)
     signed = all(a.multiplier is None or a.multiplier.signed for _, a in p.rules)
     if "quant" in variables and (signed or stored_plan):
-        try:
-            import jax
-            x = np.zeros((1, *calib_images.shape[1:]), np.float32)
-            jax.eval_shape(lambda v, xx: qmodel.apply(v, xx), variables, x)
+        import jax
+
+        from .exec_cache import remembered
+        x = np.zeros((1, *calib_images.shape[1:]), np.float32)
+
+        def covers() -> bool:  # a whole (abstract) trace of the model: remembered across runs
+            try:
+                jax.eval_shape(lambda v, xx: qmodel.apply(v, xx), variables, x)
+                return True
+            except Exception:  # noqa: BLE001 - the stored calibration does not cover this plan: calibrate anew
+                return False
+
+        shapes = jax.tree_util.tree_map(lambda a: (tuple(np.shape(a)), str(getattr(a, "dtype", type(a).__name__))),
+                                        variables)
+        if remembered("stored-calibration-covers", (qmodel, shapes, x.shape), covers):
             return qmodel, variables
-        except Exception:  # noqa: BLE001 - the stored calibration does not cover this plan: calibrate anew
-            pass
     base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     return qmodel, calibrate(qmodel, base, np.asarray(calib_images, np.float32))
 

@@ -87,3 +87,12 @@ def test_without_a_compilation_cache_the_plain_jitted_function_runs(monkeypatch)
     fn = exec_cache.cached_jit(jax.jit(lambda a: a + 1), "plain", ())
     assert int(fn(np.int32(1))) == 2
     assert [how for how, _ in fn.programs.values()] == ["jit"]
+
+
+def test_remembered_values_are_read_back_under_the_same_key(monkeypatch, tmp_path):
+    monkeypatch.setattr(exec_cache, "folder", lambda: tmp_path)
+    calls = []
+    compute = lambda: calls.append(1) or {"ok": True}  # noqa: E731
+    assert exec_cache.remembered("t", ("model", 1), compute) == {"ok": True}
+    assert exec_cache.remembered("t", ("model", 1), compute) == {"ok": True} and len(calls) == 1
+    assert exec_cache.remembered("t", ("model", 2), compute) == {"ok": True} and len(calls) == 2
