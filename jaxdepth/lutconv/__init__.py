@@ -6,7 +6,8 @@
 Implementations (``impl=``) are listed by `implementations()`; ``"auto"`` picks the fastest one that
 supports the call (a cost model per kernel), and `explain` says which and why.
 """
-from . import direct_kernel, dwrows_kernel, gather_kernel, lowrank, numpy_kernels, wstat_kernel, xla_kernels
+from . import (direct_kernel, dwrows_kernel, gather_kernel, lowrank, numpy_kernels, pallas_kernel, wstat_kernel,
+               xla_kernels)
 from .api import conv2d, dense, explain, window_sums
 from .registry import Choice, Kernel, Problem, choose, implementations, register_kernel
 from .spec import ConvSpec
@@ -26,6 +27,10 @@ register_kernel(Kernel("xla_vmap", xla_kernels.xla_vmap_conv,
 register_kernel(Kernel("gather", gather_kernel.gather_conv,
                        "pure XLA: im2col + flat-table gather + int32 sum, lax.map over output channels",
                        jittable=True, priority=10, estimate=gather_kernel.estimate))
+register_kernel(Kernel("pallas", pallas_kernel.pallas_conv,
+                       "Pallas, for GPU/TPU: the whole table in on-chip memory, one block of output channels "
+                       "(and positions) per program, a lookup per reduction step (interpreted on CPU; speed "
+                       "unmeasured)", jittable=True, priority=3, platforms=("gpu", "tpu")))
 register_kernel(Kernel("direct", direct_kernel.direct_conv,
                        "numba, both cores: per input byte the table column lut[:, x] (L1), every output "
                        "channel adds column[w_byte]; depthwise: vectorised over channels",
