@@ -219,7 +219,10 @@ def write_keras2_h5(model: keras.Model, path, *, whole_model: bool = True) -> No
             name = keras2_name(layer.name)
             group = root.create_group(name)
             weights = layer.trainable_weights + layer.non_trainable_weights   # Keras 2's order
-            wnames = [f"{name}/{w.name}:0" for w in weights]
+            # Keras 2 named a DepthwiseConv2D's kernel "depthwise_kernel" (Keras 3: "kernel")
+            depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+            wnames = [f"{name}/{'depthwise_kernel' if depthwise and w.name == 'kernel' else w.name}:0"
+                      for w in weights]
             group.attrs["weight_names"] = np.array([n.encode("utf8") for n in wnames])
             for n, w in zip(wnames, weights):
                 group.create_dataset(n, data=np.asarray(w.numpy()))

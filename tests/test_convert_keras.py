@@ -321,6 +321,28 @@ def test_kitti_preset_converts_and_reports_metres_the_documented_way(tmp_path):
     assert metres.min() == 1.0 and metres.max() == 80.0 and (metres > 10).mean() > 0.05   # beyond NYU's 10 m
 
 
+@pytest.mark.slow
+def test_keras2_weights_only_mobilenetv2_reads_depthwise_kernel(tmp_path):
+    """A Keras 2 weights-only save of a MobileNetV2 DenseDepth (DepthwiseConv2D weights named
+    "depthwise_kernel:0", byte-string names, no model_config) converts to keras_mobilenetv2 with the same arrays
+    as the Keras 3 whole-model save of the same model."""
+    model = kd.family_densedepth(kd.mobilenetv2(H, W), kd.MOBILENETV2_DECODER)
+    kd.randomize(model, 8)
+    model.save(tmp_path / "whole.h5")
+    kd.write_keras2_h5(model, tmp_path / "w2.h5", whole_model=False)
+    with h5py.File(tmp_path / "w2.h5") as f:
+        names = [n.decode() for n in f["block_1_depthwise"].attrs["weight_names"]]
+    assert names == ["block_1_depthwise/depthwise_kernel:0"]
+    whole_preset, whole, _ = convert.convert(tmp_path / "whole.h5")
+    preset, variables, report = convert.convert(tmp_path / "w2.h5")
+    assert preset == whole_preset == models.get_preset("keras_mobilenetv2")
+    assert report.settings["bn_eps"] == "keras.applications default"
+    ref = dict(jax.tree_util.tree_leaves_with_path(whole))
+    leaves = jax.tree_util.tree_leaves_with_path(variables)
+    assert len(leaves) == len(ref) == len(model.weights)
+    assert all(np.array_equal(v, ref[k]) for k, v in leaves)
+
+
 def test_kitti_file_name_without_preset_gets_a_note(small, tmp_path, capsys):
     from jaxdepth.cli.convert import main
 
