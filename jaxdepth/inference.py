@@ -64,6 +64,7 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
 
     from .models import to_metres
 
+    preset = getattr(model, "preset", None)       # its depth range (densedepth_kitti: 80 / raw in [1, 80] m)
     devices = list(devices if devices is not None else jax.devices())
     mesh = Mesh(np.array(devices), ("batch",))
     data_sharding = NamedSharding(mesh, P("batch"))
@@ -74,10 +75,10 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
         x = x.astype(jnp.float32) / 255.0
         if flip:
             both = jnp.concatenate([x, x[:, :, ::-1]], axis=0)
-            m = to_metres(model.apply(v, both))[..., 0]
+            m = to_metres(model.apply(v, both), preset)[..., 0]
             n = x.shape[0]
             return 0.5 * (m[:n] + m[n:, :, ::-1])
-        return to_metres(model.apply(v, x))[..., 0]
+        return to_metres(model.apply(v, x), preset)[..., 0]
 
     fn = jax.jit(run, in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
     from .exec_cache import cached_jit
