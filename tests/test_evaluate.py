@@ -177,60 +177,23 @@ def test_cli_errors_checked_first_and_results_printed_before_writing(tmp_path, m
 
 
 # ---- a KITTI-range checkpoint (metres = 80 / output in [1, 80]): the cap, PSNR peak and checks follow it ----
-def _kitti_ckpt(path):
-    """A small DenseNet DenseDepth with densedepth_kitti's depth range; the output bias raised so its metres
-    spread over ~8-130 m (before the [1, 80] clip) instead of sitting at the clip ends."""
-    from jaxdepth import models
-    from jaxdepth.io import checkpoint
-    p = models.get_preset("densedepth_kitti", growth_rate=8, block_config=(1, 1, 1, 1), num_init_features=16,
-                          bn_size=1, input_size=(64, 64))
-    assert (p.min_depth, p.max_depth) == (1.0, 80.0)
-    model = models.build(p)
-    v = models.init_variables(model, 0)
-    c = v["params"]["decoder"]["conv3"]
-    c["bias"], c["kernel"] = c["bias"] + 4.0, c["kernel"] * 20
-    checkpoint.save(path, p, v)
-    return model, v
-
-
-def _numpy_metrics(p, g, peak):
-    """The metrics written out from their definitions (numpy, float64) over the given pixels."""
-    p, g = p.astype(np.float64), g.astype(np.float64)
-    r = np.maximum(p / g, g / p)
-    mse = np.mean((p - g) ** 2)
-    return {"delta1": np.mean(r < 1.25), "delta2": np.mean(r < 1.25 ** 2), "delta3": np.mean(r < 1.25 ** 3),
-            "abs_rel": np.mean(np.abs(p - g) / g), "sq_rel": np.mean((p - g) ** 2 / g), "rmse": np.sqrt(mse),
-            "rmse_log": np.sqrt(np.mean((np.log(p) - np.log(g)) ** 2)),
-            "log10": np.mean(np.abs(np.log10(p) - np.log10(g))), "psnr": 10 * np.log10(peak ** 2 / mse),
-            "pixels": p.size}
-
-
 def test_kitti_range_checkpoint_scores_ground_truth_up_to_80_m(tmp_path):
     """jaxdepth-evaluate on a KITTI-range checkpoint with ground truth from 2 to 120 m: predictions are
     clip(80 / raw, 1, 80) (flip-averaged), pixels up to 80 m are scored (not NYU's 10 m), PSNR's peak is 80 m;
-    expected values from the model's raw output and numpy."""
+    expected values from the model's raw output and numpy (`standin.kitti_expected`)."""
     from jaxdepth.cli import evaluate as cli
-    model, v = _kitti_ckpt(tmp_path / "kitti")
-    rng = np.random.default_rng(7)
-    rgb = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
-    gt = rng.uniform(2.0, 120.0, (3, 64, 64)).astype(np.float32)
-    gt[0, :4] = 0.0                                              # invalid pixels stay out too
+    from jaxdepth.io import checkpoint
+    from standin import kitti_expected, kitti_frames, kitti_range_densenet
+    model, v = kitti_range_densenet()
+    checkpoint.save(tmp_path / "kitti", model.preset, v)
+    rgb, gt = kitti_frames()
     np.savez(tmp_path / "kitti_frames.npz", images=rgb, depths=gt)
     args = cli.build_parser().parse_args(["--model", str(tmp_path / "kitti"), "--data",
                                           str(tmp_path / "kitti_frames.npz"), "--no-progress"])
     res = cli.run(args)
     assert res["config"]["crop"] is None and res["config"]["preset"] == "densedepth_kitti"
     assert res["depth_range"] == [1.0, 80.0] and res["max_depth"] == 80.0 and res["config"]["max_depth"] == 80.0
-
-    x = rgb.astype(np.float32) / 255.0
-    metres = lambda raw: np.clip(80.0 / np.asarray(raw, np.float64)[..., 0], 1.0, 80.0)  # noqa: E731
-    pred = 0.5 * (metres(model.apply(v, x)) + metres(model.apply(v, x[:, :, ::-1]))[:, :, ::-1])
-    assert pred.max() > 30 and pred.min() < 20          # a KITTI-scale map, far beyond NYU's 10 m
-    up = upsample_depth(pred.astype(np.float32), (64, 64))
-    valid = (gt > 1e-3) & (gt <= 80.0)
-    assert valid.sum() > 2 * ((gt > 1e-3) & (gt <= 10.0)).sum() and (~valid & (gt > 0)).sum() > 0
-    want = _numpy_metrics(up[valid], gt[valid], peak=80.0)
-    for k, w in want.items():
+    for k, w in kitti_expected(model, v, rgb, gt).items():
         assert res["accuracy"][k] == pytest.approx(w, rel=2e-4, abs=1e-6), k
     assert res["checks"]["prediction"].max_depth == 80.0 and not res["checks"]["prediction"].problems
 
