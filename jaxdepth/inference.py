@@ -57,7 +57,8 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
     densedepth_kitti's (1, 80); `jaxdepth.evaluation.evaluate` caps and checks with it).
     The batch is sharded over ``devices`` (default: all JAX devices) with a `NamedSharding` over a 1-D
     mesh ("batch"); variables are replicated; a batch that does not divide is padded (and the padding
-    dropped from the result). One compilation per input shape.
+    dropped from the result). One compilation per input shape; with JAX's compilation cache on (the CLIs),
+    the traced program is stored too and a later process skips tracing (`jaxdepth.exec_cache`).
     """
     import jax
     import jax.numpy as jnp
@@ -82,6 +83,8 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
         return to_metres(model.apply(v, x), preset)[..., 0]
 
     fn = jax.jit(run, in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
+    from .exec_cache import cached_jit
+    fn = cached_jit(fn, "predict", (model, flip))  # a later process skips tracing (with a compilation cache)
     n_dev = len(devices)
 
     def predict(images: np.ndarray) -> np.ndarray:
@@ -112,13 +115,22 @@ def quantized(model: Any, variables: dict, plan: Any, calib_images: np.ndarray, 
     qmodel = model.clone(plan=p)
     signed = all(a.multiplier is None or a.multiplier.signed for _, a in p.rules)
     if "quant" in variables and (signed or stored_plan):
-        try:
-            import jax
-            x = np.zeros((1, *calib_images.shape[1:]), np.float32)
-            jax.eval_shape(lambda v, xx: qmodel.apply(v, xx), variables, x)
+        import jax
+
+        from .exec_cache import remembered
+        x = np.zeros((1, *calib_images.shape[1:]), np.float32)
+
+        def covers() -> bool:  # a whole (abstract) trace of the model: remembered across runs
+            try:
+                jax.eval_shape(lambda v, xx: qmodel.apply(v, xx), variables, x)
+                return True
+            except Exception:  # noqa: BLE001 - the stored calibration does not cover this plan: calibrate anew
+                return False
+
+        shapes = jax.tree_util.tree_map(lambda a: (tuple(np.shape(a)), str(getattr(a, "dtype", type(a).__name__))),
+                                        variables)
+        if remembered("stored-calibration-covers", (qmodel, shapes, x.shape), covers):
             return qmodel, variables
-        except Exception:  # noqa: BLE001 - the stored calibration does not cover this plan: calibrate anew
-            pass
     base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     return qmodel, calibrate(qmodel, base, np.asarray(calib_images, np.float32))
 
