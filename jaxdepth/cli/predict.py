@@ -124,9 +124,10 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
         exact_full = inference.upsample_depth(exact, rgb.shape[:2])
         main_depth = exact_full if approx is None else inference.upsample_depth(approx, rgb.shape[:2])
         warn = lambda m: bar.write(m, file=sys.stderr)  # noqa: E731
-        problem = _depth_problem(name, exact_full, "exact" if plan is not None else "", res, warn)
+        problem = _depth_problem(name, exact_full, "exact" if plan is not None else "", res, warn,
+                                 depth_range(model))
         if plan is not None:
-            problem = _depth_problem(name, main_depth, "approximate", res, warn) or problem
+            problem = _depth_problem(name, main_depth, "approximate", res, warn, depth_range(model)) or problem
         if problem:
             res.failed[name] = problem
             warn(f"error: {problem}")
@@ -142,9 +143,10 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
     return res
 
 
-def _depth_problem(name: str, depth: np.ndarray, which: str, res: PredictResult, write) -> Optional[str]:
+def _depth_problem(name: str, depth: np.ndarray, which: str, res: PredictResult, write,
+                   depth_range: tuple[float, float] = (0.1, 10.0)) -> Optional[str]:
     """Warn about a degenerate depth (issue 10); an all-NaN one is an error for the image (returned)."""
-    check = inference.check_depth(depth)
+    check = inference.check_depth(depth, depth_range=depth_range)   # clipped at the model's own range
     if not check.problems:
         return None
     what = f"{which} depth" if which else "depth"
