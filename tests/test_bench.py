@@ -9,7 +9,8 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-@pytest.mark.parametrize("script", ["compare.py", "paired.py", "layer_shapes.py", "requant_accuracy.py"])
+@pytest.mark.parametrize("script", ["layer_shapes.py", *(pytest.param(s, marks=pytest.mark.slow)   # --help imports JAX
+                                                          for s in ("compare.py", "paired.py", "requant_accuracy.py"))])
 def test_bench_script_runs(script):
     args = [sys.executable, str(BENCH / script)] + ([] if script == "layer_shapes.py" else ["--help"])
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)

@@ -44,9 +44,11 @@ def _legacy(key):
 CASES = [("densenet161", "state_dict"), ("densenet169", "dataparallel"), ("densenet121", "legacy"),
          ("densenet201", "wrapped"), ("mobilenetv2", "pickled_model"), ("mobilenetv2_lite", "state_dict"),
          ("resnet50", "state_dict")]
+FAST_CASES = {("mobilenetv2_lite", "state_dict")}   # the fast subset's one (the big encoders take 15-40 s each)
 
 
-@pytest.mark.parametrize("preset,how", CASES)
+@pytest.mark.parametrize("preset,how", [c if c in FAST_CASES else pytest.param(*c, marks=pytest.mark.slow)
+                                         for c in CASES])
 def test_float_model_matches_pytorch(preset, how, tmp_path):
     tm = _torch_model(preset)
     sd = tm.state_dict()
@@ -141,6 +143,7 @@ def test_pickled_model_with_unimportable_class(tmp_path, lite_state_dict):
     np.testing.assert_array_equal(sd["inner.decoder.conv3.weight"], lite_state_dict["decoder.conv3.weight"].numpy())
 
 
+@pytest.mark.slow
 def test_cli_preset_override(tmp_path, capsys):
     """--preset / --set: a conv2 padding the weights cannot show, converted faithfully."""
     from jaxdepth.convert.__main__ import main

@@ -128,6 +128,7 @@ def small(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_half_width_leaky_convA_variant_matches_keras(small):
     """Decoder width 0.5 with LeakyReLU after convA (DenseDepth model.py), on a DenseNet with a custom block
     configuration: every setting comes from the file (model_config and shapes), outputs match Keras."""
@@ -139,6 +140,7 @@ def test_half_width_leaky_convA_variant_matches_keras(small):
     assert _rel_err(np.asarray(fn(variables, small["x"])), _keras_run(small["half"], small["x"])) <= TOL
 
 
+@pytest.mark.slow
 def test_detection_of_each_keras_preset(nyu, tmp_path):
     """nyu.h5 architecture -> densedepth_nyu (above); model.py's half-width decoder with LeakyReLU after convA
     -> densedepth_half; keras.applications DenseNet169 alone -> encoder layout (fresh decoder). (Files that
@@ -171,6 +173,7 @@ def test_weights_only_saves_use_the_documented_default(small, tmp_path):
         assert all(np.array_equal(v, ref[k]) for k, v in leaves), name
 
 
+@pytest.mark.slow
 def test_bad_files_fail_with_one_clear_error_naming_the_keys(small, tmp_path):
     # another architecture
     inp = keras.Input((32, 32, 3))

@@ -73,7 +73,7 @@ def tables(draw, signed):
         return kind, (np.outer(v, v) + rng.integers(-500, 500, (256, 256))).astype(np.int32)
     if kind == "lowrank":
         rank = draw(st.integers(1, 3))
-        u, t = rng.integers(-300, 300, (256, rank)), rng.integers(-300, 300, (256, rank))
+        u, t = rng.integers(-200, 200, (256, rank)), rng.integers(-200, 200, (256, rank))   # |u t| < 2^17
         return kind, (u @ t.T).astype(np.int32)
     return kind, rng.integers(-2**17 + 1, 2**17, (256, 256)).astype(np.int32)   # the widest allowed
 
