@@ -320,16 +320,21 @@ def _run(xb, wb, lut, sh, sw, dh, dw, groups, threads, t_budget, acc_budget, bui
     strips = np.empty(65536 if transposed else 1, dtype=lut.dtype)
     if transposed:
         table_strips(lut, strips)
-    # spare zero columns: a tile reads up to row_len (+ a 32-lane block) columns from its first one
-    spare = (fw + 15) // 16 * 16 + halo_c + 64
-    xc = np.zeros((groups, n_batch, cg, in_rows, max(in_cols, fw) + spare), dtype=np.uint8)
+    tiles = np.empty((groups, 4), dtype=np.int64)
+    width = in_cols
+    for g in range(groups):  # tiles first: a tile reads row_len columns (+ a 32-lane block) from its first
+        _, _, _, n_blocks = _weight_bytes(wb[:, :, :, g * og:(g + 1) * og])
+        rows, cols, row_len, chunk = _tiles(fh, fw, og, cg, taps, halo_r, halo_c, n_blocks * 16, lut.itemsize,
+                                            n_batch, threads, t_budget, acc_budget)
+        tiles[g] = (rows, cols, row_len, chunk)
+        width = max(width, (fw - 1) // cols * cols + row_len + 32)
+    xc = np.zeros((groups, n_batch, cg, in_rows, width), dtype=np.uint8)  # spare columns zero
     _channel_major(xb, xc, mode, sh, sw, ho, wo)
     acc = np.empty((n_batch, n_out, fh, fw), dtype=np.int32)
     for g in range(groups):
         wg = wb[:, :, :, g * og:(g + 1) * og]
         used, n_used, vslot, n_blocks = _weight_bytes(wg)
-        rows, cols, row_len, chunk = _tiles(fh, fw, og, cg, taps, halo_r, halo_c, n_blocks * 16, lut.itemsize,
-                                            n_batch, threads, t_budget, acc_budget)
+        rows, cols, row_len, chunk = tiles[g]
         offs = _offsets(wg, vslot, n_blocks, tap_r, tap_c, chunk, (rows + halo_r) * row_len, row_len)
         _wstat(xc[g], offs, vslot, n_blocks, used, n_used, strips, lut, rows, cols, row_len, halo_r, chunk, taps,
                transposed, acc[:, g * og:(g + 1) * og])
