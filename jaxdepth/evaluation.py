@@ -4,19 +4,22 @@ Protocol (DenseDepth's NYU Depth v2 evaluation, generalised to any size):
 
 1. the RGB frame is resized to the model's native input size (when the checkpoint records one);
 2. prediction = mean of the prediction and the flipped prediction of the horizontally flipped input
-   (in metres, after ``clip(10 / raw, 0.1, 10)``);
+   (in metres, after DenseDepth's ``clip(max_depth / raw, min_depth, max_depth)`` with the checkpoint
+   preset's depth range: NYU's 0.1-10 m, densedepth_kitti's 1-80 m);
 3. bilinear upsampling (x2 for DenseDepth at native size) to the ground-truth size;
 4. metrics inside the evaluation crop (Eigen crop [20:459, 24:615] for NYU) over pixels with valid
-   ground truth, pooled over all pixels of all images (``mean="images"`` averages per image instead).
+   ground truth (finite, > 1e-3 m and <= the model's maximum depth: 10 m NYU, 80 m KITTI, as in the
+   Eigen KITTI protocol's 80 m cap), pooled over all pixels of all images (``mean="images"`` averages
+   per image instead).
 
 Fidelity: the same metrics with the EXACT model's depth map as the reference (every pixel of the crop),
-plus depth PSNR (peak 10 m). Predictors come from `jaxdepth.inference.make_predictor` (sharded over all
+plus depth PSNR (peak = the model's maximum depth: 10 m NYU, 80 m KITTI). Predictors come from `jaxdepth.inference.make_predictor` (sharded over all
 JAX devices).
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -24,12 +27,24 @@ from . import metrics as M
 from .inference import DepthCheck, Predictor, check_depth, upsample_depth
 
 
+#: NYU's (min, max) metres: the depth range of a predictor that does not record one
+NYU_RANGE = (0.1, 10.0)
+
+
 def evaluate(predict: Predictor, dataset: Any, *, reference: Optional[Predictor] = None, batch_size: int = 8,
-             limit: Optional[int] = None, mean: str = "pixels", max_depth: Optional[float] = 10.0,
-             progress: bool = False, keep: int = 0) -> dict[str, Any]:
+             limit: Optional[int] = None, mean: str = "pixels", max_depth: Union[float, None, str] = "model",
+             depth_range: Optional[tuple[float, float]] = None, progress: bool = False,
+             keep: int = 0) -> dict[str, Any]:
     """Metrics of ``predict`` on ``dataset`` (a `jaxdepth.data.Dataset` or an iterable of (rgb, depth, crop)).
 
-    Returns ``{"accuracy": metrics vs gt, "frames": n, "seconds": s}``; with ``reference`` (the exact model)
+    ``depth_range`` = the model's (min, max) output metres (`jaxdepth.models.depth_range`); default
+    ``predict.depth_range`` (`jaxdepth.inference.make_predictor` records the preset's), else NYU's (0.1, 10).
+    ``max_depth``: ground truth beyond it is not scored; "model" (default) = the range's maximum (10 m NYU,
+    80 m densedepth_kitti), None = no cap. The PSNR peak is the range's maximum; the degenerate-output
+    checks look for pixels pinned to the range's ends.
+
+    Returns ``{"accuracy": metrics vs gt, "frames": n, "seconds": s, "depth_range": [min, max], "max_depth":
+    the cap used}``; with ``reference`` (the exact model)
     also ``"reference_accuracy"`` (its metrics vs gt) and ``"fidelity"`` (``predict`` vs ``reference``,
     PSNR included). ``"checks"`` holds a `jaxdepth.inference.DepthCheck` of every prediction ("prediction",
     and "reference") so callers can warn about NaN or collapsed outputs. ``keep`` > 0 also returns the first
@@ -38,9 +53,16 @@ def evaluate(predict: Predictor, dataset: Any, *, reference: Optional[Predictor]
     from tqdm import tqdm
     it = dataset.batches(batch_size, limit) if hasattr(dataset, "batches") else dataset
     total = (min(limit, len(dataset)) if limit else len(dataset)) if hasattr(dataset, "__len__") else None
-    acc = M.Accumulator(mean, max_depth=max_depth)
-    ref_acc = M.Accumulator(mean, max_depth=max_depth) if reference is not None else None
-    fid = M.Accumulator(mean) if reference is not None else None
+    if depth_range is None:
+        depth_range = getattr(predict, "depth_range", None) or NYU_RANGE
+    lo, hi = (float(v) for v in depth_range)
+    if max_depth == "model":
+        max_depth = hi
+    elif isinstance(max_depth, str):
+        raise ValueError(f"max_depth must be a number, None or 'model', got {max_depth!r}")
+    acc = M.Accumulator(mean, max_depth=max_depth, peak=hi)
+    ref_acc = M.Accumulator(mean, max_depth=max_depth, peak=hi) if reference is not None else None
+    fid = M.Accumulator(mean, peak=hi) if reference is not None else None
     examples: list[tuple] = []
     checks: dict[str, DepthCheck] = {}
     n = 0
@@ -50,13 +72,13 @@ def evaluate(predict: Predictor, dataset: Any, *, reference: Optional[Predictor]
         gt = np.asarray(gt, np.float32)
         cmask = M.crop_mask(gt.shape, crop)
         raw = predict(rgb)
-        _add_check(checks, "prediction", raw)
+        _add_check(checks, "prediction", raw, (lo, hi))
         pred = upsample_depth(raw, gt.shape[1:])
         acc.add(pred, gt, cmask)
         ref = None
         if reference is not None:
             raw_ref = reference(rgb)
-            _add_check(checks, "reference", raw_ref)
+            _add_check(checks, "reference", raw_ref, (lo, hi))
             ref = upsample_depth(raw_ref, gt.shape[1:])
             ref_acc.add(ref, gt, cmask)
             fid.add(pred, ref, cmask)
@@ -68,7 +90,8 @@ def evaluate(predict: Predictor, dataset: Any, *, reference: Optional[Predictor]
     bar.close()
     if n == 0:
         raise ValueError("the dataset yielded no frames")
-    out: dict[str, Any] = {"accuracy": acc.result(), "frames": n, "seconds": time.time() - t0, "checks": checks}
+    out: dict[str, Any] = {"accuracy": acc.result(), "frames": n, "seconds": time.time() - t0, "checks": checks,
+                           "depth_range": [lo, hi], "max_depth": max_depth}
     if reference is not None:
         out["reference_accuracy"] = ref_acc.result()
         out["fidelity"] = fid.result()
@@ -77,6 +100,6 @@ def evaluate(predict: Predictor, dataset: Any, *, reference: Optional[Predictor]
     return out
 
 
-def _add_check(checks: dict[str, DepthCheck], key: str, depth: np.ndarray) -> None:
-    c = check_depth(depth)
+def _add_check(checks: dict[str, DepthCheck], key: str, depth: np.ndarray, depth_range: tuple[float, float]) -> None:
+    c = check_depth(depth, depth_range=depth_range)
     checks[key] = checks[key] + c if key in checks else c

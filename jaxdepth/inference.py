@@ -52,17 +52,21 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
                    input_size: Optional[Sequence[int]] = None) -> Predictor:
     """``predict(images uint8 (N, H, W, 3)) -> metres float32 (N, h, w)`` at the model's output resolution.
 
-    Inputs are resized to ``input_size`` (when given), scaled to [0, 1] and run with ``flip`` averaging.
+    Inputs are resized to ``input_size`` (when given), scaled to [0, 1] and run with ``flip`` averaging;
+    metres follow the model's preset depth range (``predict.depth_range`` = (min, max) m: NYU's (0.1, 10),
+    densedepth_kitti's (1, 80); `jaxdepth.evaluation.evaluate` caps and checks with it).
     The batch is sharded over ``devices`` (default: all JAX devices) with a `NamedSharding` over a 1-D
     mesh ("batch"); variables are replicated; a batch that does not divide is padded (and the padding
-    dropped from the result). One compilation per input shape.
+    dropped from the result). One compilation per input shape; with JAX's compilation cache on (the CLIs),
+    the traced program is stored too and a later process skips tracing (`jaxdepth.exec_cache`).
     """
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from .models import to_metres
+    from .models import depth_range, to_metres
 
+    preset = getattr(model, "preset", None)       # its depth range (densedepth_kitti: 80 / raw in [1, 80] m)
     devices = list(devices if devices is not None else jax.devices())
     mesh = Mesh(np.array(devices), ("batch",))
     data_sharding = NamedSharding(mesh, P("batch"))
@@ -73,12 +77,14 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
         x = x.astype(jnp.float32) / 255.0
         if flip:
             both = jnp.concatenate([x, x[:, :, ::-1]], axis=0)
-            m = to_metres(model.apply(v, both))[..., 0]
+            m = to_metres(model.apply(v, both), preset)[..., 0]
             n = x.shape[0]
             return 0.5 * (m[:n] + m[n:, :, ::-1])
-        return to_metres(model.apply(v, x))[..., 0]
+        return to_metres(model.apply(v, x), preset)[..., 0]
 
     fn = jax.jit(run, in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
+    from .exec_cache import cached_jit
+    fn = cached_jit(fn, "predict", (model, flip))  # a later process skips tracing (with a compilation cache)
     n_dev = len(devices)
 
     def predict(images: np.ndarray) -> np.ndarray:
@@ -91,6 +97,7 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
         return np.asarray(fn(variables, x))[:n]
 
     predict.n_devices = n_dev  # type: ignore[attr-defined]
+    predict.depth_range = depth_range(model)  # type: ignore[attr-defined]
     return predict
 
 
@@ -108,13 +115,22 @@ def quantized(model: Any, variables: dict, plan: Any, calib_images: np.ndarray, 
     qmodel = model.clone(plan=p)
     signed = all(a.multiplier is None or a.multiplier.signed for _, a in p.rules)
     if "quant" in variables and (signed or stored_plan):
-        try:
-            import jax
-            x = np.zeros((1, *calib_images.shape[1:]), np.float32)
-            jax.eval_shape(lambda v, xx: qmodel.apply(v, xx), variables, x)
+        import jax
+
+        from .exec_cache import remembered
+        x = np.zeros((1, *calib_images.shape[1:]), np.float32)
+
+        def covers() -> bool:  # a whole (abstract) trace of the model: remembered across runs
+            try:
+                jax.eval_shape(lambda v, xx: qmodel.apply(v, xx), variables, x)
+                return True
+            except Exception:  # noqa: BLE001 - the stored calibration does not cover this plan: calibrate anew
+                return False
+
+        shapes = jax.tree_util.tree_map(lambda a: (tuple(np.shape(a)), str(getattr(a, "dtype", type(a).__name__))),
+                                        variables)
+        if remembered("stored-calibration-covers", (qmodel, shapes, x.shape), covers):
             return qmodel, variables
-        except Exception:  # noqa: BLE001 - the stored calibration does not cover this plan: calibrate anew
-            pass
     base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     return qmodel, calibrate(qmodel, base, np.asarray(calib_images, np.float32))
 
@@ -133,7 +149,7 @@ def exact_and_plan(model: Any, plan: Any) -> tuple[Any, Any]:
 
 # ---------------------------------------------------------------------------------------- degenerate output
 
-#: DenseDepth's output range in metres (``models.to_metres`` clips to it).
+#: DenseDepth's NYU output range in metres (``models.to_metres`` clips to it; other presets: their own range).
 DEPTH_MIN, DEPTH_MAX = 0.1, 10.0
 
 
@@ -143,7 +159,8 @@ class DepthCheck:
 
     ``problems`` lists short codes: ``"nan"`` (some non-finite pixels), ``"all_nan"``, ``"constant"`` (every
     finite pixel within ``tolerance`` m of one value), ``"clipped_min"`` / ``"clipped_max"`` (at least
-    ``clip_fraction`` of the finite pixels at the 0.1 m / 10 m bound). Empty tuple: looks like a depth map.
+    ``clip_fraction`` of the finite pixels at the ``min_depth`` / ``max_depth`` bound: the model's depth range,
+    NYU's 0.1 m / 10 m by default). Empty tuple: looks like a depth map.
     Checks of several batches combine with ``a + b``.
     """
     pixels: int
@@ -154,6 +171,8 @@ class DepthCheck:
     hi: float
     clip_fraction: float = 0.95
     tolerance: float = 1e-3
+    min_depth: float = DEPTH_MIN
+    max_depth: float = DEPTH_MAX
 
     @property
     def finite(self) -> int:
@@ -180,24 +199,27 @@ class DepthCheck:
         hi = np.nanmax([self.hi, other.hi]) if self.finite or other.finite else float("nan")
         return DepthCheck(self.pixels + other.pixels, self.non_finite + other.non_finite,
                           self.at_min + other.at_min, self.at_max + other.at_max, float(lo), float(hi),
-                          self.clip_fraction, self.tolerance)
+                          self.clip_fraction, self.tolerance, self.min_depth, self.max_depth)
 
     def describe(self) -> str:
         """The problems as a short phrase (for warnings), '' when there are none."""
         texts = {"all_nan": f"every pixel is NaN/inf ({self.pixels})",
                  "nan": f"{self.non_finite} of {self.pixels} pixels are NaN/inf",
                  "constant": f"constant {self.lo:.2f} m",
-                 "clipped_min": f"{self.at_min} of {self.finite} pixels clipped to {DEPTH_MIN} m",
-                 "clipped_max": f"{self.at_max} of {self.finite} pixels clipped to {DEPTH_MAX} m"}
+                 "clipped_min": f"{self.at_min} of {self.finite} pixels clipped to {self.min_depth} m",
+                 "clipped_max": f"{self.at_max} of {self.finite} pixels clipped to {self.max_depth} m"}
         return "; ".join(texts[p] for p in self.problems)
 
 
-def check_depth(depth: np.ndarray, *, clip_fraction: float = 0.95, tolerance: float = 1e-3) -> DepthCheck:
-    """A `DepthCheck` of a depth output in metres (any shape)."""
+def check_depth(depth: np.ndarray, *, clip_fraction: float = 0.95, tolerance: float = 1e-3,
+                depth_range: tuple[float, float] = (DEPTH_MIN, DEPTH_MAX)) -> DepthCheck:
+    """A `DepthCheck` of a depth output in metres (any shape) of a model whose output is clipped to
+    ``depth_range`` (min, max) metres (`jaxdepth.models.depth_range`)."""
+    lo, hi = (float(v) for v in depth_range)
     d = np.asarray(depth, np.float32)
     ok = np.isfinite(d)
     f = d[ok]
     eps = 1e-4
-    return DepthCheck(int(d.size), int(d.size - f.size), int((f <= DEPTH_MIN + eps).sum()),
-                      int((f >= DEPTH_MAX - eps).sum()), float(f.min()) if f.size else float("nan"),
-                      float(f.max()) if f.size else float("nan"), clip_fraction, tolerance)
+    return DepthCheck(int(d.size), int(d.size - f.size), int((f <= lo + eps).sum()),
+                      int((f >= hi - eps).sum()), float(f.min()) if f.size else float("nan"),
+                      float(f.max()) if f.size else float("nan"), clip_fraction, tolerance, lo, hi)

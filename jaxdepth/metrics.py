@@ -8,9 +8,10 @@ finite and positive, inside an optional ``mask``:
 - ``abs_rel`` = mean |p - g| / g;  ``sq_rel`` = mean (p - g)^2 / g;
 - ``rmse`` = sqrt(mean (p - g)^2);  ``rmse_log`` = sqrt(mean (ln p - ln g)^2);
 - ``log10`` = mean |log10 p - log10 g|;
-- ``psnr`` = 10 log10(peak^2 / mean (p - g)^2) dB with ``peak = 10 m`` (NYU's depth range; DenseDepth
-  clips predictions to [0.1, 10] m), so it compares maps across models on one fixed scale. Identical maps
-  give ``inf``.
+- ``psnr`` = 10 log10(peak^2 / mean (p - g)^2) dB with ``peak`` = the model's maximum depth (default 10 m,
+  NYU's range: DenseDepth clips predictions to [0.1, 10] m; `jaxdepth.evaluation.evaluate` passes the
+  preset's, 80 m for densedepth_kitti), so it compares maps across models on one fixed scale. Identical
+  maps give ``inf``.
 
 With no usable pixel at all (an all-NaN or all-zero reference, an empty mask, or a prediction that is
 NaN / non-positive wherever the reference is valid) `compute` and `Accumulator.result` raise

@@ -1,7 +1,9 @@
 """DenseDepth written with Keras itself (test-only): keras.applications.DenseNet169 plus the decoder of the
 authors' model.py in Keras layers, an align-corners x2 up-sampling layer, random weights with non-trivial
 BatchNorm statistics, and a writer of the Keras 2 HDF5 layout of the published nyu.h5 (Keras 3 cannot write
-it: it forbids "/" in layer names)."""
+it: it forbids "/" in layer names). Also keras.applications ResNet50 / MobileNetV2 with a DenseDepth-style
+decoder (`family_densedepth`: the skip layers and widths written out here, an align-corners resize to each
+skip's size)."""
 from __future__ import annotations
 
 import contextlib
@@ -25,14 +27,7 @@ class AlignCornersUp2D(keras.layers.Layer):
 
     @staticmethod
     def _matrix(n: int) -> np.ndarray:
-        m = np.zeros((2 * n, n), np.float32)
-        for i in range(2 * n):
-            src = i * (n - 1) / (2 * n - 1) if n > 1 else 0.0
-            lo = min(int(np.floor(src)), n - 1)
-            hi = min(lo + 1, n - 1)
-            m[i, lo] += 1.0 - (src - lo)
-            m[i, hi] += src - lo
-        return m
+        return AlignCornersResize.matrix(2 * n, n)
 
     def call(self, x):
         h, w = int(x.shape[1]), int(x.shape[2])
@@ -41,6 +36,32 @@ class AlignCornersUp2D(keras.layers.Layer):
 
     def compute_output_shape(self, shape):
         return (shape[0], 2 * shape[1], 2 * shape[2], shape[3])
+
+
+class AlignCornersResize(keras.layers.Layer):
+    """Bilinear resize with align_corners=True of the first input to the second input's height and width."""
+
+    @staticmethod
+    def matrix(n_out: int, n: int) -> np.ndarray:
+        """(n_out, n) align-corners interpolation weights."""
+        m = np.zeros((n_out, n), np.float32)
+        for i in range(n_out):
+            src = i * (n - 1) / (n_out - 1) if n_out > 1 else 0.0
+            lo = min(int(np.floor(src)), n - 1)
+            hi = min(lo + 1, n - 1)
+            m[i, lo] += 1.0 - (src - lo)
+            m[i, hi] += src - lo
+        return m
+
+    def call(self, inputs):
+        x, ref = inputs
+        h, w, ho, wo = int(x.shape[1]), int(x.shape[2]), int(ref.shape[1]), int(ref.shape[2])
+        x = keras.ops.einsum("oh,nhwc->nowc", keras.ops.convert_to_tensor(self.matrix(ho, h)), x)
+        return keras.ops.einsum("ow,nhwc->nhoc", keras.ops.convert_to_tensor(self.matrix(wo, w)), x)
+
+    def compute_output_shape(self, shapes):
+        x, ref = shapes
+        return (x[0], ref[1], ref[2], x[3])
 
 
 @contextlib.contextmanager
@@ -70,6 +91,47 @@ def small_densenet(height: int, width: int, blocks=(2, 2, 2, 2)):
 
     with cheap_initializers():
         return DenseNet(list(blocks), include_top=False, weights=None, input_shape=(height, width, 3))
+
+
+def resnet50(height: int, width: int):
+    with cheap_initializers():
+        return keras.applications.ResNet50(weights=None, include_top=False, input_shape=(height, width, 3))
+
+
+def mobilenetv2(height: int, width: int, alpha: float = 1.0):
+    with cheap_initializers():
+        return keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(height, width, 3),
+                                              alpha=alpha)
+
+
+#: (decoder width, [(up block, keras.applications layer it concatenates, output channels), ...]) of the
+#: jaxdepth presets resnet50 / mobilenetv2 written out by hand: ResNet-50 (bottleneck conv5_block3_out, 2048
+#: channels, width 0.5) and MobileNetV2 (bottleneck out_relu, 1280 channels, width 0.6; torchvision block i =
+#: Keras block i-1)
+RESNET50_DECODER = (1024, [("up1", "conv4_block6_out", 512), ("up2", "conv3_block4_out", 256),
+                           ("up3", "conv2_block3_out", 128), ("up4", "conv1_relu", 64)])
+MOBILENETV2_DECODER = (768, [("up0", "block_16_project_BN", 384), ("up1", "block_13_project_BN", 384),
+                             ("up2", "block_7_add", 192), ("up3", "block_4_add", 96), ("up4", "block_2_add", 96),
+                             ("up5", "expanded_conv_project_BN", 48)])
+
+
+def family_densedepth(base, decoder, *, leaky_a: bool = True) -> keras.Model:
+    """A DenseDepth decoder on ``base.output``: conv2 1x1, then per up block an align-corners resize to the
+    skip's size, concatenation [up-sampled, skip], convA (+ LeakyReLU), convB + LeakyReLU; conv3."""
+    filters, blocks = decoder
+    with cheap_initializers():
+        x = keras.layers.Conv2D(filters, 1, padding="same", name="conv2")(base.output)
+        for name, skip, c in blocks:
+            s = base.get_layer(skip).output
+            x = AlignCornersResize(name=f"{name}_upsampling2d")([x, s])
+            x = keras.layers.Concatenate(name=f"{name}_concat")([x, s])
+            x = keras.layers.Conv2D(c, 3, padding="same", name=f"{name}_convA")(x)
+            if leaky_a:
+                x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"{name}_leakyA")(x)
+            x = keras.layers.Conv2D(c, 3, padding="same", name=f"{name}_convB")(x)
+            x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"{name}_leakyB")(x)
+        x = keras.layers.Conv2D(1, 3, padding="same", name="conv3")(x)
+    return keras.Model(base.input, x, name="densedepth")
 
 
 def densedepth(base, *, half: bool, leaky_a: bool, prefix: str = "") -> keras.Model:
@@ -103,6 +165,9 @@ def randomize(model: keras.Model, seed: int, tiny_var_layers: tuple[str, ...] = 
                 var[idx] = 10.0 ** rng.uniform(-7, -5, idx.size)
             layer.set_weights([(0.5 + rng.random(n)).astype(np.float32), (0.2 * rng.standard_normal(n)).astype(
                 np.float32), (0.2 * rng.standard_normal(n)).astype(np.float32), var])
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            k = layer.kernel.shape
+            layer.set_weights([(rng.standard_normal(k) * np.sqrt(2.0 / np.prod(k[:2]))).astype(np.float32)])
         elif isinstance(layer, keras.layers.Conv2D):
             k = layer.kernel.shape
             values = [(rng.standard_normal(k) * np.sqrt(2.0 / np.prod(k[:3]))).astype(np.float32)]
@@ -154,7 +219,10 @@ def write_keras2_h5(model: keras.Model, path, *, whole_model: bool = True) -> No
             name = keras2_name(layer.name)
             group = root.create_group(name)
             weights = layer.trainable_weights + layer.non_trainable_weights   # Keras 2's order
-            wnames = [f"{name}/{w.name}:0" for w in weights]
+            # Keras 2 named a DepthwiseConv2D's kernel "depthwise_kernel" (Keras 3: "kernel")
+            depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+            wnames = [f"{name}/{'depthwise_kernel' if depthwise and w.name == 'kernel' else w.name}:0"
+                      for w in weights]
             group.attrs["weight_names"] = np.array([n.encode("utf8") for n in wnames])
             for n, w in zip(wnames, weights):
                 group.create_dataset(n, data=np.asarray(w.numpy()))

@@ -213,3 +213,140 @@ def test_bad_files_fail_with_one_clear_error_naming_the_keys(small, tmp_path):
     from jaxdepth.cli.convert import main
     assert main([str(tmp_path / "cut.h5"), str(tmp_path / "ck")]) == 2
     assert not (tmp_path / "ck").exists()
+
+
+# ---- the ResNet-50 and MobileNetV2 families: keras.applications encoders with a DenseDepth decoder --------------
+def _family_case(tmp_path, base, decoder, tiny, seed):
+    """Keras model (random weights, tiny variances in ``tiny``) -> Keras 3 .h5 -> CLI -> (preset, rel. error)."""
+    model = kd.family_densedepth(base, decoder)
+    kd.randomize(model, seed, tiny_var_layers=tiny)
+    model.save(tmp_path / "model.h5")
+    res = subprocess.run([sys.executable, "-m", "jaxdepth.convert", str(tmp_path / "model.h5"),
+                          str(tmp_path / "ck")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    flax_model, variables, _ = checkpoint.load(tmp_path / "ck")
+    x = np.random.default_rng(seed).random((1, H, W, 3), dtype=np.float32)
+    fn = models.compile_apply(flax_model, variables, x.shape, fast_compile=True)
+    out = np.asarray(fn(variables, x))
+    err = _rel_err(out, _keras_run(model, x))
+    print(f"{flax_model.preset.name}: max |diff| / max |output| = {err:.2e}")
+    return flax_model.preset, res.stdout, err, len(model.weights), (variables, x, out)
+
+
+@pytest.mark.slow
+def test_keras_resnet50_densedepth_matches_keras(tmp_path):
+    """keras.applications ResNet50 (v1: stride on the 1x1 convolutions, conv biases, eps 1.001e-5, ZeroPadding +
+    'valid' stem and max pool) + the resnet50 decoder in Keras layers -> keras_resnet50, outputs match Keras."""
+    preset, out, err, n_weights, _ = _family_case(tmp_path, kd.resnet50(H, W), kd.RESNET50_DECODER,
+                                               ("conv1_bn", "conv5_block3_3_bn", "conv4_block1_0_bn"), 5)
+    assert preset == models.get_preset("keras_resnet50"), out
+    assert preset.stride_in_1x1 and preset.conv_bias and preset.bn_eps == pytest.approx(1.001e-5)
+    assert f"{n_weights} tensors converted" in out and "bottleneck_relu = False" in out
+    assert err <= TOL, err
+
+
+@pytest.mark.slow
+def test_keras_mobilenetv2_densedepth_matches_keras(tmp_path):
+    """keras.applications MobileNetV2 ('same' padding of the strided convolutions: 0 before, 1 after; eps 1e-3;
+    depthwise kernels (3, 3, C, 1)) + the mobilenetv2 decoder in Keras layers -> keras_mobilenetv2, outputs match
+    Keras; the torchvision padding (tf_padding=False) on the same weights does not."""
+    base = kd.mobilenetv2(H, W)
+    preset, out, err, n_weights, (variables, x, ref) = _family_case(tmp_path, base, kd.MOBILENETV2_DECODER,
+                                               ("bn_Conv1", "Conv_1_bn", "block_13_depthwise_BN"), 6)
+    assert preset == models.get_preset("keras_mobilenetv2"), out
+    assert preset.tf_padding and preset.bn_eps == pytest.approx(1e-3)
+    assert f"{n_weights} tensors converted" in out
+    assert err <= TOL, err
+    torch_pad = models.build(preset, tf_padding=False)
+    fn = models.compile_apply(torch_pad, variables, x.shape, fast_compile=True)
+    assert _rel_err(np.asarray(fn(variables, x)), ref) > 100 * TOL
+
+
+def test_keras_family_detection_and_wiring(tmp_path):
+    """Weights-only / encoder-only Keras files of the new families are detected (the DenseNet rule does not take a
+    ResNet for a DenseNet: both name layers conv2_block1_1_conv); a decoder skip wired to another layer stops."""
+    base = kd.mobilenetv2(H, W, alpha=0.5)
+    base.save(tmp_path / "enc.h5")
+    preset, layout, source = convert.detect_file(tmp_path / "enc.h5")
+    assert (layout, source, preset.encoder, preset.width_mult, preset.tf_padding) == (
+        "encoder", "keras", "mobilenetv2", 0.5, True)
+    kd.resnet50(H, W).save(tmp_path / "resnet.h5")
+    preset, layout, _ = convert.detect_file(tmp_path / "resnet.h5")
+    assert (layout, preset.name) == ("encoder", "keras_resnet50")
+    width, blocks = kd.MOBILENETV2_DECODER       # up2 reads block_8_add (same size) instead of block_7_add
+    wrong = (width, [(n, "block_8_add" if n == "up2" else s, c) for n, s, c in blocks])
+    kd.family_densedepth(base, wrong).save(tmp_path / "wired.h5")
+    with pytest.raises(ConversionError, match="skip connections") as err:
+        convert.convert(tmp_path / "wired.h5")
+    assert "up2: concatenates" in str(err.value) and "block_7_add" in str(err.value)
+
+
+@pytest.mark.slow
+def test_kitti_preset_converts_and_reports_metres_the_documented_way(tmp_path):
+    """kitti.h5's architecture (nyu.h5's: full-width decoder, no LeakyReLU after convA) on a small DenseNet at a
+    KITTI-like aspect ratio. The file says nothing about KITTI: detection gives the NYU convention and the CLI
+    says to pass --preset densedepth_kitti; with it the metres are DenseDepth's utils.predict(model, images,
+    minDepth=1, maxDepth=80) * 80 (the author's recipe for kitti.h5, issue #69) computed here from Keras' output."""
+    from jaxdepth import inference
+    from jaxdepth.cli.convert import main
+
+    h, w = 64, 192
+    model = kd.densedepth(kd.small_densenet(h, w), half=False, leaky_a=False)
+    kd.randomize(model, 7)
+    x = np.random.default_rng(7).random((2, h, w, 3), dtype=np.float32)
+    raw = _keras_run(model, x)
+    # spread the raw output over KITTI's DepthNorm range (80 / depth for 1..80 m) and beyond, both clips hit
+    kernel, bias = model.get_layer("conv3").get_weights()
+    lo, hi = np.percentile(raw, [5, 95])
+    scale = (100.0 - 0.5) / (hi - lo)                  # raw 5th / 95th percentiles -> 0.5 / 100 (conv3 is linear)
+    model.get_layer("conv3").set_weights([kernel * scale, bias * scale + 0.5 - scale * lo])
+    raw = _keras_run(model, x)
+    assert raw.min() < 1 and raw.max() > 80
+    src = tmp_path / "kitti.h5"
+    kd.write_keras2_h5(model, src)
+    preset, _, _ = convert.detect_file(src)
+    assert preset.max_depth == 10.0 and preset.name != "densedepth_kitti"
+    args = ["--preset", "densedepth_kitti", "--set", "block_config=[2,2,2,2]"]
+    assert main([str(src), str(tmp_path / "ck"), *args]) == 0
+    flax_model, variables, _ = checkpoint.load(tmp_path / "ck")
+    p = flax_model.preset
+    assert (p.max_depth, p.min_depth, p.input_size) == (80.0, 1.0, (384, 1248))
+    assert models.depth_range(flax_model) == (1.0, 80.0)
+    predict = inference.make_predictor(flax_model, variables, flip=False)
+    metres = predict(np.round(x * 255).astype(np.uint8))
+    raw_q = _keras_run(model, np.round(x * 255).astype(np.float32) / 255)[..., 0]
+    expected = np.clip(80.0 / raw_q, 1.0, 80.0) / 80.0 * 80.0          # utils.predict(..., 1, 80) * 80
+    assert metres.shape == expected.shape
+    assert np.abs(metres - expected).max() <= 1e-4 * 80
+    assert metres.min() == 1.0 and metres.max() == 80.0 and (metres > 10).mean() > 0.05   # beyond NYU's 10 m
+
+
+@pytest.mark.slow
+def test_keras2_weights_only_mobilenetv2_reads_depthwise_kernel(tmp_path):
+    """A Keras 2 weights-only save of a MobileNetV2 DenseDepth (DepthwiseConv2D weights named
+    "depthwise_kernel:0", byte-string names, no model_config) converts to keras_mobilenetv2 with the same arrays
+    as the Keras 3 whole-model save of the same model."""
+    model = kd.family_densedepth(kd.mobilenetv2(H, W), kd.MOBILENETV2_DECODER)
+    kd.randomize(model, 8)
+    model.save(tmp_path / "whole.h5")
+    kd.write_keras2_h5(model, tmp_path / "w2.h5", whole_model=False)
+    with h5py.File(tmp_path / "w2.h5") as f:
+        names = [n.decode() for n in f["block_1_depthwise"].attrs["weight_names"]]
+    assert names == ["block_1_depthwise/depthwise_kernel:0"]
+    whole_preset, whole, _ = convert.convert(tmp_path / "whole.h5")
+    preset, variables, report = convert.convert(tmp_path / "w2.h5")
+    assert preset == whole_preset == models.get_preset("keras_mobilenetv2")
+    assert report.settings["bn_eps"] == "keras.applications default"
+    ref = dict(jax.tree_util.tree_leaves_with_path(whole))
+    leaves = jax.tree_util.tree_leaves_with_path(variables)
+    assert len(leaves) == len(ref) == len(model.weights)
+    assert all(np.array_equal(v, ref[k]) for k, v in leaves)
+
+
+def test_kitti_file_name_without_preset_gets_a_note(small, tmp_path, capsys):
+    from jaxdepth.cli.convert import main
+
+    shutil.copy(small["dir"] / "full.h5", tmp_path / "kitti.h5")
+    assert main([str(tmp_path / "kitti.h5"), str(tmp_path / "ck")]) == 0
+    err = capsys.readouterr().err
+    assert "--preset densedepth_kitti" in err

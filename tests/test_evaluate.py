@@ -174,3 +174,35 @@ def test_cli_errors_checked_first_and_results_printed_before_writing(tmp_path, m
     assert cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "res"), "--no-progress"]) == 2
     captured = capsys.readouterr()
     assert "model vs gt" in captured.out and "delta1" in captured.out and "Permission denied" in captured.err
+
+
+# ---- a KITTI-range checkpoint (metres = 80 / output in [1, 80]): the cap, PSNR peak and checks follow it ----
+def test_kitti_range_checkpoint_scores_ground_truth_up_to_80_m(tmp_path):
+    """jaxdepth-evaluate on a KITTI-range checkpoint with ground truth from 2 to 120 m: predictions are
+    clip(80 / raw, 1, 80) (flip-averaged), pixels up to 80 m are scored (not NYU's 10 m), PSNR's peak is 80 m;
+    expected values from the model's raw output and numpy (`standin.kitti_expected`)."""
+    from jaxdepth.cli import evaluate as cli
+    from jaxdepth.io import checkpoint
+    from standin import kitti_expected, kitti_frames, kitti_range_densenet
+    model, v = kitti_range_densenet()
+    checkpoint.save(tmp_path / "kitti", model.preset, v)
+    rgb, gt = kitti_frames()
+    np.savez(tmp_path / "kitti_frames.npz", images=rgb, depths=gt)
+    args = cli.build_parser().parse_args(["--model", str(tmp_path / "kitti"), "--data",
+                                          str(tmp_path / "kitti_frames.npz"), "--no-progress"])
+    res = cli.run(args)
+    assert res["config"]["crop"] is None and res["config"]["preset"] == "densedepth_kitti"
+    assert res["depth_range"] == [1.0, 80.0] and res["max_depth"] == 80.0 and res["config"]["max_depth"] == 80.0
+    for k, w in kitti_expected(model, v, rgb, gt).items():
+        assert res["accuracy"][k] == pytest.approx(w, rel=2e-4, abs=1e-6), k
+    assert res["checks"]["prediction"].max_depth == 80.0 and not res["checks"]["prediction"].problems
+
+
+def test_depth_check_uses_the_model_range():
+    from jaxdepth.inference import check_depth
+    at_ten = np.full((4, 4), 10.0, np.float32)
+    at_ten[0, 0] = 12.0
+    assert "clipped_max" in check_depth(at_ten[1:]).problems                     # NYU: 10 m is the clip end
+    assert "clipped_max" not in check_depth(at_ten, depth_range=(1.0, 80.0)).problems
+    c = check_depth(np.full((4, 4), 80.0, np.float32), depth_range=(1.0, 80.0))
+    assert "clipped_max" in c.problems and "clipped to 80.0 m" in c.describe()

@@ -302,3 +302,25 @@ def test_a_checkpoint_keeps_its_own_ranges_for_its_own_unsigned_plan(tmp_path):
     stored = leaves(ev.variables["quant"])
     assert all(np.array_equal(a, b) for a, b in zip(leaves(ev._quant(own)), stored))
     assert not all(np.array_equal(a, b) for a, b in zip(leaves(ev._quant(other)), stored))
+
+
+def test_a_kitti_range_model_is_explored_in_its_own_depth_range(tiny_ev):
+    """A densedepth_kitti-range checkpoint: metres = clip(80 / raw, 1, 80), ground truth scored up to 80 m (numpy
+    reference, `standin.kitti_expected`); an NYU model's protocol resolves to the former 10 m (same store keys)."""
+    from jaxdepth.explore import Protocol
+    from jaxdepth.explore.evaluator import Config, Evaluator
+    from jaxdepth.explore.store import digest
+    from standin import kitti_expected, kitti_frames, kitti_range_densenet
+    model, v = kitti_range_densenet()
+    rgb, gt = kitti_frames(2)
+    ev = Evaluator(model, v, {}, [(rgb, gt, None)], description={"test": "kitti"},
+                   protocol=Protocol(batch_size=2, calib_frames=2))
+    assert ev.depth_range == (1.0, 80.0) and ev.protocol.max_depth == 80.0
+    rec = ev.evaluate(Config("float", (("*", None),)))
+    for k, w in kitti_expected(model, v, rgb, gt).items():
+        assert rec["accuracy"][k] == pytest.approx(w, rel=2e-4, abs=1e-6), k
+    assert rec["warning"] is None
+    assert tiny_ev.protocol.max_depth == 10.0
+    import dataclasses
+    assert tiny_ev.context == digest({"description": tiny_ev.description, "protocol": dataclasses.asdict(
+        Protocol(batch_size=2, calib_frames=2, max_depth=10.0)), "version": 1})

@@ -125,6 +125,7 @@ CASES = [
 
 IMPLS = [name for name in lutconv.implementations() if name != "loop"]
 XLA_LOOP_TABLES = ("mul8u_2AC", "wide_s8")  # xla_loop's share of the matrix (16-bit and wider tables)
+PALLAS_TABLES = ("wide_s8",)  # pallas (interpreted on CPU, ~1 s per shape): every case, one table
 
 
 def _codes(rng, shape, signed):
@@ -165,6 +166,8 @@ def test_every_impl_matches_reference(table_name, case_index):
     for impl in IMPLS + ["auto"]:
         if impl == "xla_loop" and table_name not in XLA_LOOP_TABLES:
             continue  # one fori_loop iteration per output value: two tables cover it (CI time)
+        if impl == "pallas" and table_name not in PALLAS_TABLES:
+            continue
         if impl != "auto" and _unsupported(impl, x, w, table, case):
             with pytest.raises(ValueError, match="cannot run"):
                 _run(impl, x, w, table, signed, case)
@@ -186,7 +189,7 @@ def test_loop_matches_reference_on_a_tiny_case():
     np.testing.assert_array_equal(np.asarray(got), want)
 
 
-@pytest.mark.parametrize("impl", ["direct", "wstat", "gather", "xla_vmap", "xla_loop", "auto"])
+@pytest.mark.parametrize("impl", ["direct", "wstat", "gather", "xla_vmap", "xla_loop", "pallas", "auto"])
 def test_inside_jit_with_traced_inputs_and_table(impl):
     table, signed = TABLES["random_s8"]
     rng = np.random.default_rng(11)
@@ -475,6 +478,9 @@ def test_auto_choice_is_inspectable_and_sensible():
     kernel, gpu = registry.choose(problem, platform="gpu")
     assert kernel.name in ("gather", "xla_vmap") and {"wstat", "direct"} <= dict(gpu.skipped).keys()
     assert registry.choose(problem, platform="cpu")[0].name == "wstat"
+    assert "pallas" not in dict(gpu.skipped)  # the Pallas kernel runs there (no cost model: not preferred)
+    assert dict(registry.choose(problem, platform="cpu")[1].skipped)["pallas"] == "runs on gpu/tpu only, not cpu"
+    assert dict(registry.choose(problem, platform="tpu")[1].skipped)["dwrows"] == "runs on cpu only, not tpu"
     named = lutconv.explain((1, 8, 8, 8), (3, 3, 8, 8), exact, impl=["vectorized", "gather"])
     assert named.kernel in ("vectorized", "gather") and named.how.startswith("auto among")
 

@@ -48,6 +48,9 @@ def test_densenet_feature_channels_match_preset():
 def test_to_metres():
     raw = jnp.array([0.0, 0.5, 1.0, 10.0, 200.0, -1.0])
     np.testing.assert_allclose(models.to_metres(raw), [10.0, 10.0, 10.0, 1.0, 0.1, 0.1])
+    # the preset's DepthNorm range: kitti.h5 = 80 / raw in [1, 80] m (DenseDepth utils.predict, minDepth 1, maxDepth 80)
+    np.testing.assert_allclose(models.to_metres(raw, "densedepth_kitti"), [80.0, 80.0, 80.0, 8.0, 1.0, 1.0])
+    assert models.depth_range(models.build("densedepth_nyu")) == (0.1, 10.0)
 
 
 def test_train_mode_uses_and_updates_batch_stats(lite):

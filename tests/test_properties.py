@@ -131,7 +131,7 @@ def _expected(p):
 def test_every_kernel_equals_the_integer_reference(p):
     want = _expected(p)
     ran = []
-    for impl in ["auto", *lutconv.implementations()]:
+    for impl in ["auto", *(i for i in lutconv.implementations() if i != "pallas")]:  # pallas: test_lutconv's matrix
         try:
             got = np.asarray(_conv(p, impl))
         except ValueError as e:

@@ -74,3 +74,37 @@ def test_train_module_is_a_shim_over_the_library_and_cli():
     from jaxdepth import train
     from jaxdepth.cli import train as cli_train
     assert train.main is cli_train.main and train.depth_loss is training.depth_loss
+
+
+def test_kitti_range_targets_clips_and_loss():
+    """A densedepth_kitti-range model trains on DepthNorm(depth, 80) = 80 / depth with depths clipped to [1, 80]
+    and raw outputs to [1, 80] (NYU: 10 / depth, [0.1, 10] m, raw [1, 100]); the loss of a model whose output
+    IS 80 / (ground truth) is zero, where NYU's 10 / depth targets would not be."""
+    from jaxdepth import models
+    from standin import tiny
+    d = np.array([[[0.5, 1.0, 2.0, 40.0, 80.0, 120.0]]], np.float32)
+    np.testing.assert_allclose(training.depth_to_target(d, (1, 6), (1.0, 80.0))[0, 0, :, 0],
+                               [80.0, 80.0, 40.0, 2.0, 1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(training.depth_to_target(d, (1, 6))[0, 0, :, 0],
+                               [20.0, 10.0, 5.0, 1.0, 1.0, 1.0], rtol=1e-6)           # NYU: clipped at 10 m
+    assert training.raw_range((1.0, 80.0)) == (1.0, 80.0) and training.raw_range() == (1.0, 100.0)
+    raw = jnp.asarray([0.5, 3.0, 90.0])
+    np.testing.assert_array_equal(np.asarray(training.teacher_target(raw, (1.0, 80.0))), [1.0, 3.0, 80.0])
+    np.testing.assert_array_equal(np.asarray(training.clip_straight_through(raw, (1.0, 80.0))), [1.0, 3.0, 80.0])
+
+    kitti = models.get_preset("densedepth_kitti", input_size=None)
+    model, variables = tiny(0, (1, 32, 48, 3), scale=4.0, features=8, head=(3, 3), preset=kitti)
+    assert models.depth_range(model) == (1.0, 80.0)
+    x = np.random.default_rng(2).random((2, 32, 48, 3)).astype(np.float32)
+    out = np.asarray(model.apply(variables, x), np.float64)               # (2, 16, 24, 1) raw in (1, 5)
+    gt = np.repeat(np.repeat(80.0 / out[..., 0], 2, axis=1), 2, axis=2)     # metres, 2x2 blocks: 16-80 m
+    assert gt.min() > 10.0                                                  # all beyond NYU's range
+    y = training.depth_to_target(gt, out.shape[1:3], models.depth_range(model))
+    np.testing.assert_allclose(y, out, rtol=1e-5)
+    tx = training.make_optimizer(0.0, 10)
+    state, frozen = training.split_variables(variables, training.select_trainable(variables["params"]), False)
+    step = training.make_train_step(model, tx, update_bn_stats=False)
+    loss = step(state, frozen, tx.init(state), jnp.asarray(x), jnp.asarray(y), None)[3]
+    assert float(loss) == pytest.approx(0.0, abs=1e-4)
+    nyu_y = training.depth_to_target(gt, out.shape[1:3])                     # 10 / clip(depth, 0.1, 10)
+    assert float(step(state, frozen, tx.init(state), jnp.asarray(x), jnp.asarray(nyu_y), None)[3]) > 0.1

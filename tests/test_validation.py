@@ -126,6 +126,16 @@ def test_empty_problems_return_the_empty_or_zero_result(x_shape, w_shape, kw, ou
     assert choice.kernel is None and str(choice).startswith("none:")
 
 
+@pytest.mark.parametrize("x_shape,w_shape,kw,out", EMPTY)
+def test_choosing_a_kernel_for_an_empty_problem_is_a_precise_error(x_shape, w_shape, kw, out):
+    from jaxdepth.lutconv import registry
+    from jaxdepth.lutconv.spec import ConvSpec
+    spec = ConvSpec(**{k: (v, v) for k, v in kw.items() if k == "dilation"}, groups=kw.get("groups", 1))
+    problem = registry.Problem(x_shape, w_shape, spec, np.asarray(S8.table), traced=False)
+    with pytest.raises(ValueError, match="empty problem"):
+        registry.choose(problem)
+
+
 def test_empty_problems_under_jit_and_through_the_quant_layer():
     x = np.zeros((2, 5, 5, 0), np.int8)
     got = jax.jit(lambda a: lutconv.conv2d(a, np.zeros((3, 3, 0, 2), np.int8), S8, padding=1))(x)

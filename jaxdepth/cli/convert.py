@@ -22,7 +22,11 @@ examples:
 Keras inputs (read with h5py: no TensorFlow or Keras needed): whole-model or weights-only .h5 saves of
 Keras 2 (the published nyu.h5 / kitti.h5) or Keras 3 (legacy HDF5). Decoder width, LeakyReLU after convA,
 bottleneck ReLU and BatchNorm epsilon are read from the file's model_config; weights-only files get the
-registered preset with their shapes (densedepth_nyu for full width).
+registered preset with their shapes (densedepth_nyu for full width). kitti.h5 holds nothing that tells it
+from nyu.h5 (same network, input size free): pass --preset densedepth_kitti (input 384x1248, metres =
+80 / output in [1, 80] m); without it the NYU depth range is used.
+Keras ResNet50 / MobileNetV2 DenseDepth files (keras.applications encoders) convert to keras_resnet50 /
+keras_mobilenetv2.
 PyTorch inputs: a state dict (optionally under "state_dict" / "model"), with or without the "module." prefix,
 DenseDepth keys (encoder.original_model.features.*, decoder.*) or torchvision keys alone (features.*,
 classifier.*), legacy DenseNet names (denselayerN.norm.1.weight). A whole pickled model is read only with
@@ -80,6 +84,11 @@ def _main(args: argparse.Namespace, done: common.Done) -> int:
     done.what, done.total = "conversions", 1
     done.note = f"{args.output} unchanged (a checkpoint is swapped in only when complete)"
     from ..convert.files import convert_file, detect_file
+    import sys
+    if args.preset is None and "kitti" in Path(args.input).name.lower():
+        print(f"note: {Path(args.input).name}: a Keras / DenseDepth file's contents do not say KITTI; the detected "
+              f"preset uses NYU's depth range (10 m). For the published kitti.h5 pass --preset densedepth_kitti",
+              file=sys.stderr)
     if not Path(args.input).is_file():
         raise CliError(f"{args.input}: no such file" if not Path(args.input).exists()
                        else f"{args.input}: is a folder, not a checkpoint file")

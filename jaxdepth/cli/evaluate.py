@@ -9,6 +9,9 @@ labeled .mat; an .npz with images/depths; a folder of NAME.png + NAME_depth.png 
 NAME_depth.npy (metres) or rgb/ + depth/; a synthetic dataset folder; or synthetic:N[:SEED[:HxW]] to render
 N held-out rooms (default synthetic:32:1000).
 
+Depth range: the checkpoint preset's (metres = max / output clipped to [min, max]: NYU's 0.1-10 m,
+densedepth_kitti's 1-80 m); ground truth beyond the maximum is not scored, PSNR's peak is the maximum.
+
 The metrics are printed before --out is written (metrics.json, metrics.png, example.png; each atomically);
 --out is checked writable before the evaluation starts. Exit codes: 0 done; 2 bad usage or data (unknown
 model / multiplier / layer pattern, unreadable data, no valid ground-truth pixel, NaN predictions);
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError(f"--data {args.data}: {e}") from None
     res["config"] = {"data": args.data, "format": ds.format, "model": args.model or "default",
                      "preset": getattr(getattr(model, "preset", None), "name", type(model).__name__),
-                     "input_size": size, "multiplier": args.multiplier,
+                     "input_size": size, "depth_range": res["depth_range"], "max_depth": res["max_depth"],
+                     "multiplier": args.multiplier,
                      "layers": (args.layers or ["*"]) if plan else None, "flip": not args.no_flip,
                      "mean": args.mean, "crop": ds.crop, "devices": getattr(exact, "n_devices", 1)}
     return res
@@ -119,16 +123,17 @@ def write_outputs(res: dict[str, Any], out: str | Path) -> list[Path]:
     data = {k: v for k, v in res.items() if k not in ("examples", "checks")}
     data["checks"] = {k: {"problems": list(c.problems), "pixels": c.pixels, "non_finite": c.non_finite,
                           "min": c.lo, "max": c.hi} for k, c in res.get("checks", {}).items()}
+    vmax = float(res.get("depth_range", (0.1, 10.0))[1])       # colour scale: the model's depth range
     files = [write_json(o / "metrics.json", data),
              viz.metrics_bars(rows(res), o / "metrics.png",
                               title=f"{res['config']['data']} ({res['frames']} frames)")]
     if ex:
         rgb, gt, pred, ref = ex[0]
         if ref is not None:
-            files.append(viz.comparison(rgb, ref, pred, o / "example.png"))
+            files.append(viz.comparison(rgb, ref, pred, o / "example.png", vmax=vmax))
         else:
             files.append(viz.comparison(rgb, gt, pred, o / "example.png",
-                                        titles=("input", "ground truth", "prediction", "|difference|")))
+                                        titles=("input", "ground truth", "prediction", "|difference|"), vmax=vmax))
     return files
 
 

@@ -6,7 +6,8 @@
 
 Per image NAME in --out:
 
-- NAME_depth.npy (float32 metres, the input's size) and NAME_depth.png (plasma, 0-10 m, colour bar);
+- NAME_depth.npy (float32 metres, the input's size) and NAME_depth.png (plasma, 0 to the model's maximum
+  depth: 10 m for NYU models, 80 m for densedepth_kitti; colour bar);
 - with --multiplier: those are the APPROXIMATE model's; the exact model's are NAME_exact_depth.npy /
   .png, and NAME_compare.png shows input | exact | approximate | |difference|. Files of an earlier run
   that this run does not write for NAME (e.g. NAME_compare.png without --multiplier) are removed.
@@ -68,6 +69,7 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
 
     from .. import viz
     from ..io.atomic import replacing_all
+    from ..models import depth_range
     from ..io.images import ImageError, read_rgb
     model, variables, info = common.load_model(model_spec)
     model, plan = inference.exact_and_plan(model, plan)
@@ -122,15 +124,16 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
         exact_full = inference.upsample_depth(exact, rgb.shape[:2])
         main_depth = exact_full if approx is None else inference.upsample_depth(approx, rgb.shape[:2])
         warn = lambda m: bar.write(m, file=sys.stderr)  # noqa: E731
-        problem = _depth_problem(name, exact_full, "exact" if plan is not None else "", res, warn)
+        problem = _depth_problem(name, exact_full, "exact" if plan is not None else "", res, warn,
+                                 depth_range(model))
         if plan is not None:
-            problem = _depth_problem(name, main_depth, "approximate", res, warn) or problem
+            problem = _depth_problem(name, main_depth, "approximate", res, warn, depth_range(model)) or problem
         if problem:
             res.failed[name] = problem
             warn(f"error: {problem}")
             continue
         files = _write_set(out, Path(name).stem, rgb, exact_full, main_depth if plan is not None else None,
-                           label, viz, replacing_all)
+                           label, viz, replacing_all, vmax=depth_range(model)[1])
         res.outputs[name] = files
         if done is not None:
             done.add(name)
@@ -140,9 +143,10 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
     return res
 
 
-def _depth_problem(name: str, depth: np.ndarray, which: str, res: PredictResult, write) -> Optional[str]:
+def _depth_problem(name: str, depth: np.ndarray, which: str, res: PredictResult, write,
+                   depth_range: tuple[float, float] = (0.1, 10.0)) -> Optional[str]:
     """Warn about a degenerate depth (issue 10); an all-NaN one is an error for the image (returned)."""
-    check = inference.check_depth(depth)
+    check = inference.check_depth(depth, depth_range=depth_range)   # clipped at the model's own range
     if not check.problems:
         return None
     what = f"{which} depth" if which else "depth"
@@ -155,7 +159,7 @@ def _depth_problem(name: str, depth: np.ndarray, which: str, res: PredictResult,
 
 
 def _write_set(out: Path, stem: str, rgb: np.ndarray, exact: np.ndarray, approx: Optional[np.ndarray],
-               label: str, viz: Any, replacing_all: Any) -> list[Path]:
+               label: str, viz: Any, replacing_all: Any, vmax: float = 10.0) -> list[Path]:
     """One image's files, replaced together; stale files of an earlier run for ``stem`` are removed."""
     main = exact if approx is None else approx
     names = [f"{stem}_depth.npy", f"{stem}_depth.png"]
@@ -164,11 +168,12 @@ def _write_set(out: Path, stem: str, rgb: np.ndarray, exact: np.ndarray, approx:
     paths = [out / n for n in names]
     with replacing_all(paths) as tmp:
         _save_npy(tmp[0], main)
-        viz.depth_png(main, tmp[1], title=stem + (f": {label}" if approx is not None else ""))
+        viz.depth_png(main, tmp[1], title=stem + (f": {label}" if approx is not None else ""), vmax=vmax)
         if approx is not None:
             _save_npy(tmp[2], exact)
-            viz.depth_png(exact, tmp[3], title=f"{stem}: exact")
-            viz.comparison(rgb, exact, approx, tmp[4], titles=("input", "exact", label, "|difference| (m)"))
+            viz.depth_png(exact, tmp[3], title=f"{stem}: exact", vmax=vmax)
+            viz.comparison(rgb, exact, approx, tmp[4], titles=("input", "exact", label, "|difference| (m)"),
+                           vmax=vmax)
     for suffix in OUTPUT_SUFFIXES:
         stale = out / f"{stem}{suffix}"
         if stale not in paths and stale.exists():

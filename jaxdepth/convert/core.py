@@ -80,6 +80,9 @@ def _source_shape(flax_shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
     if kind == "conv":
         kh, kw, i, o = flax_shape
         return (o, i, kh, kw)
+    if kind == "depthwise":
+        kh, kw, m, c = flax_shape
+        return (kh, kw, c, m)
     return tuple(flax_shape)
 
 

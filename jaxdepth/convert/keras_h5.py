@@ -12,7 +12,8 @@ of weight names"), which is how Keras itself loads them:
   (``conv1_conv/kernel``) and an extra ``top_level_model_weights`` group;
 * Keras 3 legacy-h5 weights-only save (the same at the root).
 
-Layer names are normalised to Keras 3 spelling (``conv1/conv`` -> ``conv1_conv``) and each weight is keyed
+Layer names are normalised to Keras 3 spelling (``conv1/conv`` -> ``conv1_conv``; a DepthwiseConv2D's
+``depthwise_kernel`` -> ``kernel``) and each weight is keyed
 ``"<layer>/<weight>"`` (``"conv1_conv/kernel"``, ``"conv1_bn/moving_variance"``). Large name lists that Keras
 split into ``layer_names0``, ``layer_names1``, ... are joined. Keras 3's native ``.weights.h5`` format (an
 object tree of ``layers/<auto name>/vars/<i>``) carries no layer names and is refused with a clear error.
@@ -75,8 +76,10 @@ def normalize_layer_name(name: str) -> str:
 
 
 def weight_basename(weight_name: str) -> str:
-    """``conv1/conv/kernel:0`` or ``conv1_conv/kernel`` -> ``kernel``."""
-    return weight_name.rsplit("/", 1)[-1].split(":", 1)[0]
+    """``conv1/conv/kernel:0`` or ``conv1_conv/kernel`` -> ``kernel``; Keras 2's DepthwiseConv2D
+    ``depthwise_kernel:0`` -> ``kernel`` (Keras 3's name for it)."""
+    base = weight_name.rsplit("/", 1)[-1].split(":", 1)[0]
+    return "kernel" if base == "depthwise_kernel" else base
 
 
 def is_hdf5(path: Union[str, Path]) -> bool:

@@ -1,21 +1,24 @@
 """Keras DenseDepth ``.h5`` files (the authors' published ``nyu.h5`` / ``kitti.h5``, Keras 2 or 3) -> Flax.
 
-The encoder configuration comes from the weights (block counts, growth rate, widths). What the weights cannot
-show comes from the file's ``model_config`` when it has one (whole-model saves):
+The encoder family and its configuration come from the weights (the families with Keras support: DenseNet,
+ResNet, MobileNetV2 as keras.applications builds them; block counts, growth rate, widths). What the weights
+cannot show comes from the file's ``model_config`` when it has one (whole-model saves):
 
-* ``leakyrelu_a``: whether the layer after ``up1_convA`` is a LeakyReLU (the published ``nyu.h5``: no, the
-  DenseDepth ``model.py`` of later commits: yes);
-* ``bottleneck_relu``: whether ``conv2`` reads the ``relu`` after DenseNet's final ``bn`` or ``bn`` itself;
-* ``bn_eps``: the BatchNormalization epsilon (keras.applications: 1.001e-5);
-* the skip connections: each ``upK_convA`` must read the concatenation of the up-sampled decoder and the
-  keras.applications layer the preset expects (``pool3_pool``, ``pool2_pool``, ``pool1``, ``conv1/relu``);
-  another wiring is another architecture and stops the conversion.
+* ``leakyrelu_a``: whether the layer after ``up1_convA`` (the first up block's) is a LeakyReLU (the published
+  ``nyu.h5``: no, the DenseDepth ``model.py`` of later commits: yes);
+* ``bottleneck_relu``: whether ``conv2`` reads a ReLU of the bottleneck tap (DenseNet's ``relu`` after its
+  final ``bn``) or the tap itself;
+* ``bn_eps``: the BatchNormalization epsilon (keras.applications: 1.001e-5; MobileNetV2: 1e-3);
+* the skip connections: each up block's ``convA`` must read the concatenation of the up-sampled decoder and
+  the keras.applications layer the preset expects (DenseNet: ``pool3_pool``, ``pool2_pool``, ``pool1``,
+  ``conv1/relu``; the family's ``keras_taps``); another wiring is another architecture and stops the conversion.
 
-Weights-only files have no config: they get the registered Keras preset whose shapes match (full-width
-decoder: ``densedepth_nyu``, no LeakyReLU after convA, as the published files; half width:
+Weights-only files have no config: they get the family's registered Keras preset whose shapes match (DenseNet
+full-width decoder: ``densedepth_nyu``, no LeakyReLU after convA, as the published files; half width:
 ``densedepth_half``, with it), overridable with ``--set``. Up-sampling is bilinear with align_corners (the
 published files were trained with ``tf.image.resize_images(..., align_corners=True)``; the layer's config does
-not record it).
+not record it). Detection never picks a preset with another output convention (``densedepth_kitti``: kitti.h5
+holds nothing that tells it from nyu.h5; the user passes ``--preset densedepth_kitti``).
 """
 from __future__ import annotations
 
@@ -37,14 +40,22 @@ WEIGHTS_ONLY_DEFAULTS = "the registered Keras preset with the file's decoder wid
 
 def _encoder_config(w: dict[str, np.ndarray]) -> dict[str, Any]:
     """The encoder family and configuration from Keras layer names and shapes (families with a Keras rule)."""
+    supported = []
     for family in families().values():
-        cfg = family.detect_keras(w) if family.detect_keras is not None else None
+        if family.detect_keras is None:
+            continue
+        supported.append(family.name)
+        try:
+            cfg = family.detect_keras(w)
+        except ValueError as e:
+            raise ConversionError(str(e)) from None
         if cfg is not None:
             return cfg
     layers = sorted({k.rsplit("/", 1)[0] for k in w})
-    raise ConversionError("not a keras.applications DenseNet DenseDepth file (no registered encoder family with "
-                          "Keras support recognises its layers, e.g. 'conv1_conv' (Keras 2: 'conv1/conv') and "
-                          "'conv2_block1_1_conv')\n" + listing("layers found", layers))
+    raise ConversionError(f"not a keras.applications DenseNet / ResNet / MobileNetV2 DenseDepth file (no registered "
+                          f"encoder family with Keras support ({', '.join(supported)}) recognises its layers, e.g. "
+                          f"DenseNet's 'conv1_conv' (Keras 2: 'conv1/conv') and 'conv2_block1_1_conv')\n"
+                          + listing("layers found", layers))
 
 
 def _settings_from_config(kw: KerasWeights, base: Preset) -> tuple[dict[str, Any], dict[str, str]]:
@@ -63,15 +74,24 @@ def _settings_from_config(kw: KerasWeights, base: Preset) -> tuple[dict[str, Any
     if not after_a or (not settings["leakyrelu_a"] and kinds != {"Conv2D"}):
         raise ConversionError(f"model_config: {base.up_blocks[0].name}_convA feeds {sorted(kinds) or 'nothing'}; "
                               f"expected a LeakyReLU or {base.up_blocks[0].name}_convB")
-    into_conv2 = graph["conv2"].inbound
-    settings["bottleneck_relu"] = bool(into_conv2) and graph[into_conv2[0]].class_name in ("Activation", "ReLU")
+    taps = base.family_unit().keras_taps(base)
+    tap = taps.get(base.taps()[base.tap_index(base.bottleneck)])
+    into = graph["conv2"].inbound[0] if graph["conv2"].inbound else None
+    prev = graph.get(into) if into is not None else None
+    is_relu = prev is not None and (prev.class_name == "ReLU" or (
+        prev.class_name == "Activation" and prev.config.get("activation") == "relu"))
+    if into == tap:
+        settings["bottleneck_relu"] = False
+    elif is_relu and prev.inbound[:1] == (tap,):
+        settings["bottleneck_relu"] = True
+    else:
+        raise ConversionError(f"model_config: conv2 reads {into!r}; expected the encoder's {tap!r} or a ReLU of it")
     bn_eps = {float(layer.config["epsilon"]) for layer in graph.values()
               if layer.class_name == "BatchNormalization" and "epsilon" in layer.config}
     if len(bn_eps) > 1:
         raise ConversionError(f"model_config: BatchNormalization layers with different epsilons {sorted(bn_eps)}")
     if bn_eps:
         settings["bn_eps"] = bn_eps.pop()
-    taps = base.family_unit().keras_taps(base)
     wrong = []
     for blk in base.up_blocks:
         conv_a = graph[f"{blk.name}_convA"]
@@ -90,6 +110,8 @@ def _registered(cfg: dict[str, Any], settings: dict[str, Any], width: Optional[i
     """Registered Keras presets with this encoder, these settings and (when known) this decoder width."""
     out = []
     for p in PRESETS.values():
+        if (p.min_depth, p.max_depth) != (Preset.min_depth, Preset.max_depth):
+            continue   # another output convention (densedepth_kitti): nothing in a file shows it
         if p.bn_eps != settings.get("bn_eps", KERAS_BN_EPS):
             continue
         if not all(getattr(p, k) == v for k, v in cfg.items()):
@@ -113,7 +135,7 @@ def detect_keras_preset(kw: KerasWeights) -> tuple[Preset, str, dict[str, str]]:
     if layout == "full" and kw.config is not None:
         settings, where = _settings_from_config(kw, base.replace(**cfg))
     else:
-        settings, where = {"bn_eps": KERAS_BN_EPS}, {"bn_eps": "keras.applications default"}
+        settings, where = {"bn_eps": base.bn_eps}, {"bn_eps": "keras.applications default"}
         if layout == "full":
             match = _registered(cfg, settings, width)
             if match:
@@ -128,7 +150,7 @@ def detect_keras_preset(kw: KerasWeights) -> tuple[Preset, str, dict[str, str]]:
     if width is not None:
         c_in = preset.bottleneck_channels()
         if int(w["conv2/kernel"].shape[-2]) != c_in:
-            raise ConversionError(f"conv2 takes {w['conv2/kernel'].shape[-2]} channels but the DenseNet "
+            raise ConversionError(f"conv2 takes {w['conv2/kernel'].shape[-2]} channels but the {preset.encoder} "
                                   f"bottleneck has {c_in}")
         ratio = width / c_in
         preset = preset.replace(decoder_width=ratio if int(c_in * ratio) == width else (width + 0.5) / c_in)

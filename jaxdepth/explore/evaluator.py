@@ -71,7 +71,7 @@ class Protocol:
     mean: str = "pixels"
     batch_size: int = 8
     calib_frames: int = 8
-    max_depth: float = 10.0
+    max_depth: Optional[float] = None   # ground-truth cap in metres; None: the model's (10 m NYU, 80 m KITTI)
 
 
 def _nest(entries: Mapping[tuple[str, ...], Any]) -> dict:
@@ -133,6 +133,11 @@ class Evaluator:
         from ..models import FLOAT_PLAN, describe
         if not batches:
             raise ValueError("no frames to evaluate")
+        from ..models import depth_range
+        #: the model's (min, max) output metres (its preset's DepthNorm range) and the ground-truth cap
+        self.depth_range = depth_range(model)
+        if protocol.max_depth is None:   # resolved: an NYU model's store keys are those of the former 10.0 default
+            protocol = dataclasses.replace(protocol, max_depth=self.depth_range[1])
         self.protocol = protocol
         self.model = model.clone(plan=FLOAT_PLAN) if getattr(model, "plan", None) is not None else model
         self.variables = variables
@@ -197,17 +202,18 @@ class Evaluator:
                 rules[info.name] = {"multiplier": "exact_s8" if s[1] else "exact_u8", "runtime_table": True,
                                     "impl": runtime_kernel(info, s[1], batch)}
         model = self.model.clone(plan=Plan.make(rules))
+        preset = getattr(self.model, "preset", None)      # metres in its depth range (densedepth_kitti: 1-80 m)
 
         def run(v, x):
             x = x.astype(jnp.float32) / 255.0
             if flip:
                 both = jnp.concatenate([x, x[:, :, ::-1]], axis=0)
                 raw = model.apply(v, both)
-                m = to_metres(raw)[..., 0]
+                m = to_metres(raw, preset)[..., 0]
                 n = x.shape[0]
                 return 0.5 * (m[:n] + m[n:, :, ::-1]), raw[:n]
             raw = model.apply(v, x)
-            return to_metres(raw)[..., 0], raw
+            return to_metres(raw, preset)[..., 0], raw
 
         jitted = jax.jit(run)
         cache: dict[tuple, Any] = {}
@@ -286,7 +292,7 @@ class Evaluator:
             return self._exact[id(rgb)][0]
 
         res = evaluate(predict, self.batches, reference=reference, mean=self.protocol.mean,
-                       max_depth=self.protocol.max_depth)
+                       max_depth=self.protocol.max_depth, depth_range=self.depth_range)
         check = res["checks"]["prediction"]
         cost = network_cost(self.infos, assignment)
         return {

@@ -6,7 +6,8 @@
 Implementations (``impl=``) are listed by `implementations()`; ``"auto"`` picks the fastest one that
 supports the call (a cost model per kernel), and `explain` says which and why.
 """
-from . import direct_kernel, dwrows_kernel, gather_kernel, lowrank, numpy_kernels, wstat_kernel, xla_kernels
+from . import (direct_kernel, dwrows_kernel, ffi_bridge, gather_kernel, lowrank, numpy_kernels, pallas_kernel,
+               wstat_kernel, xla_kernels)
 from .api import conv2d, dense, explain, window_sums
 from .registry import Choice, Kernel, Problem, choose, implementations, register_kernel
 from .spec import ConvSpec
@@ -26,6 +27,10 @@ register_kernel(Kernel("xla_vmap", xla_kernels.xla_vmap_conv,
 register_kernel(Kernel("gather", gather_kernel.gather_conv,
                        "pure XLA: im2col + flat-table gather + int32 sum, lax.map over output channels",
                        jittable=True, priority=10, estimate=gather_kernel.estimate))
+register_kernel(Kernel("pallas", pallas_kernel.pallas_conv,
+                       "Pallas, for GPU/TPU: the whole table in on-chip memory, one block of output channels "
+                       "(and positions) per program, a lookup per reduction step (interpreted on CPU; speed "
+                       "unmeasured)", jittable=True, priority=3, platforms=("gpu", "tpu")))
 register_kernel(Kernel("direct", direct_kernel.direct_conv,
                        "numba, both cores: per input byte the table column lut[:, x] (L1), every output "
                        "channel adds column[w_byte]; depthwise: vectorised over channels",
@@ -47,6 +52,19 @@ register_kernel(Kernel("lowrank", lowrank.lowrank_conv,
                        supports=lambda p: lowrank.supports(p.table), estimate=lowrank.estimate))
 
 
+#: The XLA FFI custom-call targets of the compiled kernels, by name (a stored program refers to them so).
+FFI_TARGETS = {module.TARGET: module for module in (direct_kernel, wstat_kernel, dwrows_kernel)}
+
+
+def register_ffi_targets(names) -> None:
+    """Register the FFI handlers ``names`` (of `FFI_TARGETS`; others ignored) with XLA, loading them from
+    numba's disk cache: needed before XLA compiles or loads a program that calls them but was not traced
+    in this process (`jaxdepth.exec_cache`)."""
+    for name in names:
+        if name in FFI_TARGETS:
+            ffi_bridge.register(name, FFI_TARGETS[name]._handler)
+
+
 def warmup() -> None:
     """Compile (or load from numba's on-disk cache) every compiled kernel and its XLA FFI handler on tiny
     inputs, so the first real call does not pay the compilation (seconds on a cold cache)."""
@@ -54,5 +72,5 @@ def warmup() -> None:
         module.warmup()
 
 
-__all__ = ["Choice", "ConvSpec", "Kernel", "Problem", "choose", "conv2d", "dense", "explain", "implementations",
-           "register_kernel", "warmup", "window_sums"]
+__all__ = ["Choice", "ConvSpec", "FFI_TARGETS", "Kernel", "Problem", "choose", "conv2d", "dense", "explain",
+           "implementations", "register_ffi_targets", "register_kernel", "warmup", "window_sums"]

@@ -192,20 +192,7 @@ def _execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handle
 
 def _handler(frame):  # pragma: no cover - compiled
     if xla_ffi.is_execution(frame):
-        code, at = ffi_bridge.table_operand(frame, 2)
-        if code == ffi_bridge.DTYPE_U16:
-            _execute(frame, carray(xla_ffi.as_voidptr(at), (65536,), dtype=np.uint16))
-        elif code == ffi_bridge.DTYPE_S16:
-            _execute(frame, carray(xla_ffi.as_voidptr(at), (65536,), dtype=np.int16))
-        else:  # an int32 (traced or wide) table: narrowed now when every entry fits
-            lut = carray(xla_ffi.as_voidptr(at), (65536,), dtype=np.int32)
-            kind = ffi_bridge.table_kind(lut)
-            if kind == 0:
-                _execute(frame, lut.astype(np.uint16))
-            elif kind == 1:
-                _execute(frame, lut.astype(np.int16))
-            else:
-                _execute(frame, lut)
+        ffi_bridge.run_with_table(frame, 2, _execute, True)
     return 0
 
 

@@ -71,11 +71,32 @@ def table_kind(lut):  # pragma: no cover - compiled
 
 @njit(inline="always")
 def table_operand(frame, index):  # pragma: no cover - compiled into handlers
-    """(dtype code, address) of the flattened 256 x 256 table operand ``index`` of a call frame. A
-    handler runs its kernel on ``carray(as_voidptr(address), (65536,), dtype)``: 16-bit operands as they
-    are; an int32 operand (a traced table) narrowed with ``table_kind`` when every entry fits."""
+    """(dtype code, address) of the flattened 256 x 256 table operand ``index`` of a call frame (handlers
+    use `run_with_table`)."""
     code, address, _, _ = xla_ffi.buffer(frame, index, False)
     return code, address
+
+
+@njit(inline="always")
+def run_with_table(frame, index, execute, narrow):  # pragma: no cover - compiled into handlers
+    """The table dispatch every handler shares: ``execute(frame, lut)`` with table operand ``index`` as a
+    flat 65,536-entry array of its own dtype (uint16, int16 or int32). ``narrow``: an int32 operand (a
+    traced table) is first narrowed to 16 bits when every entry fits (`table_kind`), for kernels whose
+    16-bit path is faster (register permutes)."""
+    code, at = table_operand(frame, index)
+    if code == DTYPE_U16:
+        execute(frame, carray(xla_ffi.as_voidptr(at), (65536,), dtype=np.uint16))
+    elif code == DTYPE_S16:
+        execute(frame, carray(xla_ffi.as_voidptr(at), (65536,), dtype=np.int16))
+    else:
+        lut = carray(xla_ffi.as_voidptr(at), (65536,), dtype=np.int32)
+        kind = table_kind(lut) if narrow else 2
+        if kind == 0:
+            execute(frame, lut.astype(np.uint16))
+        elif kind == 1:
+            execute(frame, lut.astype(np.int16))
+        else:
+            execute(frame, lut)
 
 
 def code_bytes(x: jax.Array) -> jax.Array:

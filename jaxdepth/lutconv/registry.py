@@ -122,6 +122,9 @@ def choose(problem: Problem, allowed: Optional[Collection[str]] = None,
     """The kernel ``impl="auto"`` uses for ``problem`` and the `Choice` (estimates, skipped kernels);
     ``allowed``: choose among these kernel names only (``impl=[...]``, references included then);
     ``platform``: the JAX backend the call runs on (default: ``jax.default_backend()``)."""
+    if problem.macs <= 0:
+        raise ValueError(f"an empty problem (x {problem.x_shape}, w {problem.w_shape}) needs no kernel: "
+                         "lutconv.conv2d / lutconv.explain return its zero result without choosing one")
     if platform is None:
         import jax
         platform = jax.default_backend()

@@ -4,13 +4,13 @@
     >>> model = models.build("mobilenetv2_lite")
     >>> variables = models.init_variables(model, 0)
     >>> raw = model.apply(variables, images)            # images (N, H, W, 3) in [0, 1]
-    >>> metres = models.to_metres(raw)                   # (N, H/2, W/2, 1)
+    >>> metres = models.to_metres(raw, model.preset)     # (N, H/2, W/2, 1); the preset's depth range
 
 Quantized / approximate inference: ``build(preset, plan={"decoder.*": "mul8s_1KV8", "encoder.*": "int8"})``,
 then ``variables = calibrate(model, variables, images)``; ``print(plan_table(model, (1, 480, 640, 3)))``.
 """
-from .densedepth import (DenseDepth, build, compile_apply, count_params, init_variables, make_encoder,
-                         to_metres)
+from .densedepth import (DenseDepth, build, compile_apply, count_params, depth_range, init_variables,
+                         make_encoder, to_metres)
 from .layers import BatchNorm, QConv, QDense
 from .calibrate import calibrate
 from .family import EncoderFamily, families, get_family, register
@@ -18,5 +18,5 @@ from .plan import FLOAT_PLAN, Arithmetic, LayerInfo, Plan, describe, format_tabl
 from .presets import PRESETS, Preset, UpBlock, get_preset, list_presets
 
 __all__ = ["EncoderFamily", "families", "get_family", "register", "Arithmetic", "BatchNorm", "DenseDepth", "FLOAT_PLAN", "LayerInfo", "PRESETS", "Plan", "Preset",
-           "QConv", "QDense", "UpBlock", "build", "calibrate", "compile_apply", "count_params", "describe", "format_table", "get_preset",
+           "QConv", "QDense", "UpBlock", "build", "calibrate", "compile_apply", "count_params", "depth_range", "describe", "format_table", "get_preset",
            "init_variables", "list_presets", "make_encoder", "plan_table", "to_metres"]

@@ -12,12 +12,15 @@ OUTPUT range (after the layer's fused activation, same observer method) as ``y_s
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Iterable, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import exec_cache
+from ..exec_cache import cached_jit, remembered
 from ..quant import Observer
 from .plan import FLOAT_PLAN, recording
 
@@ -45,6 +48,19 @@ def _flatten(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], 
     return out
 
 
+def _observed_layers(float_model: Any, collections: list[str], v: dict, x: Any, run) -> list:
+    """The (path, name) of every layer ``run`` observes, from an abstract trace remembered across runs
+    (`jaxdepth.exec_cache.remembered`: a stored calibration program is not traced again)."""
+    def trace() -> list:
+        with recording() as infos:
+            jax.eval_shape(run, v, x)
+        return [[list(info.path), info.name] for info in infos]
+
+    shapes = jax.tree_util.tree_map(lambda a: (tuple(np.shape(a)), str(getattr(a, "dtype", ""))), v)
+    layers = remembered("calibrate-layers", (float_model, collections, shapes, tuple(np.shape(x))), trace)
+    return [SimpleNamespace(path=tuple(path), name=name) for path, name in layers]
+
+
 def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", *, layers: str = "plan",
               fast_compile: bool = False, **observer_kwargs: Any) -> dict:
     """``variables`` plus a ``"quant"`` collection of input QParams for the model's quantized layers.
@@ -69,10 +85,14 @@ def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", 
 
     def observe(v, x):
         if x.shape not in compiled:
-            with recording() as infos:
-                lowered = jax.jit(run).lower(v, x)
-            layer_infos[:] = layer_infos or infos
-            compiled[x.shape] = lowered.compile(compiler_options=FAST_COMPILE_OPTIONS if fast_compile else None)
+            if fast_compile or exec_cache.folder() is None:
+                with recording() as infos:
+                    lowered = jax.jit(run).lower(v, x)
+                layer_infos[:] = layer_infos or infos
+                compiled[x.shape] = lowered.compile(compiler_options=FAST_COMPILE_OPTIONS if fast_compile else None)
+            else:  # with a compilation cache (the CLIs) a later process neither traces nor compiles it
+                layer_infos[:] = layer_infos or _observed_layers(float_model, collections, v, x, run)
+                compiled[x.shape] = cached_jit(jax.jit(run), "calibrate", (float_model, collections))
         return compiled[x.shape](v, x)
 
     observers: dict[tuple[str, ...], Observer] = {}

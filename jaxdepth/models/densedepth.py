@@ -98,9 +98,22 @@ def compile_apply(model: nn.Module, variables: dict, input_shape: tuple[int, ...
     return lowered.compile(compiler_options=FAST_COMPILE_OPTIONS) if fast_compile else lowered.compile()
 
 
-def to_metres(raw: Any) -> jax.Array:
-    """DenseDepth's output convention: metres = 10 / raw, clipped to [0.1, 10]."""
-    return jnp.clip(10.0 / jnp.asarray(raw, jnp.float32), 0.1, 10.0)
+def to_metres(raw: Any, preset: Union[None, str, Preset] = None) -> jax.Array:
+    """DenseDepth's output convention (its ``DepthNorm``): metres = max_depth / raw, clipped to [min_depth,
+    max_depth] of the preset; without one NYU's 10 / raw in [0.1, 10] (densedepth_kitti: 80 / raw in [1, 80])."""
+    lo, hi = (0.1, 10.0) if preset is None else depth_range(preset)
+    return jnp.clip(hi / jnp.asarray(raw, jnp.float32), lo, hi)
+
+
+def depth_range(preset: Union[None, str, Preset, nn.Module]) -> tuple[float, float]:
+    """(min_depth, max_depth) in metres of a preset (or a model's preset); NYU's (0.1, 10) when unknown."""
+    if isinstance(preset, nn.Module):
+        preset = getattr(preset, "preset", None)
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    if not isinstance(preset, Preset):
+        return 0.1, 10.0
+    return float(preset.min_depth), float(preset.max_depth)
 
 
 def count_params(variables: dict) -> int:

@@ -172,24 +172,12 @@ def keras_taps(p: Preset) -> dict[str, str]:
     return out
 
 
-def _count(present, pattern: str, first: int = 1) -> list[int]:
-    """Per numbered group from ``first`` on, the highest member with ``pattern.format(group, member)`` present."""
-    counts, g = [], first
-    while pattern.format(g, 1) in present:
-        n = 1
-        while pattern.format(g, n + 1) in present:
-            n += 1
-        counts.append(n)
-        g += 1
-    return counts
-
-
 def detect_torch(sd: Mapping[str, Any]) -> Optional[dict[str, Any]]:
     if "features.denseblock1.denselayer1.conv1.weight" not in sd:
         return None
     growth = np.shape(sd["features.denseblock1.denselayer1.conv2.weight"])[0]
     return dict(encoder="densenet", growth_rate=int(growth),
-                block_config=tuple(_count(sd, "features.denseblock{}.denselayer{}.conv1.weight")),
+                block_config=tuple(keys.count_groups(sd, "features.denseblock{}.denselayer{}.conv1.weight")),
                 num_init_features=int(np.shape(sd["features.conv0.weight"])[0]),
                 bn_size=int(np.shape(sd["features.denseblock1.denselayer1.conv1.weight"])[0]) // int(growth))
 
@@ -197,7 +185,9 @@ def detect_torch(sd: Mapping[str, Any]) -> Optional[dict[str, Any]]:
 def detect_keras(w: Mapping[str, Any]) -> Optional[dict[str, Any]]:
     if "conv1_conv/kernel" not in w or "conv2_block1_1_conv/kernel" not in w:
         return None
-    blocks = _count(w, "conv{}_block{}_1_conv/kernel", first=2)        # Keras stage 1 is the stem
+    if "conv2_block1_3_conv/kernel" in w:          # a keras.applications ResNet: same stage / block names
+        return None
+    blocks = keys.count_groups(w, "conv{}_block{}_1_conv/kernel", first=2)        # Keras stage 1 is the stem
     growth = int(np.shape(w["conv2_block1_2_conv/kernel"])[-1])
     return dict(encoder="densenet", growth_rate=growth, block_config=tuple(blocks),
                 num_init_features=int(np.shape(w["conv1_conv/kernel"])[-1]),

@@ -69,8 +69,20 @@ class Preset:
     # MobileNetV2 encoder
     width_mult: float = 1.0
     round_nearest: int = 8
+    # ResNet encoder: the stride of a stage's first block on its 1x1 conv1 (keras.applications' ResNet50 = the
+    # original ResNet v1 / Caffe layout) instead of the 3x3 conv2 (torchvision, "v1.5"); conv biases (Keras
+    # convolutions before their BatchNorm carry one, torchvision's do not)
+    stride_in_1x1: bool = False
+    conv_bias: bool = False
+    # MobileNetV2 encoder: stride-2 3x3 convolutions pad like TensorFlow / Keras "same" (keras.applications'
+    # correct_pad: 0 before and 1 after on an even size, 1 and 1 on an odd one) instead of PyTorch's 1 and 1
+    tf_padding: bool = False
     # Native input (H, W) of the trained network; predict resizes inputs to it. None: any size.
     input_size: Optional[tuple[int, int]] = None
+    # The output convention (DenseDepth's DepthNorm): metres = max_depth / output, clipped to [min_depth,
+    # max_depth]. NYU: 10 m (the code's 1000 cm), 0.1 m; the published kitti.h5: 80 m, 1 m.
+    max_depth: float = 10.0
+    min_depth: float = 0.1
     description: str = ""
 
     # -- derived quantities -------------------------------------------------------------------------
@@ -211,12 +223,38 @@ PRESETS: dict[str, Preset] = {
         "densedepth_half", "densenet169", decoder_width=0.5, leakyrelu_a=True, bn_eps=KERAS_BN_EPS,
         description="DenseDepth model.py (Keras, later files): DenseNet-169, half-width decoder, LeakyReLU after "
                     "convA and convB, Keras BatchNorm eps 1.001e-5"),
+    # kitti.h5: the same network and file contents as nyu.h5 (DenseDepth's model.py builds the DenseNet with
+    # input_shape=(None, None, 3), so nothing in the file tells the two apart: pass --preset densedepth_kitti).
+    # Depth range and input size from the authors, not from code in the repository (it has no KITTI loader):
+    # utils.py predict() returns clip(DepthNorm(out, maxDepth), minDepth, maxDepth) / maxDepth with
+    # DepthNorm(x, maxDepth) = maxDepth / x, and for kitti.h5 the author gives minDepth=1.0, maxDepth=80.0 and
+    # "depth = 80 * outputs" in metres (ialhashim/DenseDepth issue #69; #77, #7: 80 m for KITTI), i.e.
+    # metres = clip(80 / out, 1, 80); input resized to 384x1248 (issue #12: the KITTI model's input size).
+    "densedepth_kitti": _densenet(
+        "densedepth_kitti", "densenet169", bn_eps=KERAS_BN_EPS, input_size=(384, 1248), max_depth=80.0,
+        min_depth=1.0,
+        description="published Keras kitti.h5: densedepth_nyu's network, input 384x1248, metres = 80 / output "
+                    "clipped to [1, 80] (pass --preset: the file cannot be told from nyu.h5)"),
     "resnet50": Preset(
         name="resnet50", encoder="resnet", up_blocks=_RESNET_UP, bottleneck="layer4", bottleneck_relu=False,
         decoder_width=0.5, conv2_padding=0, leakyrelu_a=True, block_config=(3, 4, 6, 3), num_init_features=64,
         input_size=(480, 640),
         description="torchvision ResNet-50 encoder (skips relu, layer1-3; bottleneck layer4, 2048 ch), DenseDepth "
                     "decoder width 0.5 with LeakyReLU after convA and convB"),
+    # keras.applications encoders with a DenseDepth decoder written in Keras layers (no published weights: the
+    # presets a Keras .h5 of these families converts to). 1x1 'same' conv2 = padding 0.
+    "keras_resnet50": Preset(
+        name="keras_resnet50", encoder="resnet", up_blocks=_RESNET_UP, bottleneck="layer4", bottleneck_relu=False,
+        decoder_width=0.5, conv2_padding=0, leakyrelu_a=True, block_config=(3, 4, 6, 3), num_init_features=64,
+        bn_eps=KERAS_BN_EPS, stride_in_1x1=True, conv_bias=True, input_size=(480, 640),
+        description="keras.applications ResNet50 (v1: stride on the 1x1 conv, conv biases, eps 1.001e-5) with "
+                    "resnet50's decoder (conv2 padding 0)"),
+    "keras_mobilenetv2": Preset(
+        name="keras_mobilenetv2", encoder="mobilenetv2", up_blocks=_MOBILENET_UP, bottleneck="head",
+        bottleneck_relu=False, decoder_width=0.6, conv2_padding=0, leakyrelu_a=True, bn_eps=1e-3,
+        tf_padding=True, input_size=(480, 640),
+        description="keras.applications MobileNetV2 ('same' padding of strided convs, eps 1e-3) with mobilenetv2's "
+                    "decoder (conv2 padding 0)"),
 }
 
 

@@ -10,11 +10,13 @@ from .plan import Plan
 from .presets import Preset
 
 
-def conv_stem(x: jax.Array, train: bool, p: Preset, plan: Plan, name: str, weight_init: str) -> list[jax.Array]:
+def conv_stem(x: jax.Array, train: bool, p: Preset, plan: Plan, name: str, weight_init: str,
+              use_bias: bool = False) -> list[jax.Array]:
     """[conv, norm, relu, pool] outputs; call inside the encoder's ``nn.compact`` so the convolution is its
-    child ``name`` (with ``bn``). In the quantized modes the norm is folded, so conv's entry equals norm's."""
+    child ``name`` (with ``bn``). In the quantized modes the norm is folded, so conv's entry equals norm's.
+    (Keras pads the max pool with zeros, PyTorch with -inf: the same after the ReLU.)"""
     y, pre = QConv(p.num_init_features, 7, stride=2, padding=3, norm=True, plan=plan, weight_init=weight_init,
-                   bn_eps=p.bn_eps, name=name)(x, train, return_pre_norm=True)
+                   bn_eps=p.bn_eps, use_bias=use_bias, name=name)(x, train, return_pre_norm=True)
     feats = [y if pre is None else pre, y]
     y = nn.relu(y)
     feats.append(y)

@@ -21,7 +21,7 @@ import optax
 from flax import traverse_util
 
 from .data import ArrayData, augment
-from .loss import clip_straight_through, depth_loss, depth_to_target, teacher_target
+from .loss import clip_straight_through, depth_loss, depth_to_target, raw_range, teacher_target
 
 TRAINABLE = ("all", "decoder", "bn")
 TARGETS = ("gt", "teacher", "both")
@@ -99,12 +99,16 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *, target: str
     clipped to the metric range, is the target; ``y`` is None), "both" (sum, the teacher term weighted).
     ``update_bn_stats``: BatchNorm on batch statistics with running averages updated (training from
     scratch) or on the frozen running statistics (fine-tuning: what the deployed / folded model uses).
+    Clipping and SSIM's range follow the model preset's depth range (`jaxdepth.models.depth_range`: raw
+    1..max/min, 1..100 for NYU, 1..80 for densedepth_kitti); ``y`` must come from `depth_to_target` with it.
     """
+    from ..models import depth_range
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if target != "gt" and teacher is None:
         raise ValueError(f"target={target!r} needs a teacher model")
-    loss_kwargs = loss_kwargs or {}
+    rr = raw_range(depth_range(model))
+    loss_kwargs = {"val_range": rr[1], **(loss_kwargs or {})}
 
     def loss_fn(trainable, frozen, x, y, tvars):
         variables = assemble(trainable, frozen)
@@ -118,8 +122,8 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *, target: str
         if target in ("gt", "both"):
             loss, parts = depth_loss(out, y, **loss_kwargs)
         if target in ("teacher", "both"):
-            t = teacher_target(teacher.apply(tvars, x))
-            d_loss, d_parts = depth_loss(clip_straight_through(out), t, **loss_kwargs)
+            t = teacher_target(teacher.apply(tvars, x), rr)
+            d_loss, d_parts = depth_loss(clip_straight_through(out, rr), t, **loss_kwargs)
             if target == "teacher":
                 parts = d_parts
             parts = {**parts, "distill": d_loss}
@@ -156,7 +160,9 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
     """
     from tqdm import tqdm
 
+    from ..models import depth_range
     plan = getattr(model, "plan", None)
+    d_range = depth_range(model)     # targets max / depth in the preset's range (NYU 0.1-10 m, KITTI 1-80 m)
     if update_bn_stats is None:
         update_bn_stats = plan is None or plan.is_float
     if target != "gt" and (teacher is None or teacher_variables is None):
@@ -178,7 +184,7 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
                                       "train_frames": len(data), "input_size": [h, w], "trainable": trainable,
                                       "trained_parameters": n_train, "learn_ranges": learn_ranges,
                                       "range_lr": range_lr if learn_ranges else None, "target": target,
-                                      "update_bn_stats": update_bn_stats,
+                                      "update_bn_stats": update_bn_stats, "depth_range": list(d_range),
                                       "plan": plan.to_json() if plan is not None else None, **(extra or {})}}
     t0 = time.time()
     acc: dict[str, float] = {}
@@ -196,7 +202,7 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
             pos += batch_size
             imgs, deps = data.batch(idx)
             x, d = augment(imgs, deps if target != "teacher" else None, rng)
-            y = None if d is None else jnp.asarray(depth_to_target(d, out_hw))
+            y = None if d is None else jnp.asarray(depth_to_target(d, out_hw, d_range))
             state, frozen, opt_state, loss, parts = step_fn(state, frozen, opt_state, jnp.asarray(x), y,
                                                             teacher_variables)
             vals = {"loss": float(loss), **{k: float(v) for k, v in parts.items()}}
@@ -249,15 +255,17 @@ _APPLY_CACHE: dict[int, Callable] = {}
 
 def validate(model: Any, variables: dict, val: ArrayData, batch_size: int = 8) -> dict[str, float]:
     """Metrics of the model's predictions (input resized to the preset's native size, output upsampled to the
-    gt size, no flip) on ``val``."""
+    gt size, no flip; metres and the ground-truth cap / PSNR peak in the preset's depth range) on ``val``."""
     from .. import metrics
     from ..inference import resize_batch, upsample_depth
-    from ..models import to_metres
-    size = getattr(getattr(model, "preset", None), "input_size", None)
+    from ..models import depth_range, to_metres
+    preset = getattr(model, "preset", None)
+    size = getattr(preset, "input_size", None)
     if id(model) not in _APPLY_CACHE:
-        _APPLY_CACHE[id(model)] = jax.jit(lambda v, x: to_metres(model.apply(v, x, train=False))[..., 0])
+        _APPLY_CACHE[id(model)] = jax.jit(lambda v, x: to_metres(model.apply(v, x, train=False), preset)[..., 0])
     apply = _APPLY_CACHE[id(model)]
-    acc = metrics.Accumulator()
+    hi = depth_range(model)[1]
+    acc = metrics.Accumulator(max_depth=hi, peak=hi)
     for s in range(0, len(val), batch_size):
         imgs, deps = val.batch(np.arange(s, min(s + batch_size, len(val))))
         pred = np.asarray(apply(variables, jnp.asarray(resize_batch(imgs, size), jnp.float32) / 255.0))

@@ -1,11 +1,13 @@
 """DenseDepth's training loss and its targets (Alhashim & Wonka 2018, Keras code).
 
-On depth-norm maps ``y = 10 / depth_m`` (the network's raw output convention) at the output resolution:
+On depth-norm maps ``y = max_depth / depth_m`` (DenseDepth's ``DepthNorm``, the network's raw output convention:
+10 m for NYU presets, 80 m for densedepth_kitti; depths clipped to the preset's [min_depth, max_depth] first) at
+the output resolution:
 
     loss = 0.1 * mean|y_hat - y| + clip((1 - SSIM(y_hat, y)) / 2, 0, 1) + mean(|dx y_hat - dx y| + |dy y_hat - dy y|)
 
-with SSIM over an 11x11 Gaussian window (sigma 1.5) and ``L = 100`` (the target range, as in the reference
-code). The same loss serves distillation: the target is then the exact (teacher) model's raw output.
+with SSIM over an 11x11 Gaussian window (sigma 1.5) and ``L`` = the target range ``max_depth / min_depth``
+(100 for NYU, as in the reference code's ``maxDepthVal = 1000 / 10``; 80 for densedepth_kitti's 1-80 m). The same loss serves distillation: the target is then the exact (teacher) model's raw output.
 """
 from __future__ import annotations
 
@@ -13,7 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-RAW_RANGE = (1.0, 100.0)   # raw outputs of depths 10 m .. 0.1 m (what `models.to_metres` keeps)
+RAW_RANGE = (1.0, 100.0)   # raw outputs of NYU depths 10 m .. 0.1 m (what `models.to_metres` keeps)
+NYU_RANGE = (0.1, 10.0)    # (min, max) metres of the NYU presets
+
+
+def raw_range(depth_range: tuple[float, float] = NYU_RANGE) -> tuple[float, float]:
+    """The raw outputs `models.to_metres` keeps for a (min, max) metres range: (1, max / min)."""
+    lo, hi = (float(v) for v in depth_range)
+    return 1.0, hi / lo
 
 
 def _gaussian(size: int = 11, sigma: float = 1.5) -> np.ndarray:
@@ -63,9 +72,12 @@ def depth_loss(pred: jax.Array, target: jax.Array, w_l1: float = 0.1, w_ssim: fl
     return total, {"l1": l1, "ssim": l_ssim, "grad": l_grad}
 
 
-def depth_to_target(depth_m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Metres (N, H, W) -> depth-norm targets ``10 / depth`` (N, h, w, 1) at the output size (block mean in metres)."""
-    d = np.clip(np.asarray(depth_m, np.float32), 0.1, 10.0)
+def depth_to_target(depth_m: np.ndarray, out_hw: tuple[int, int],
+                    depth_range: tuple[float, float] = NYU_RANGE) -> np.ndarray:
+    """Metres (N, H, W) -> depth-norm targets ``max / depth`` (N, h, w, 1) at the output size (block mean in
+    metres), depths clipped to ``depth_range`` = the preset's (min, max) metres (`jaxdepth.models.depth_range`)."""
+    lo, hi = (float(v) for v in depth_range)
+    d = np.clip(np.asarray(depth_m, np.float32), lo, hi)
     n, h, w = d.shape
     oh, ow = out_hw
     if (h, w) != (oh, ow):
@@ -74,15 +86,17 @@ def depth_to_target(depth_m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
         else:
             from ..data.transforms import resize_depth
             d = resize_depth(d, (oh, ow))
-    return (10.0 / d)[..., None].astype(np.float32)
+    return (hi / d)[..., None].astype(np.float32)
 
 
-def clip_straight_through(raw: jax.Array) -> jax.Array:
-    """A student's raw output clipped to the metric range in value, with the identity gradient: a saturated
-    student still learns towards a teacher that is not (a plain clip would stop its gradient)."""
-    return raw + jax.lax.stop_gradient(jnp.clip(raw, *RAW_RANGE) - raw)
+def clip_straight_through(raw: jax.Array, raw_range: tuple[float, float] = RAW_RANGE) -> jax.Array:
+    """A student's raw output clipped to the metric range (`raw_range` of the preset's) in value, with the
+    identity gradient: a saturated student still learns towards a teacher that is not (a plain clip would
+    stop its gradient)."""
+    return raw + jax.lax.stop_gradient(jnp.clip(raw, *raw_range) - raw)
 
 
-def teacher_target(raw: jax.Array) -> jax.Array:
-    """A teacher's raw output as a distillation target: clipped to the range `models.to_metres` keeps, no gradient."""
-    return jax.lax.stop_gradient(jnp.clip(raw, *RAW_RANGE))
+def teacher_target(raw: jax.Array, raw_range: tuple[float, float] = RAW_RANGE) -> jax.Array:
+    """A teacher's raw output as a distillation target: clipped to the range `models.to_metres` keeps (`raw_range`
+    of the preset's), no gradient."""
+    return jax.lax.stop_gradient(jnp.clip(raw, *raw_range))

@@ -28,11 +28,13 @@ def before_after(exact: tuple[Any, dict], before: tuple[Any, dict], after: tuple
 
     from .. import metrics as M
     from ..inference import make_predictor, upsample_depth
+    from ..models import depth_range
 
     preds = {k: make_predictor(m, v, flip=flip, input_size=input_size)
              for k, (m, v) in (("exact", exact), ("before", before), ("after", after))}
-    gt_acc = {k: M.Accumulator(max_depth=10.0) for k in preds} if val.has_depth else None
-    fid_acc = {k: M.Accumulator() for k in ("before", "after")}
+    hi = depth_range(exact[0])[1]    # the preset's max depth: ground-truth cap and PSNR peak (10 m NYU, 80 m KITTI)
+    gt_acc = {k: M.Accumulator(max_depth=hi, peak=hi) for k in preds} if val.has_depth else None
+    fid_acc = {k: M.Accumulator(peak=hi) for k in ("before", "after")}
     for s in tqdm(range(0, len(val), batch_size), desc="before/after", disable=not progress):
         imgs, deps = val.batch(np.arange(s, min(s + batch_size, len(val))))
         size = imgs.shape[1:3] if deps is None else deps.shape[1:]
