@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 FORMAT = b"jaxdepth-exported-1\n"
+KEEP = 200  # stored entries kept (the newest; each source edit or model is a new key)
 _SOURCE_DIGEST: Optional[str] = None
 
 
@@ -42,6 +43,19 @@ def folder() -> Optional[Path]:
     import jax
     base = jax.config.jax_compilation_cache_dir
     return Path(base) / "exported" if base else None
+
+
+def _store(path: Path, data: bytes) -> None:
+    """Write an entry atomically (errors ignored: a cache never stops a run) and drop the oldest beyond KEEP."""
+    from .io.atomic import write_bytes
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(path, data)
+        entries = sorted(path.parent.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[KEEP:]:
+            old.unlink()
+    except OSError:
+        pass
 
 
 def source_digest() -> str:
@@ -169,12 +183,7 @@ def _program(fn: Callable, name: str, key: Any, args: tuple, sig: tuple) -> tupl
         data = FORMAT + json.dumps({"targets": _targets(exported)}).encode() + b"\n" + bytes(exported.serialize())
     except Exception:  # noqa: BLE001 - not exportable (e.g. a host callback): the plain jitted function
         return "jit", fn
-    try:
-        from .io.atomic import write_bytes
-        where.mkdir(parents=True, exist_ok=True)
-        write_bytes(path, data)
-    except OSError:
-        pass
+    _store(path, data)
     return "exported", jax.jit(exported.call)
 
 
@@ -192,10 +201,5 @@ def remembered(name: str, key: Any, compute: Callable[[], Any]) -> Any:
     except (OSError, ValueError, KeyError):
         pass
     value = compute()
-    try:
-        from .io.atomic import write_text
-        where.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps({"value": value}))
-    except OSError:
-        pass
+    _store(path, json.dumps({"value": value}).encode())
     return value

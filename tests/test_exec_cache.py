@@ -96,3 +96,11 @@ def test_remembered_values_are_read_back_under_the_same_key(monkeypatch, tmp_pat
     assert exec_cache.remembered("t", ("model", 1), compute) == {"ok": True}
     assert exec_cache.remembered("t", ("model", 1), compute) == {"ok": True} and len(calls) == 1
     assert exec_cache.remembered("t", ("model", 2), compute) == {"ok": True} and len(calls) == 2
+
+
+def test_only_the_newest_entries_are_kept(monkeypatch, tmp_path):
+    monkeypatch.setattr(exec_cache, "folder", lambda: tmp_path)
+    monkeypatch.setattr(exec_cache, "KEEP", 3)
+    for i in range(5):
+        exec_cache.remembered("t", i, lambda: i)
+    assert len(list(tmp_path.iterdir())) == 3

@@ -38,7 +38,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 from numba import carray, njit
 
 from . import xla_ffi
-from .simd import HAVE_AVX512BW
 from .spec import is_traced
 
 # XLA_FFI_DataType codes of the table operand (xla/ffi/api/c_api.h)
@@ -46,25 +45,26 @@ DTYPE_S16, DTYPE_S32, DTYPE_U16 = 3, 4, 7
 
 
 def narrow_table(lut: np.ndarray) -> np.ndarray:
-    """The table as uint16 or int16 when every entry fits (exactly the same values, half the bytes, and
-    lookups by register permutes on AVX-512BW), else int32."""
+    """The table as uint16 or int16 when every entry fits (exactly the same values, half the bytes: half
+    the cache and memory traffic of every kernel's product rows and columns, and lookups by register
+    permutes on AVX-512BW), else int32."""
     lut = np.asarray(lut)
     lo, hi = int(lut.min()), int(lut.max())
-    if HAVE_AVX512BW and 0 <= lo and hi <= 0xFFFF:
+    if 0 <= lo and hi <= 0xFFFF:
         return np.ascontiguousarray(lut, dtype=np.uint16)
-    if HAVE_AVX512BW and -0x8000 <= lo and hi <= 0x7FFF:
+    if -0x8000 <= lo and hi <= 0x7FFF:
         return np.ascontiguousarray(lut, dtype=np.int16)
     return np.ascontiguousarray(lut, dtype=np.int32)
 
 
 @njit(cache=True, boundscheck=False)
 def table_kind(lut):  # pragma: no cover - compiled
-    """0: every entry fits uint16, 1: int16, 2: only int32 (or no 16-bit permutes on this CPU)."""
+    """0: every entry fits uint16, 1: int16, 2: only int32."""
     lo = lut.min()
     hi = lut.max()
-    if HAVE_AVX512BW and lo >= 0 and hi <= 0xFFFF:
+    if lo >= 0 and hi <= 0xFFFF:
         return 0
-    if HAVE_AVX512BW and lo >= -0x8000 and hi <= 0x7FFF:
+    if lo >= -0x8000 and hi <= 0x7FFF:
         return 1
     return 2
 

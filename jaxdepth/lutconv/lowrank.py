@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .api import window_sums
+from .simd import HAVE_VNNI
 from .spec import ConvSpec
 
 MAX_TERMS = 24         # integer rank searched for; the cost model decides whether the terms pay off
@@ -286,11 +287,13 @@ def supports(table: Optional[np.ndarray]) -> Optional[str]:
     return None
 
 
-# Cost model of XLA's int8 convolution on CPU, fitted to 22 layer shapes measured on this machine (1x1 and
+# Cost model of XLA's int8 convolution on CPU, fitted to 22 layer shapes measured on an AVX-512 VNNI host (1x1 and
 # 3x3, 16..2208 input channels, 32..1104 outputs; within a factor ~1.7): multiply-accumulates per second
 # RATE_INT8 * C / (C + C_HALF) * O / (O + O_HALF) for C stacked input channels, plus the byte -> factor lookups of every input and weight
 # element per term, the int32 partial sums per convolution, and the window sums of v.
 RATE_INT8 = 3.6e11
+if not HAVE_VNNI:  # no int8 dot products: XLA's int8 convolution ran at ~1.4-1.7x its float32 one on an
+    RATE_INT8 = 7e10  # AVX2-only host (AMD EPYC Zen 3, conv2 and up1.convA shapes, 2026-12-02), not 4-8x
 RATE_INT8_C_HALF = 48
 RATE_INT8_O_HALF = 8
 RATE_INT8_GROUPED = 1.2e8  # grouped / depthwise int8 convolution: no fast path in XLA's CPU backend

@@ -7,9 +7,6 @@ destination are disjoint), so the kernels call these helpers explicitly:
     gather_add16(dst, doff, src, idx, ioff)   dst[doff:doff+16] += src[idx[ioff:ioff+16]]
     table_gather_add16(dst, doff, table, x, xoff, w, woff)
         dst[doff:doff+16] += table[(x[xoff:xoff+16] & 0xFF) + w[woff:woff+16]]   (x, w int32)
-    rows_sum_add16(dst, doff, table, offs, n, shift)
-        dst[doff:doff+16] += sum_k table[offs[k] + shift : ... + 16]   (sum kept in a register;
-        table int32, or int16 / uint16 rows widened to int32 lanes)
     lookup_row(dst, doff, lut, roff, x, xoff, n)
         dst[doff:doff+n] = lut[roff + x[xoff:xoff+n]], written in whole 32-lane blocks (may write and
         read up to 31 elements past n). int32 tables: 16-lane gathers; int16/uint16 tables: the row's
@@ -18,6 +15,16 @@ destination are disjoint), so the kernels call these helpers explicitly:
         for r < nrows: dst[doff + r*dstride : +n] += lut[roff + x[xoff + r*xstride : +n]] (int32 dst; the
         same lookups as lookup_row, widened exactly and added; the row's registers are loaded once for
         all nrows rows; whole 32-lane blocks, so dst and x rows need 31 spare elements)
+    rows_add_block(dst, doff, table, offs, ooff, n, shift)   (rows_add16 / rows_add32 / rows_add64)
+        dst[doff : doff+L] += sum_{k<n} table[offs[ooff+k] + shift : ... + L] for L = 16, 32 or 64 lanes:
+        register-blocked row sums (L/16 16-lane sums held in registers across the k loop, one offset load
+        per L lanes; int32 dst, int32 offs; int32 table, or int16 / uint16 rows widened exactly)
+    lookup_cols16(dst, doff, dstride, lut_strips, x, xoff, v0)
+        dst[doff + j*dstride + i] = lut[v0 + j, x[xoff + i]] for i, j < 16 (16-bit tables): a 16x16 block
+        of product rows from 16 table columns, as 16 row loads from the strip layout
+        ``lut_strips[v0 // 16, x, 0:16] = lut[v0 : v0 + 16, x]`` and a 16x16 transpose of 16-bit lanes
+        (64 unpack / lane shuffles, plain LLVM vector IR: AVX2 or better, no gathers, no AVX-512 needed);
+        ``table_strips(lut, strips)`` writes that layout of a flat 16-bit table
     strided_load16(dst, doff, src, soff, stride)
         dst[doff + k] = src[soff + k * stride] for k < 16 (src int32 or uint8, dst int32 or uint8 keeping
         the low byte): one 16-lane gather, used to transpose channels-last blocks (a uint8 src is read as
@@ -25,7 +32,8 @@ destination are disjoint), so the kernels call these helpers explicitly:
 
 dst, src, table are int32 arrays, idx a uint8 array (table bytes), offsets are element offsets into the
 flattened (C-contiguous) arrays. Without AVX-512 the same names are plain scalar loops, so the kernels
-compile and stay exact everywhere (``rows_sum_add16`` is plain LLVM vector IR on every CPU).
+compile and stay exact everywhere (``rows_add*`` and ``lookup_cols16`` are plain LLVM vector IR on every
+CPU).
 """
 from __future__ import annotations
 
@@ -38,6 +46,7 @@ from numba.extending import intrinsic
 _FEATURES = llvm.get_host_cpu_features().flatten().split(",")
 HAVE_AVX512 = "+avx512f" in _FEATURES
 HAVE_AVX512BW = HAVE_AVX512 and "+avx512bw" in _FEATURES  # 16-bit lane permutes (vpermi2w)
+HAVE_VNNI = "+avx512vnni" in _FEATURES or "+avxvnni" in _FEATURES  # int8 dot products (XLA's int8 convolutions)
 
 
 def _gather_codegen(accumulate: bool):
@@ -101,50 +110,6 @@ def _avx512_table_gather_add16(typingctx, dst, doff, table, x, xoff, w, woff):
 def _scalar_table_gather_add16(dst, doff, table, x, xoff, w, woff):  # pragma: no cover - compiled
     for k in range(16):
         dst[doff + k] += table[(x[xoff + k] & 0xFF) + w[woff + k]]
-
-
-def _rows_sum_codegen(context, builder, signature, args):
-    dst_v, doff, table_v, offs_v, n, shift = args
-    dst = context.make_array(signature.args[0])(context, builder, dst_v)
-    table = context.make_array(signature.args[2])(context, builder, table_v)
-    offs = context.make_array(signature.args[3])(context, builder, offs_v)
-    v16i32 = ir.VectorType(ir.IntType(32), 16)
-    dtype = signature.args[2].dtype
-    narrow = dtype.bitwidth == 16
-    vrow = ir.VectorType(ir.IntType(16), 16) if narrow else v16i32
-    target = builder.bitcast(builder.gep(dst.data, [doff]), v16i32.as_pointer())
-    # an explicit SSA loop (phi nodes): the running sum is a register, not a stack slot re-read each step
-    start_total = builder.load(target, align=4)
-    count = builder.sext(n, ir.IntType(64)) if n.type.width < 64 else n
-    entry = builder.block
-    header = builder.append_basic_block("rows_sum.header")
-    body = builder.append_basic_block("rows_sum.body")
-    done = builder.append_basic_block("rows_sum.done")
-    builder.branch(header)
-    builder.position_at_end(header)
-    k = builder.phi(count.type)
-    total = builder.phi(v16i32)
-    k.add_incoming(ir.Constant(count.type, 0), entry)
-    total.add_incoming(start_total, entry)
-    builder.cbranch(builder.icmp_signed("<", k, count), body, done)
-    builder.position_at_end(body)
-    start = builder.add(builder.load(builder.gep(offs.data, [k])), shift)
-    row = builder.load(builder.bitcast(builder.gep(table.data, [start]), vrow.as_pointer()), align=2)
-    if narrow:
-        row = builder.sext(row, v16i32) if dtype.signed else builder.zext(row, v16i32)
-    k.add_incoming(builder.add(k, ir.Constant(count.type, 1)), body)
-    total.add_incoming(builder.add(total, row), body)
-    builder.branch(header)
-    builder.position_at_end(done)
-    builder.store(total, target, align=4)
-    return context.get_dummy_value()
-
-
-@intrinsic
-def rows_sum_add16(typingctx, dst, doff, table, offs, n, shift):
-    """dst[doff:doff+16] += sum_{k<n} table[offs[k] + shift : ... + 16] with the 16-lane sum held in a
-    register across the k loop (int32 dst, int64 offs; int32 table, or int16/uint16 widened exactly)."""
-    return types.void(dst, doff, table, offs, n, shift), _rows_sum_codegen
 
 
 @njit(inline="always", boundscheck=False)
@@ -298,6 +263,148 @@ def _scalar_strided_load16(dst, doff, src, soff, stride):  # pragma: no cover - 
         dst[doff + k] = src[soff + k * stride]
 
 
+def _operands(context, builder, signature, args):
+    """Per intrinsic argument: an array's data pointer, or an integer widened to i64."""
+    out = []
+    for ty, value in zip(signature.args, args):
+        if isinstance(ty, types.Array):
+            out.append(context.make_array(ty)(context, builder, value).data)
+        else:
+            out.append(builder.sext(value, ir.IntType(64)) if value.type.width < 64 else value)
+    return out
+
+
+def _rows_add_codegen(blocks: int):
+    def codegen(context, builder, signature, args):
+        dst, doff, table, offs, ooff, n, shift = _operands(context, builder, signature, args)
+        i64 = ir.IntType(64)
+        v16i32 = ir.VectorType(ir.IntType(32), 16)
+        dtype = signature.args[2].dtype
+        narrow = dtype.bitwidth == 16
+        vrow = ir.VectorType(ir.IntType(16), 16) if narrow else v16i32
+        targets = [builder.bitcast(builder.gep(dst, [builder.add(doff, ir.Constant(i64, 16 * b))]),
+                                   v16i32.as_pointer()) for b in range(blocks)]
+        starts = [builder.load(t, align=4) for t in targets]
+        entry = builder.block
+        header = builder.append_basic_block("rows_add.header")
+        body = builder.append_basic_block("rows_add.body")
+        done = builder.append_basic_block("rows_add.done")
+        builder.branch(header)
+        builder.position_at_end(header)
+        k = builder.phi(i64)
+        totals = [builder.phi(v16i32) for _ in range(blocks)]
+        k.add_incoming(ir.Constant(i64, 0), entry)
+        for total, start in zip(totals, starts):
+            total.add_incoming(start, entry)
+        builder.cbranch(builder.icmp_signed("<", k, n), body, done)
+        builder.position_at_end(body)
+        offset = builder.load(builder.gep(offs, [builder.add(ooff, k)]))
+        start = builder.add(builder.sext(offset, i64) if offset.type.width < 64 else offset, shift)
+        for b, total in enumerate(totals):
+            at = builder.gep(table, [builder.add(start, ir.Constant(i64, 16 * b))])
+            row = builder.load(builder.bitcast(at, vrow.as_pointer()), align=dtype.bitwidth // 8)
+            if narrow:
+                row = builder.sext(row, v16i32) if dtype.signed else builder.zext(row, v16i32)
+            total.add_incoming(builder.add(total, row), body)
+        k.add_incoming(builder.add(k, ir.Constant(i64, 1)), body)
+        builder.branch(header)
+        builder.position_at_end(done)
+        for target, total in zip(targets, totals):
+            builder.store(total, target, align=4)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def rows_add16(typingctx, dst, doff, table, offs, ooff, n, shift):
+    """dst[doff:doff+16] += sum_{k<n} table[offs[ooff+k] + shift : ... + 16] (sum in registers)."""
+    return types.void(dst, doff, table, offs, ooff, n, shift), _rows_add_codegen(1)
+
+
+@intrinsic
+def rows_add32(typingctx, dst, doff, table, offs, ooff, n, shift):
+    """As `rows_add16` for 32 lanes (two 16-lane sums in registers, one offset load per 32 lanes)."""
+    return types.void(dst, doff, table, offs, ooff, n, shift), _rows_add_codegen(2)
+
+
+@intrinsic
+def rows_add64(typingctx, dst, doff, table, offs, ooff, n, shift):
+    """As `rows_add16` for 64 lanes (four 16-lane sums in registers, one offset load per 64 lanes)."""
+    return types.void(dst, doff, table, offs, ooff, n, shift), _rows_add_codegen(4)
+
+
+def _unpack_mask(width: int, high: bool) -> list[int]:
+    """shufflevector mask of x86 ``punpck{l,h}{wd,dq,qdq}`` on two 16 x 16-bit vectors (per 128-bit lane)."""
+    words = width // 16
+    half = 8 // words // 2
+    mask = []
+    for lane in range(2):
+        for i in range(half):
+            element = (half if high else 0) + i
+            mask += [lane * 8 + element * words + q for q in range(words)]
+            mask += [16 + lane * 8 + element * words + q for q in range(words)]
+    return mask
+
+
+def _transpose16x16(builder, rows):
+    """16 vectors of 16 x 16-bit -> their transpose: the 4-stage unpack network (words, dwords, qwords,
+    128-bit lanes) that x86 backends turn into vpunpck* and vperm2i128 / vinserti128."""
+    i32 = ir.IntType(32)
+
+    def shuffle(a, b, mask):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, 16), mask))
+
+    t = []
+    for i in range(0, 16, 2):
+        t += [shuffle(rows[i], rows[i + 1], _unpack_mask(16, False)),
+              shuffle(rows[i], rows[i + 1], _unpack_mask(16, True))]
+    u = []
+    for g in range(0, 16, 4):
+        u += [shuffle(t[g], t[g + 2], _unpack_mask(32, False)), shuffle(t[g], t[g + 2], _unpack_mask(32, True)),
+              shuffle(t[g + 1], t[g + 3], _unpack_mask(32, False)), shuffle(t[g + 1], t[g + 3], _unpack_mask(32, True))]
+    v = []
+    for g in range(0, 16, 8):
+        for j in range(4):
+            v += [shuffle(u[g + j], u[g + j + 4], _unpack_mask(64, False)),
+                  shuffle(u[g + j], u[g + j + 4], _unpack_mask(64, True))]
+    low, high = list(range(0, 8)) + list(range(16, 24)), list(range(8, 16)) + list(range(24, 32))
+    return [shuffle(v[j], v[j + 8], low) for j in range(8)] + [shuffle(v[j], v[j + 8], high) for j in range(8)]
+
+
+def _lookup_cols_codegen(context, builder, signature, args):
+    dst, doff, dstride, strips, xa, xoff, v0 = _operands(context, builder, signature, args)
+    i64 = ir.IntType(64)
+    v16i16 = ir.VectorType(ir.IntType(16), 16)
+    strip = builder.mul(v0, ir.Constant(i64, 256))  # strip v0 // 16 starts at (v0 // 16) * 4096 = v0 * 256
+    rows = []
+    for i in range(16):
+        xb = builder.zext(builder.load(builder.gep(xa, [builder.add(xoff, ir.Constant(i64, i))])), i64)
+        at = builder.add(strip, builder.mul(xb, ir.Constant(i64, 16)))
+        rows.append(builder.load(builder.bitcast(builder.gep(strips, [at]), v16i16.as_pointer()), align=2))
+    for j, col in enumerate(_transpose16x16(builder, rows)):
+        at = builder.add(doff, builder.mul(dstride, ir.Constant(i64, j)))
+        builder.store(col, builder.bitcast(builder.gep(dst, [at]), v16i16.as_pointer()), align=2)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def lookup_cols16(typingctx, dst, doff, dstride, strips, x, xoff, v0):
+    """dst[doff + j*dstride + i] = lut[v0 + j, x[xoff + i]] for i, j < 16, from the 16-bit table's strip
+    layout ``strips[v0 // 16, x, 0:16]`` (see `table_strips`); v0 a multiple of 16."""
+    return types.void(dst, doff, dstride, strips, x, xoff, v0), _lookup_cols_codegen
+
+
+@njit(cache=True, boundscheck=False)
+def table_strips(lut, strips):  # pragma: no cover - compiled
+    """Writes the strip layout `lookup_cols16` reads, ``strips[s, x, j] = lut[16 * s + j, x]`` (flat,
+    65,536 entries), of a flat 16-bit table ``lut[256 * w_byte + x_byte]``."""
+    for s in range(16):
+        for x in range(256):
+            for j in range(16):
+                strips[(s * 256 + x) * 16 + j] = lut[(16 * s + j) * 256 + x]
+
+
 gather16 = _avx512_gather16 if HAVE_AVX512 else _scalar_gather16
 gather_add16 = _avx512_gather_add16 if HAVE_AVX512 else _scalar_gather_add16
 table_gather_add16 = _avx512_table_gather_add16 if HAVE_AVX512 else _scalar_table_gather_add16
@@ -306,4 +413,5 @@ lookup_row = _avx512_lookup_row if HAVE_AVX512BW else _scalar_lookup_row
 lookup_add_rows = _avx512_lookup_add_rows if HAVE_AVX512BW else _scalar_lookup_add_rows
 strided_load16 = _avx512_strided_load16 if HAVE_AVX512 else _scalar_strided_load16
 
-__all__ = ["HAVE_AVX512", "gather16", "lookup_add_rows", "lookup_row", "gather_add16", "rows_sum_add16", "strided_load16", "table_gather_add16"]
+__all__ = ["HAVE_AVX512", "gather16", "lookup_add_rows", "lookup_cols16", "lookup_row", "gather_add16", "rows_add16",
+           "rows_add32", "rows_add64", "strided_load16", "table_gather_add16", "table_strips"]

@@ -1,15 +1,21 @@
 """``wstat`` (numba, both cores): weight-stationary product rows.
 
-For a tile of input positions and a chunk of input channels, precompute ``T[c, v, pos] = lut[v, x[c,
-pos]]`` for every weight byte ``v`` that channel ``c`` actually uses (at most 256 per input element, not
-per multiply). Each output channel then adds whole rows ``T[c, w[kh, kw, c, o], pos + tap offset]``:
-contiguous 16-lane vector loads summed in a register over a chunk of channels and all taps (one load per
-16 multiply-accumulates), the table cost amortised over all output channels and taps. When every table
-entry fits in 16 bits (every 8x8-bit multiplier) the table and T are int16/uint16: a table row is 8
-AVX-512 registers and 32 entries of T cost 4 ``vpermi2w`` + 3 blends instead of two memory gathers; rows
-are widened exactly to int32 in the sums. Wider tables use int32 and gathers. Stride 1, or any stride for
-1x1 kernels. The whole kernel (layouts included) is compiled: under `jax.jit` it is an XLA FFI custom
-call (`ffi_bridge`) with the table a runtime operand.
+For a tile of output positions and a chunk of input channels, precompute ``T[c, v, pos] = lut[v, x[c,
+pos]]`` for every weight byte ``v`` that channel ``c`` uses (at most 256 per input element, not per
+multiply). Each output channel then adds whole rows ``T[c, w[kh, kw, c, o], pos + tap offset]``: per
+block of up to 64 positions, the rows of the chunk's (input channel, tap) pairs summed in registers
+(`simd.rows_add64`: one precomputed int32 offset load per row and 64 lanes), the table cost amortised
+over all output channels and taps. When every table entry fits in 16 bits (every 8x8-bit multiplier) the
+table and T are int16/uint16 (half the bytes; rows widened exactly to int32 in the sums); T is built in
+16 x 16 blocks from the table's columns and a 16-bit transpose (`simd.lookup_cols16`, any AVX2 CPU) or,
+on AVX-512BW, per row with register permutes. Wider tables use int32 rows.
+
+The row sums read T from L2 (the rows an output channel picks are spread over the whole chunk), so
+tiles are sized to the host's L2 (`_tiles`): the tile's int32 accumulators of all output channels and one
+chunk of T together stay within ~60% of it, choosing the tile and chunk that move the fewest bytes per
+multiply-accumulate (row entries, accumulator reloads per chunk, build, padding lanes, idle threads).
+Stride 1, or any stride for 1x1 kernels. The whole kernel (layouts included) is compiled: under
+`jax.jit` it is an XLA FFI custom call (`ffi_bridge`) with the table a runtime operand.
 """
 from __future__ import annotations
 
@@ -20,159 +26,220 @@ import numpy as np
 from numba import carray, njit, prange
 
 from . import ffi_bridge, xla_ffi
-from .simd import HAVE_AVX512, HAVE_AVX512BW, lookup_row, rows_sum_add16
+from .simd import (HAVE_AVX512, HAVE_AVX512BW, lookup_cols16, lookup_row, rows_add16, rows_add32, rows_add64,
+                   table_strips)
 from .spec import ConvSpec, is_traced
 
-_OUTPUTS_PER_TILE = 1280  # output positions per spatial tile (rows x cols)
-_COLS_PER_TILE = 160      # at most this many output columns per tile
-_T_BUDGET = 1 << 20       # bytes of precomputed product rows per channel chunk (~half of L2)
-_MIN_ROWS_PER_SUM = 16    # fewest rows per register sum worth sharing offsets across images
 _FLAT_BELOW = 64          # maps with fewer output columns run as one flat row per image
+_MAX_COLS = 256           # widest tile (output columns) of the row layout
 
-RATE_ROW_ADD = 6e9       # int32 row-add elements per second
-RATE_ROW_ADD16 = 9e9     # the same with 16-bit rows (half the bytes)
-RATE_BUILD = 3e9         # product-row entries built per second (int32 table: gathers)
-RATE_BUILD16 = 1.2e10    # the same with a 16-bit table (register permutes)
-RATE_OFFSETS = 5e8       # row offsets computed per second (per tile, output channel, tap)
+
+def _l2_bytes() -> int:
+    """Per-core L2 cache size (Linux sysfs), 1 MiB when unknown."""
+    try:
+        text = open("/sys/devices/system/cpu/cpu0/cache/index2/size").read().strip().upper()
+        return int(text[:-1]) * (1 << 10 if text.endswith("K") else 1 << 20) if text[-1] in "KM" else int(text)
+    except (OSError, ValueError, IndexError):
+        return 1 << 20
+
+
+L2_BYTES = _l2_bytes()
+T_BUDGET = int(L2_BYTES * 0.3)    # bytes of product rows per tile and channel chunk (stay in L2 with...)
+ACC_BUDGET = int(L2_BYTES * 0.3)  # ...the tile's int32 accumulators of all output channels
+
+RATE_ROW_ADD = 1.5e10    # row-add elements per second (int32 rows)
+RATE_ROW_ADD16 = 2.4e10  # the same with 16-bit rows (half the bytes)
+RATE_BUILD = 3e9         # product-row entries built per second (int32 table: gathers / scalar loads)
+RATE_BUILD16 = 1.6e10    # the same with a 16-bit table (transposed table columns or register permutes)
+RATE_OFFSETS = 1e9       # row offsets prepared per second (once per call: output channel, input channel, tap)
+ROW_ADD_OVERHEAD = 6e-10  # seconds per register sum (output channel, output row, lane block, chunk)
 CALL_OVERHEAD = 1e-4     # seconds per call
 GROUP_OVERHEAD = 5e-4    # seconds per group
 if not HAVE_AVX512:
     RATE_BUILD = 1.5e9
-if not HAVE_AVX512BW:    # no 16-bit permutes: narrow tables are built like int32 ones
-    RATE_BUILD16 = RATE_BUILD
 
 
 @njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
-def _wstat(xc, wt, slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk, images, out):  # pragma: no cover
-    """One group, stride 1. xc (N,C,H,W+pad) uint8 (spare zero columns: see wstat_host); wt (C,taps,O)
-    uint8 weight bytes (channel-major: a chunk's bytes are contiguous); output (i, j) of tap t reads input
-    (i + tap_r[t], j + tap_c[t]); slot[c, v]: row of byte v in T for channel c; used[c, s]: the byte of
-    row s; n_used[c]; lut: the flat table (256 * w + x), int32 or, when every entry fits, int16 / uint16
-    (T then holds 16-bit rows, built with register permutes and widened exactly in the row sums);
-    out (N,O,Ho,Wo) int32 (overwritten).
-    A task is a spatial tile of rows x cols outputs for a group of ``images`` images: the row offsets of
-    each (output channel, channel chunk) are computed once and reused for every image of the group (so a
-    batch costs fewer offsets per image). Rows of T and of the accumulators are padded to 16 lanes
-    (padding lanes are discarded)."""
+def _wstat(xc, offs, vslot, n_blocks, used, n_used, strips, lut, rows, cols, row_len, halo_r, chunk, taps,
+           transposed, out):  # pragma: no cover
+    """One group. xc (N,C,R,L) uint8 channel-major codes (spare zero columns past every tile's reach);
+    offs (chunks, O, chunk * taps) int32: the T offset of the row each (output channel, input channel of
+    the chunk, tap) adds (`_offsets`); T holds ``n_blocks`` blocks of 16 rows per channel: vslot[c, b] is
+    the block of weight bytes [16 b, 16 b + 16) (-1: channel c uses none of them); used[c, :n_used[c]]:
+    the bytes channel c uses; strips: the 16-bit table in `simd.table_strips` layout (for ``transposed``),
+    lut: the flat table (int32, or int16 / uint16 when every entry fits); out (N,O,Ho,Wo) int32
+    (overwritten).
+
+    A task is a tile of ``rows`` x ``cols`` outputs of one image. Per chunk of input channels it builds
+    the product rows ``T[c, v, r, s] = lut[v, x[c, i0 + r, j0 + s]]`` (r < rows + halo_r, s < row_len)
+    for the weight bytes v the channel uses (the 16-byte blocks it uses): with ``transposed``, 16 x 16
+    blocks from 16 table columns (`simd.lookup_cols16`, any AVX2 CPU), else one `simd.lookup_row` per
+    byte and input row (register permutes on AVX-512BW, gathers or scalar loads otherwise). Then every
+    output channel adds, per output row and block of up to 64 columns, the chunk's rows at its offsets
+    with the sums in registers (`simd.rows_add64/32/16`), into the tile's int32 accumulators."""
     n_batch, channels, _, _ = xc.shape
-    _, taps, n_out = wt.shape
+    n_chunks, n_out, k_max = offs.shape
     _, _, ho, wo = out.shape
-    halo_r = 0
-    halo_c = 0
-    for t in range(taps):
-        halo_r = max(halo_r, tap_r[t])
-        halo_c = max(halo_c, tap_c[t])
+    r_in = rows + halo_r
+    plane = r_in * row_len
+    cols_pad = (cols + 15) // 16 * 16
     row_tiles = (ho + rows - 1) // rows
     col_tiles = (wo + cols - 1) // cols
-    groups = (n_batch + images - 1) // images
-    cols_pad = (cols + 15) // 16 * 16
-    r_in = rows + halo_r
-    c_in = cols_pad + halo_c
-    plane = r_in * c_in
-    vmax = 0
-    for c in range(channels):
-        vmax = max(vmax, n_used[c])
-    per_image = chunk * vmax * plane  # T elements of one image
-    acc_image = n_out * rows * cols_pad
-    for tile in prange(groups * row_tiles * col_tiles):
-        n0 = tile // (row_tiles * col_tiles) * images
-        n1 = min(n0 + images, n_batch)
+    offs_flat = offs.reshape(-1)
+    x_rows = xc.shape[2]
+    x_len = xc.shape[3]
+    x_flat = xc.reshape(-1)
+    for tile in prange(n_batch * row_tiles * col_tiles):
+        n = tile // (row_tiles * col_tiles)
         i0 = (tile // col_tiles) % row_tiles * rows
         j0 = tile % col_tiles * cols
         nr = min(rows, ho - i0)
         nc = min(cols, wo - j0)
+        ncp = (nc + 15) // 16 * 16
         nr_in = nr + halo_r
-        nc_in = nc + halo_c
-        table = np.empty((n1 - n0) * per_image + 32, dtype=lut.dtype)
-        acc = np.zeros((n1 - n0) * acc_image, dtype=np.int32)
-        offs = np.empty((n_out, chunk * taps), dtype=np.int64)
-        for c0 in range(0, channels, chunk):
+        table = np.empty(chunk * n_blocks * 16 * plane + 64, dtype=lut.dtype)
+        acc = np.zeros(n_out * rows * cols_pad, dtype=np.int32)
+        for ci in range(n_chunks):
+            c0 = ci * chunk
             c1 = min(c0 + chunk, channels)
-            for n in range(n0, n1):  # product rows T[n, c, v, :] = lut[v, x[n, c, :]] of this channel chunk
+            if transposed:  # v blocks outermost: the table strip (8 KiB) stays in L1 for the whole chunk
+                for vb in range(16):
+                    for c in range(c0, c1):
+                        if vslot[c, vb] >= 0:
+                            tb = ((c - c0) * n_blocks + vslot[c, vb]) * 16 * plane
+                            for rr in range(nr_in):
+                                xb = ((n * channels + c) * x_rows + i0 + rr) * x_len + j0
+                                for sb in range(0, row_len, 16):
+                                    lookup_cols16(table, tb + rr * row_len + sb, plane, strips, x_flat, xb + sb,
+                                                  vb * 16)
+            else:
                 for c in range(c0, c1):
                     for s in range(n_used[c]):
-                        roff = np.int64(used[c, s]) * 256
-                        for rr in range(nr_in):
-                            tb = (n - n0) * per_image + ((c - c0) * vmax + s) * plane + rr * c_in
-                            # whole 32-lane blocks: may spill into the next (later built) row
-                            lookup_row(table, tb, lut, roff, xc[n, c, i0 + rr], j0, nc_in)
+                        v = np.int64(used[c, s])
+                        row = ((c - c0) * n_blocks + vslot[c, v // 16]) * 16 + v % 16
+                        for rr in range(nr_in):  # whole 32-lane blocks: may spill into a later built row
+                            lookup_row(table, (row * r_in + rr) * row_len, lut, v * 256,
+                                       xc[n, c, i0 + rr], j0, row_len)
             k_n = (c1 - c0) * taps
-            for c in range(c0, c1):  # row offsets of every output channel, streaming the chunk's weight bytes
-                for t in range(taps):
-                    k = (c - c0) * taps + t
-                    at = (c - c0) * vmax * plane + tap_r[t] * c_in + tap_c[t]
-                    for o in range(n_out):
-                        offs[o, k] = at + slot[c, wt[c, t, o]] * plane
-            for o in range(n_out):  # every output channel sums whole rows, 16 lanes in a register
-                o_offs = offs[o]
-                for n in range(n1 - n0):
-                    for r in range(nr):
-                        ab = n * acc_image + (o * rows + r) * cols_pad
-                        for q in range(0, nc, 16):
-                            rows_sum_add16(acc, ab + q, table, o_offs, k_n, n * per_image + r * c_in + q)
-        for n in range(n0, n1):
             for o in range(n_out):
+                ob = (ci * n_out + o) * k_max
                 for r in range(nr):
-                    ab = (n - n0) * acc_image + (o * rows + r) * cols_pad
-                    for q in range(nc):
-                        out[n, o, i0 + r, j0 + q] = acc[ab + q]
+                    ab = (o * rows + r) * cols_pad
+                    q = 0
+                    while q + 64 <= ncp:
+                        rows_add64(acc, ab + q, table, offs_flat, ob, k_n, r * row_len + q)
+                        q += 64
+                    if q + 32 <= ncp:
+                        rows_add32(acc, ab + q, table, offs_flat, ob, k_n, r * row_len + q)
+                        q += 32
+                    if q < ncp:
+                        rows_add16(acc, ab + q, table, offs_flat, ob, k_n, r * row_len + q)
+        for o in range(n_out):
+            for r in range(nr):
+                ab = (o * rows + r) * cols_pad
+                for q in range(nc):
+                    out[n, o, i0 + r, j0 + q] = acc[ab + q]
 
 
 @njit(cache=True)
-def _tiles(ho, wo, threads):  # pragma: no cover - compiled
-    """(rows, cols) of a spatial tile of one image: up to ~1280 outputs (fewer halo rows to build, more
-    rows per product-row pass) while leaving at least two tiles per thread; a single short row (a 1x1
-    layer on a small map) splits into one tile per thread only: each tile pays its row offsets per output
-    channel, so halving the tiles is worth more than the balance. The images of a batch share each tile
-    (`_image_groups`). ``threads``: numba's thread count (passed in: reading it in compiled code would keep
-    the kernel out of numba's disk cache)."""
-    col_tiles = -(-wo // _COLS_PER_TILE)
-    if ho < threads:  # too few rows to share: split the columns further
-        col_tiles = max(col_tiles, -(-threads // max(1, ho)))
-    cols = -(-wo // col_tiles)
-    rows = max(1, min(ho, _OUTPUTS_PER_TILE // cols))
-    while rows > 1 and -(-ho // rows) * col_tiles < 2 * threads:
-        rows = max(1, rows // 2)
-    return rows, cols
+def _tiles(fh, fw, n_out, channels, taps, halo_r, halo_c, used, itemsize, n_batch, threads, t_budget,
+           acc_budget):  # pragma: no cover - compiled
+    """(rows, cols, row_len, chunk) of a tile, the cheapest by a model of the bytes each multiply-accumulate
+    moves between L2 and L1: its product row entry, a share of the accumulators' load and store per chunk
+    (8 / (chunk * taps)), of the build (entries per MAC x ~1.5 entry sizes: store, refill, table read), of
+    lanes lost to padding and of threads idle on the last tiles. Constraints: the tile's int32
+    accumulators of all ``n_out`` output channels within ``acc_budget`` bytes, and ``chunk`` input
+    channels' product rows (``used`` rows of (rows + halo_r) x row_len entries each) within the rest of
+    ``t_budget + acc_budget`` (so both stay in L2). Flat layouts (fh == 1) take any multiple of 16 columns;
+    row layouts take whole rows of up to `_MAX_COLS` columns or an equal split of a row."""
+    total = t_budget + acc_budget
+    best = (1, 16, (16 + halo_c + 15) // 16 * 16, 1)
+    best_cost = 1e30
+    parts = 1
+    while parts <= max(1, (fw + 15) // 16):
+        cols = -(-fw // parts)
+        if fh == 1:
+            cols = min((fw + 15) // 16 * 16, max(16, (cols + 15) // 16 * 16))
+        parts += 1
+        if cols > _MAX_COLS and fh > 1:
+            continue
+        if fh == 1 and cols > 4096:
+            continue
+        cols_pad = (cols + 15) // 16 * 16
+        row_len = (cols_pad + halo_c + 15) // 16 * 16
+        for rows in range(1, fh + 1):
+            acc = 4 * n_out * rows * cols_pad
+            per_channel = used * (rows + halo_r) * row_len * itemsize
+            if rows > 1 and (acc > acc_budget or per_channel > total - acc):
+                break
+            chunk = max(1, min(channels, (total - acc) // max(1, per_channel)))
+            tiles = n_batch * -(-fh // rows) * -(-fw // cols)
+            busy = tiles / (-(-tiles // threads) * threads)
+            lanes = cols_pad * -(-fh // rows) * rows * -(-fw // cols) / (fh * fw)
+            build = used * (rows + halo_r) * row_len / (rows * cols * n_out * taps)
+            cost = (itemsize * lanes + 8.0 / (chunk * taps) + 1.5 * itemsize * build
+                    + 24.0 / min(64, cols_pad)) / busy
+            if acc > acc_budget or per_channel > total - acc:
+                cost *= 4.0  # spills out of L2
+            if cost < best_cost:
+                best_cost = cost
+                best = (rows, cols, row_len, chunk)
+            if fh == 1:
+                break
+    return best
 
 
-@njit(cache=True)
-def _image_groups(n_batch, channels, plane_bytes, taps):  # pragma: no cover - compiled
-    """(images per task, channels per chunk): a tile takes as many images as fit the T budget while a
-    chunk still gives every row sum at least `_MIN_ROWS_PER_SUM` rows (the images share the tile's row
-    offsets), then as many channels as fit."""
-    least = -(-_MIN_ROWS_PER_SUM // taps)  # channels per chunk
-    images = max(1, min(n_batch, _T_BUDGET // max(1, plane_bytes * least)))
-    images = -(-n_batch // -(-n_batch // images))  # equal groups
-    return images, max(1, min(channels, _T_BUDGET // (images * plane_bytes)))
+@njit(parallel=True, cache=True, boundscheck=False)
+def _offsets(wb, vslot, n_blocks, tap_r, tap_c, chunk, plane, row_len):  # pragma: no cover - compiled
+    """wb (KH,KW,Cg,O) weight bytes -> offs (chunks, O, chunk * taps) int32: the offset in a chunk's product
+    rows (`_wstat`) of the row of output channel o, input channel c and tap t,
+    ``(((c - c0) * n_blocks + vslot[c, w // 16]) * 16 + w % 16) * plane + tap_r[t] * row_len + tap_c[t]``."""
+    kh_n, kw_n, channels, n_out = wb.shape
+    taps = kh_n * kw_n
+    n_chunks = (channels + chunk - 1) // chunk
+    offs = np.zeros((n_chunks, n_out, chunk * taps), dtype=np.int32)
+    for ci in prange(n_chunks):
+        for c in range(ci * chunk, min(channels, ci * chunk + chunk)):
+            for kh in range(kh_n):
+                for kw in range(kw_n):
+                    t = kh * kw_n + kw
+                    k = (c - ci * chunk) * taps + t
+                    base = (c - ci * chunk) * n_blocks * 16 * plane + tap_r[t] * row_len + tap_c[t]
+                    for o in range(n_out):
+                        v = np.int64(wb[kh, kw, c, o])
+                        offs[ci, o, k] = base + ((vslot[c, v // 16] * 16) + v % 16) * plane
+    return offs
 
 
 @njit(cache=True, boundscheck=False)
-def _weight_prep(wb):  # pragma: no cover - compiled
-    """wb (KH,KW,Cg,Og) weight bytes -> wt (Cg,KH,KW,Og); per input channel the bytes it uses:
-    slot[c, v] (row of byte v), used[c, s] (byte of row s), n_used[c]."""
+def _weight_bytes(wb):  # pragma: no cover - compiled
+    """Per input channel of wb (KH,KW,Cg,Og) the weight bytes it uses: used[c, :n_used[c]] ascending;
+    vslot[c, b]: rank of the block of bytes [16 b, 16 b + 16) among the blocks channel c uses (-1: none
+    used); n_blocks: the most blocks any channel uses."""
     kh_n, kw_n, channels, n_out = wb.shape
-    wt = np.empty((channels, kh_n, kw_n, n_out), dtype=np.uint8)
     present = np.zeros((channels, 256), dtype=np.bool_)
     for kh in range(kh_n):
         for kw in range(kw_n):
             for c in range(channels):
                 for o in range(n_out):
-                    v = wb[kh, kw, c, o]
-                    wt[c, kh, kw, o] = v
-                    present[c, v] = True
-    slot = np.zeros((channels, 256), dtype=np.int32)
+                    present[c, wb[kh, kw, c, o]] = True
     used = np.zeros((channels, 256), dtype=np.uint8)
     n_used = np.zeros(channels, dtype=np.int32)
+    vslot = np.full((channels, 16), -1, dtype=np.int32)
+    n_blocks = 1
     for c in range(channels):
         k = 0
+        blocks = 0
         for v in range(256):
             if present[c, v]:
-                slot[c, v] = k
                 used[c, k] = v
                 k += 1
+                if vslot[c, v // 16] < 0:
+                    vslot[c, v // 16] = blocks
+                    blocks += 1
         n_used[c] = k
-    return wt, slot, used, n_used
+        n_blocks = max(n_blocks, blocks)
+    return used, n_used, vslot, n_blocks
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
@@ -217,14 +284,16 @@ def _channels_last(acc, out, row_width):  # pragma: no cover - compiled
 
 
 @njit(cache=True, boundscheck=False)
-def _run(xb, wb, lut, sh, sw, dh, dw, groups, threads, out):  # pragma: no cover - compiled
+def _run(xb, wb, lut, sh, sw, dh, dw, groups, threads, t_budget, acc_budget, build, out):  # pragma: no cover - compiled
     """xb (N,H,W,C) uint8 padded code bytes; wb (KH,KW,Cg,O) uint8; lut the flat table (65,536 entries:
     uint16 / int16 when every entry fits, else int32); out (N,Ho,Wo,O) int32 (overwritten).
 
     Layouts: 1x1 kernels subsample for the stride and treat the positions as one flat row. Maps narrower
     than `_FLAT_BELOW` output columns are flattened too (each image is one row of H * W inputs, tap
     (kh, kw) at offset kh * dh * W + kw * dw; the kw - 1 wrapped columns per row are computed and
-    dropped): no lanes lost to padding a short row to 16, no halo rows per tile. Wider maps keep rows."""
+    dropped): no lanes lost to padding a short row to 16, no halo rows per tile. Wider maps keep rows.
+    16-bit tables build product rows from transposed table columns unless the CPU has AVX-512BW
+    (register permutes per row); ``build`` 1 / 2 forces table columns / per-row lookups (0: that choice)."""
     n_batch, h, wd, channels = xb.shape
     kh_n, kw_n, cg, n_out = wb.shape
     _, ho, wo, _ = out.shape
@@ -244,24 +313,38 @@ def _run(xb, wb, lut, sh, sw, dh, dw, groups, threads, out):  # pragma: no cover
             tap_r[t] = 0
     else:
         mode, fh, fw, in_rows, in_cols, row_width = 2, ho, wo, h, wd, wo
-    spare = 32 + tap_c.max() if fh == 1 else 32  # the flat layout's last taps read past the image
-    xc = np.zeros((groups, n_batch, cg, in_rows, in_cols + spare), dtype=np.uint8)
-    _channel_major(xb, xc, mode, sh, sw, ho, wo)
-    rows, cols = _tiles(fh, fw, threads)
+    halo_r = tap_r.max()
+    halo_c = tap_c.max()
     og = n_out // groups
+    transposed = lut.itemsize == 2 and (build == 1 or (build == 0 and not HAVE_AVX512BW))
+    strips = np.empty(65536 if transposed else 1, dtype=lut.dtype)
+    if transposed:
+        table_strips(lut, strips)
+    tiles = np.empty((groups, 4), dtype=np.int64)
+    width = in_cols
+    for g in range(groups):  # tiles first: a tile reads row_len columns (+ a 32-lane block) from its first
+        _, _, _, n_blocks = _weight_bytes(wb[:, :, :, g * og:(g + 1) * og])
+        rows, cols, row_len, chunk = _tiles(fh, fw, og, cg, taps, halo_r, halo_c, n_blocks * 16, lut.itemsize,
+                                            n_batch, threads, t_budget, acc_budget)
+        tiles[g] = (rows, cols, row_len, chunk)
+        width = max(width, (fw - 1) // cols * cols + row_len + 32)
+    xc = np.zeros((groups, n_batch, cg, in_rows, width), dtype=np.uint8)  # spare columns zero
+    _channel_major(xb, xc, mode, sh, sw, ho, wo)
     acc = np.empty((n_batch, n_out, fh, fw), dtype=np.int32)
     for g in range(groups):
-        wt, slot, used, n_used = _weight_prep(wb[:, :, :, g * og:(g + 1) * og])
-        plane = ((rows + tap_r.max()) * ((cols + 15) // 16 * 16 + tap_c.max()) * lut.itemsize
-                 * max(1, n_used.max()))
-        images, chunk = _image_groups(n_batch, cg, plane, taps)
-        _wstat(xc[g], wt.reshape(cg, taps, og), slot, used, n_used, lut, tap_r, tap_c, rows, cols, chunk,
-               images, acc[:, g * og:(g + 1) * og])
+        wg = wb[:, :, :, g * og:(g + 1) * og]
+        used, n_used, vslot, n_blocks = _weight_bytes(wg)
+        rows, cols, row_len, chunk = tiles[g]
+        offs = _offsets(wg, vslot, n_blocks, tap_r, tap_c, chunk, (rows + halo_r) * row_len, row_len)
+        _wstat(xc[g], offs, vslot, n_blocks, used, n_used, strips, lut, rows, cols, row_len, halo_r, chunk, taps,
+               transposed, acc[:, g * og:(g + 1) * og])
     _channels_last(acc, out, row_width)
 
 
-def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    """The ``wstat`` kernel on concrete arrays (int32 result). Stride must be 1 unless the kernel is 1x1."""
+def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec, build: int = 0) -> np.ndarray:
+    """The ``wstat`` kernel on concrete arrays (int32 result). Stride must be 1 unless the kernel is 1x1.
+    ``build``: how 16-bit product rows are built, 0 the CPU's best, 1 from table columns (transposes),
+    2 one table row per weight byte (the two paths are compared in the tests)."""
     xb = np.ascontiguousarray(np.asarray(x) & 0xFF, dtype=np.uint8)
     wb = np.ascontiguousarray(np.asarray(w) & 0xFF, dtype=np.uint8)
     kh_n, kw_n, _, n_out = wb.shape
@@ -272,14 +355,14 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) ->
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     with xla_ffi.KERNEL_LOCK:
         _run(xb, wb, ffi_bridge.narrow_table(lut).reshape(-1), sh, sw, dh, dw, spec.groups, numba.get_num_threads(),
-             out)
+             T_BUDGET, ACC_BUDGET, build, out)
     return out
 
 
 @njit(cache=True, boundscheck=False)
 def _execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handler
     """Operands x (N,H,W,C) uint8, w (KH,KW,Cg,O) uint8, the table, params (sh, sw, dh, dw, groups,
-    threads) int32; result (N,Ho,Wo,O) int32, written in place."""
+    threads, T budget, accumulator budget) int32; result (N,Ho,Wo,O) int32, written in place."""
     _, x_at, _, x_dims = xla_ffi.buffer(frame, 0, False)
     _, w_at, _, w_dims = xla_ffi.buffer(frame, 1, False)
     _, p_at, _, _ = xla_ffi.buffer(frame, 3, False)
@@ -287,9 +370,9 @@ def _execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handle
     x = carray(xla_ffi.as_voidptr(x_at), xla_ffi.dims4(x_dims), dtype=np.uint8)
     w = carray(xla_ffi.as_voidptr(w_at), xla_ffi.dims4(w_dims), dtype=np.uint8)
     out = carray(xla_ffi.as_voidptr(out_at), xla_ffi.dims4(out_dims), dtype=np.int32)
-    p = carray(xla_ffi.as_voidptr(p_at), (6,), dtype=np.int32).astype(np.int64)
+    p = carray(xla_ffi.as_voidptr(p_at), (8,), dtype=np.int32).astype(np.int64)
     xla_ffi.lock()
-    _run(x, w, lut, p[0], p[1], p[2], p[3], p[4], p[5], out)
+    _run(x, w, lut, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], 0, out)
     xla_ffi.unlock()
 
 
@@ -315,7 +398,8 @@ def wstat_conv(x, w, lut, spec: ConvSpec) -> jax.Array:
     target = ffi_bridge.register(TARGET, _handler)
     if target is None:
         return ffi_bridge.callback_call(wstat_host, (x.shape[0],) + tail, xb, wb, lut, spec)
-    params = np.array([*spec.stride, *spec.dilation, spec.groups, numba.get_num_threads()], np.int32)
+    params = np.array([*spec.stride, *spec.dilation, spec.groups, numba.get_num_threads(), T_BUDGET, ACC_BUDGET],
+                      np.int32)
     return ffi_bridge.ffi_call(target, tail, xb, wb, ffi_bridge.table_for_call(lut), params)
 
 
@@ -333,7 +417,7 @@ def _narrow(problem) -> bool:
 
 def estimate(problem) -> float:
     n_batch, _, _, channels = problem.x_shape
-    kh_n, kw_n, _, n_out = problem.w_shape
+    kh_n, kw_n, cg, n_out = problem.w_shape
     (dh, dw), og = problem.spec.dilation, n_out // problem.spec.groups
     ho, wo = problem.spec.output_hw(problem.x_shape[1:3], (kh_n, kw_n))
     w_in = problem.x_shape[2]
@@ -343,19 +427,20 @@ def estimate(problem) -> float:
         fh, fw, halo_r, halo_c = 1, ho * w_in, 0, (kh_n - 1) * dh * w_in + (kw_n - 1) * dw
     else:
         fh, fw, halo_r, halo_c = ho, wo, (kh_n - 1) * dh, (kw_n - 1) * dw
-    rows, cols = _tiles(fh, fw, numba.get_num_threads())
-    tiles = n_batch * -(-fh // rows) * -(-fw // cols)
-    halo = (rows + halo_r) * (cols + halo_c)
-    used = min(256, og * kh_n * kw_n)
-    build = tiles * halo * channels * used
+    used = min(256, -(-og * kh_n * kw_n // 16) * 16)  # weight bytes per input channel (16-byte blocks)
     narrow = _narrow(problem)
-    plane = (rows + halo_r) * (-(-cols // 16) * 16 + halo_c) * (2 if narrow else 4) * used
-    images, _ = _image_groups(n_batch, channels // problem.spec.groups, plane, kh_n * kw_n)
-    offsets = tiles // images * n_out * channels // problem.spec.groups * kh_n * kw_n  # shared by a group
-    padded = -(-cols // 16) * 16 / cols * fh * fw / (ho * wo)  # 16-lane rows; flat rows' wrapped columns
+    itemsize = 2 if narrow else 4
+    rows, cols, row_len, chunk = _tiles(fh, fw, og, cg, kh_n * kw_n, halo_r, halo_c, used, itemsize, n_batch,
+                                        numba.get_num_threads(), T_BUDGET, ACC_BUDGET)
+    tiles = n_batch * -(-fh // rows) * -(-fw // cols)
+    build = tiles * channels * used * (rows + halo_r) * row_len
+    cols_pad = -(-cols // 16) * 16
+    sums = tiles * n_out * rows * -(-cols_pad // 64) * -(-cg // chunk)
+    padded = cols_pad / cols * fh * fw / (ho * wo)  # 16-lane rows; flat rows' wrapped columns
     return (problem.macs * padded / (RATE_ROW_ADD16 if narrow else RATE_ROW_ADD)
             + build / (RATE_BUILD16 if narrow else RATE_BUILD)
-            + offsets / RATE_OFFSETS
+            + sums * ROW_ADD_OVERHEAD
+            + n_out * cg * kh_n * kw_n / RATE_OFFSETS
             + CALL_OVERHEAD + GROUP_OVERHEAD * (problem.spec.groups - 1))
 
 
