@@ -16,8 +16,20 @@ sys.path.insert(0, str(Path(__file__).parent))   # `import standin` from any tes
 
 import standin  # noqa: E402
 
-# CLIs called in-process must not write JAX's persistent compilation cache into the user's home during tests.
-os.environ.setdefault("JAXDEPTH_COMPILE_CACHE", "0")
+# JAX's persistent compilation cache for the whole test run (in-process library calls, in-process CLIs and
+# CLI subprocesses alike), in the checkout's `.pytest_cache/` rather than the user's home: the same model +
+# plan compiled by several tests (or several xdist workers, or yesterday's run) is compiled once. Compiling
+# dominates this suite, so a warm rerun takes a fraction of a cold one. `JAXDEPTH_TEST_COMPILE_CACHE=0`
+# turns it off (then nothing is cached anywhere), `=DIR` moves it; `pytest --cache-clear` empties it.
+_TEST_CACHE = os.environ.get("JAXDEPTH_TEST_COMPILE_CACHE",
+                             str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jaxdepth-xla"))
+os.environ.setdefault("JAXDEPTH_COMPILE_CACHE", _TEST_CACHE)
+if _TEST_CACHE.strip().lower() not in ("", "0", "off", "no", "false"):
+    import jax
+
+    Path(_TEST_CACHE).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", _TEST_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 try:
     from hypothesis import HealthCheck, settings

@@ -177,6 +177,7 @@ def test_cli_errors_checked_first_and_results_printed_before_writing(tmp_path, m
 
 
 # ---- a KITTI-range checkpoint (metres = 80 / output in [1, 80]): the cap, PSNR peak and checks follow it ----
+@pytest.mark.slow
 def test_kitti_range_checkpoint_scores_ground_truth_up_to_80_m(tmp_path):
     """jaxdepth-evaluate on a KITTI-range checkpoint with ground truth from 2 to 120 m: predictions are
     clip(80 / raw, 1, 80) (flip-averaged), pixels up to 80 m are scored (not NYU's 10 m), PSNR's peak is 80 m;

@@ -304,6 +304,7 @@ def test_a_checkpoint_keeps_its_own_ranges_for_its_own_unsigned_plan(tmp_path):
     assert not all(np.array_equal(a, b) for a, b in zip(leaves(ev._quant(other)), stored))
 
 
+@pytest.mark.slow
 def test_a_kitti_range_model_is_explored_in_its_own_depth_range(tiny_ev):
     """A densedepth_kitti-range checkpoint: metres = clip(80 / raw, 1, 80), ground truth scored up to 80 m (numpy
     reference, `standin.kitti_expected`); an NYU model's protocol resolves to the former 10 m (same store keys)."""

@@ -72,6 +72,7 @@ def test_learned_range_gradient_is_the_fake_quant_gradient():
         np.testing.assert_allclose(float(got), float(want), rtol=2e-4)
 
 
+@pytest.mark.slow
 def test_finetuning_lowers_the_loss_and_stays_bit_exact(tiny_lut, rooms):
     model, variables, student, svars = tiny_lut
     trained, log = training.train(student, svars, rooms, steps=24, batch_size=4, lr=3e-3, log_every=4,

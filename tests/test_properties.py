@@ -127,6 +127,7 @@ def _expected(p):
 
 
 # ---- kernels ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @given(conv_problems())
 def test_every_kernel_equals_the_integer_reference(p):
     want = _expected(p)

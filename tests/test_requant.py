@@ -188,6 +188,7 @@ def test_integer_layer_within_one_code_of_float_rescale(layer):
     assert codes.min() >= lo and codes.max() <= hi
 
 
+@pytest.mark.slow
 def test_integer_layer_straight_through_gradient():
     x, f_layer, i_layer, v = _layer_pair(*LAYERS[0])
     exact = QConv(16, 3, stride=2, padding=1, use_bias=True, norm=True, activation="relu6")

@@ -136,6 +136,7 @@ def test_choosing_a_kernel_for_an_empty_problem_is_a_precise_error(x_shape, w_sh
         registry.choose(problem)
 
 
+@pytest.mark.slow
 def test_empty_problems_under_jit_and_through_the_quant_layer():
     x = np.zeros((2, 5, 5, 0), np.int8)
     got = jax.jit(lambda a: lutconv.conv2d(a, np.zeros((3, 3, 0, 2), np.int8), S8, padding=1))(x)
