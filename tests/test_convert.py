@@ -192,6 +192,7 @@ def test_cli_bad_inputs_are_one_line_errors_before_any_work(tmp_path, capsys, li
     assert not any((tmp_path / "exists").iterdir())
 
 
+@pytest.mark.slow
 def test_resnet_family_detected_from_torchvision_keys():
     """The ResNet family's rule: torchvision resnet50 weights alone (fc ignored) -> resnet50 with a fresh
     decoder; other bottleneck block counts -> resnet50_custom with those counts."""

@@ -379,7 +379,8 @@ def test_lut_model_on_two_devices():
                       "targets": ["jaxdepth_direct", "jaxdepth_dwrows", "jaxdepth_wstat"]}
 
 
-@pytest.mark.parametrize("signed", [pytest.param(True, marks=pytest.mark.slow), False])
+@pytest.mark.slow
+@pytest.mark.parametrize("signed", [True, False])
 def test_exact_tables_match_xla_integer_convolution(signed):
     rng = np.random.default_rng(14)
     table = multipliers.exact(signed).table

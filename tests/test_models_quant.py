@@ -101,6 +101,7 @@ def test_qdense_float_and_int8():
     np.testing.assert_allclose(layer.apply(v, x), ref_q, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ste_gradient_is_the_exact_layer_gradient():
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(1, 8, 8, 6)), jnp.float32)

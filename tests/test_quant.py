@@ -94,6 +94,7 @@ def test_dense_and_jit_with_traced_qparams():
     np.testing.assert_array_equal(np.asarray(eager), np.asarray(jitted))
 
 
+@pytest.mark.slow
 def test_straight_through_gradient_is_exact_layer_gradient():
     rng = np.random.default_rng(3)
     m = multipliers.get("mul8s_1L2J")
