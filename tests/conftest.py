@@ -20,16 +20,16 @@ import standin  # noqa: E402
 # CLI subprocesses alike), in the checkout's `.pytest_cache/` rather than the user's home: the same model +
 # plan compiled by several tests (or several xdist workers, or yesterday's run) is compiled once. Compiling
 # dominates this suite, so a warm rerun takes a fraction of a cold one. `JAXDEPTH_TEST_COMPILE_CACHE=0`
-# turns it off (then nothing is cached anywhere), `=DIR` moves it; `pytest --cache-clear` empties it.
-_TEST_CACHE = os.environ.get("JAXDEPTH_TEST_COMPILE_CACHE",
-                             str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jaxdepth-xla"))
-os.environ.setdefault("JAXDEPTH_COMPILE_CACHE", _TEST_CACHE)
-if _TEST_CACHE.strip().lower() not in ("", "0", "off", "no", "false"):
-    import jax
+# turns it off (then nothing is cached anywhere), `=DIR` moves it (`JAXDEPTH_COMPILE_CACHE`, when set, wins
+# for both); `pytest --cache-clear` empties it.
+os.environ.setdefault("JAXDEPTH_COMPILE_CACHE", os.environ.get(
+    "JAXDEPTH_TEST_COMPILE_CACHE", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jaxdepth-xla")))
+import jax  # noqa: E402  (imported first: the cache settings below then go to jax.config directly)
 
-    Path(_TEST_CACHE).mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", _TEST_CACHE)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+from jaxdepth.cli import common  # noqa: E402
+
+if common.enable_compile_cache() is not None:      # the CLIs' own parsing of the variable (0 / off: nothing)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)   # tests compile many small programs
 
 try:
     from hypothesis import HealthCheck, settings
