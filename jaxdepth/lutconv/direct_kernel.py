@@ -119,8 +119,8 @@ def direct_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec) -
 
 @njit(cache=True, boundscheck=False)
 def _execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handler
-    """Operands x (N,H,W,C) uint8, w (KH,KW,Cg,O) uint8, the table, params (sh, sw, dh, dw, groups)
-    int32; result (N,Ho,Wo,O) int32, written in place."""
+    """Operands x (N,H,W,C) uint8, w (KH,KW,Cg,O) uint8, the table, params (sh, sw, dh, dw, groups,
+    threads, exclusive) int32; result (N,Ho,Wo,O) int32, written in place."""
     _, x_at, _, x_dims = xla_ffi.buffer(frame, 0, False)
     _, w_at, _, w_dims = xla_ffi.buffer(frame, 1, False)
     _, p_at, _, _ = xla_ffi.buffer(frame, 3, False)
@@ -128,10 +128,10 @@ def _execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handle
     x = carray(xla_ffi.as_voidptr(x_at), xla_ffi.dims4(x_dims), dtype=np.uint8)
     w = carray(xla_ffi.as_voidptr(w_at), xla_ffi.dims4(w_dims), dtype=np.uint8)
     out = carray(xla_ffi.as_voidptr(out_at), xla_ffi.dims4(out_dims), dtype=np.int32)
-    p = carray(xla_ffi.as_voidptr(p_at), (5,), dtype=np.int32).astype(np.int64)
-    xla_ffi.lock()
+    p = carray(xla_ffi.as_voidptr(p_at), (7,), dtype=np.int32).astype(np.int64)
+    xla_ffi.begin(p[5], p[6])
     _run(x, w, lut, p[0], p[1], p[2], p[3], p[4], out)
-    xla_ffi.unlock()
+    xla_ffi.end(p[6])
 
 
 def _handler(frame):  # pragma: no cover - compiled
@@ -154,7 +154,8 @@ def direct_conv(x, w, lut, spec: ConvSpec) -> jax.Array:
     target = ffi_bridge.register(TARGET, _handler)
     if target is None:
         return ffi_bridge.callback_call(direct_host, (x.shape[0],) + tail, xb, wb, lut, spec)
-    params = np.array([*spec.stride, *spec.dilation, spec.groups], np.int32)
+    share = xla_ffi.call_threads()
+    params = np.array([*spec.stride, *spec.dilation, spec.groups, share.threads, share.exclusive], np.int32)
     return ffi_bridge.ffi_call(target, tail, xb, wb, ffi_bridge.table_for_call(lut), params)
 
 

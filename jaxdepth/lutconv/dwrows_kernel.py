@@ -174,7 +174,8 @@ def _dw_band_rows(ho: int, n_batch: int, bytes_per_row: int) -> int:
 @njit(cache=True, boundscheck=False)
 def _execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handlers
     """Run dwrows on an XLA FFI call frame: arguments x (N,H,W,C) uint8 (unpadded), w (KH,KW,1,C) int32,
-    the table (given here as ``lut``), params (13,) int32 (`_dw_geometry`, then the pad byte); result
+    the table (given here as ``lut``), params (15,) int32 (`_dw_geometry`, the pad byte, threads,
+    exclusive); result
     (N,Ho,Wo,C) int32, written in place."""
     _, x_at, _, x_dims = xla_ffi.buffer(frame, 0, False)
     _, w_at, _, w_dims = xla_ffi.buffer(frame, 1, False)
@@ -183,11 +184,11 @@ def _execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handle
     x = carray(xla_ffi.as_voidptr(x_at), xla_ffi.dims4(x_dims), dtype=np.uint8)
     w = carray(xla_ffi.as_voidptr(w_at), xla_ffi.dims4(w_dims), dtype=np.int32)
     out = carray(xla_ffi.as_voidptr(out_at), xla_ffi.dims4(out_dims), dtype=np.int32)
-    p = carray(xla_ffi.as_voidptr(params_at), (13,), dtype=np.int32).astype(np.int64)  # as the host passes them
+    p = carray(xla_ffi.as_voidptr(params_at), (15,), dtype=np.int32).astype(np.int64)  # as the host passes them
     roffs = _dw_row_offsets(w)
-    xla_ffi.lock()
+    xla_ffi.begin(p[13], p[14])
     _dw_rows(x, roffs, lut, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], out)
-    xla_ffi.unlock()
+    xla_ffi.end(p[14])
 
 
 def _handler(frame):  # pragma: no cover - compiled
@@ -211,7 +212,9 @@ def dwrows_conv(x, w, lut, spec: ConvSpec, pads: Pads = ((0, 0), (0, 0)), pad_co
         xp = jnp.pad(jnp.asarray(x, jnp.int32), ((0, 0), *pads, (0, 0)), constant_values=pad_code)
         return ffi_bridge.callback_call(lambda x, w, t: dwrows_host(x, w, t, spec), (x.shape[0], ho, wo, x.shape[3]),
                                         xp, w, lut)
-    params = jnp.concatenate([jnp.asarray(params, jnp.int32), jnp.asarray(pad_code, jnp.int32).reshape(1) & 0xFF])
+    share = xla_ffi.call_threads()
+    params = jnp.concatenate([jnp.asarray(params, jnp.int32), jnp.asarray(pad_code, jnp.int32).reshape(1) & 0xFF,
+                              jnp.asarray([share.threads, share.exclusive], jnp.int32)])
     return ffi_bridge.ffi_call(target, (ho, wo, x.shape[3]), ffi_bridge.code_bytes(jnp.asarray(x)),
                                jnp.asarray(w, jnp.int32), ffi_bridge.table_for_call(lut), params)
 

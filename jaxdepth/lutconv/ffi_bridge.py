@@ -18,9 +18,11 @@ them into a jittable kernel function:
 * under `jax.vmap`: the mapped axis of ``x`` is merged into the batch (one call); mapped weights or
   tables run one call per element.
 
-Every handler holds the process-wide kernel mutex (`xla_ffi.KERNEL_LOCK`) while its parallel numba
-region runs (each kernel already uses every core; numba's thread pool must not be entered twice). A
-handler never waits for anything else while holding it, so devices running concurrently cannot deadlock.
+On one CPU device every handler holds the process-wide kernel mutex (`xla_ffi.KERNEL_LOCK`) while its
+parallel numba region runs on every core; with several devices and a thread-safe threading layer each
+call runs on its share of the cores without it (`xla_ffi.call_threads`, decided at trace time and passed
+in the params operand). A handler never waits for anything else while holding the mutex, so devices
+running concurrently cannot deadlock.
 Hosts without the FFI bridge (`xla_ffi.AVAILABLE` false: non-POSIX, other FFI API major version) fall
 back to `jax.pure_callback`, single-device only.
 """

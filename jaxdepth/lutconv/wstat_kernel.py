@@ -362,7 +362,7 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec, bu
 @njit(cache=True, boundscheck=False)
 def _execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handler
     """Operands x (N,H,W,C) uint8, w (KH,KW,Cg,O) uint8, the table, params (sh, sw, dh, dw, groups,
-    threads, T budget, accumulator budget) int32; result (N,Ho,Wo,O) int32, written in place."""
+    threads, T budget, accumulator budget, exclusive) int32; result (N,Ho,Wo,O) int32, written in place."""
     _, x_at, _, x_dims = xla_ffi.buffer(frame, 0, False)
     _, w_at, _, w_dims = xla_ffi.buffer(frame, 1, False)
     _, p_at, _, _ = xla_ffi.buffer(frame, 3, False)
@@ -370,10 +370,10 @@ def _execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handle
     x = carray(xla_ffi.as_voidptr(x_at), xla_ffi.dims4(x_dims), dtype=np.uint8)
     w = carray(xla_ffi.as_voidptr(w_at), xla_ffi.dims4(w_dims), dtype=np.uint8)
     out = carray(xla_ffi.as_voidptr(out_at), xla_ffi.dims4(out_dims), dtype=np.int32)
-    p = carray(xla_ffi.as_voidptr(p_at), (8,), dtype=np.int32).astype(np.int64)
-    xla_ffi.lock()
+    p = carray(xla_ffi.as_voidptr(p_at), (9,), dtype=np.int32).astype(np.int64)
+    xla_ffi.begin(p[5], p[8])
     _run(x, w, lut, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], 0, out)
-    xla_ffi.unlock()
+    xla_ffi.end(p[8])
 
 
 def _handler(frame):  # pragma: no cover - compiled
@@ -398,8 +398,9 @@ def wstat_conv(x, w, lut, spec: ConvSpec) -> jax.Array:
     target = ffi_bridge.register(TARGET, _handler)
     if target is None:
         return ffi_bridge.callback_call(wstat_host, (x.shape[0],) + tail, xb, wb, lut, spec)
-    params = np.array([*spec.stride, *spec.dilation, spec.groups, numba.get_num_threads(), T_BUDGET, ACC_BUDGET],
-                      np.int32)
+    share = xla_ffi.call_threads()
+    params = np.array([*spec.stride, *spec.dilation, spec.groups, share.threads, T_BUDGET, ACC_BUDGET,
+                       share.exclusive], np.int32)
     return ffi_bridge.ffi_call(target, tail, xb, wb, ffi_bridge.table_for_call(lut), params)
 
 

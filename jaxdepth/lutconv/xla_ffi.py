@@ -11,19 +11,23 @@ Only what these kernels need is read: buffers (dtype, data, dims) of arguments a
 parameters travel as a small int32 argument, not as attributes. Shapes and dtypes are validated in
 Python when the call is traced, so a handler trusts its buffers and always reports success.
 
-Every parallel numba kernel runs under one process-wide mutex (`KERNEL_LOCK`, a pthread mutex usable from
-Python and from compiled handlers): each kernel already uses every core, and numba's default threading
-layer must not be entered by two threads at once (XLA may run two custom calls concurrently, e.g. one
-computation per device when the host platform is split into devices).
+A kernel call either has the machine to itself or runs on its share of it (`call_threads`). On one
+device, every parallel numba kernel runs under one process-wide mutex (`KERNEL_LOCK`, a pthread mutex
+usable from Python and from compiled handlers) and uses every core. When the host platform is split into
+several devices, XLA runs one custom call per device concurrently: if numba's threading layer may be
+entered by several threads at once (``omp``, ``tbb``), each call then runs without the mutex on
+cores / devices threads, so the devices' kernels overlap instead of queueing; with ``workqueue``
+(not thread-safe) the calls keep the mutex.
 """
 from __future__ import annotations
 
 import ctypes
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import llvmlite.binding as llvm
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, types
@@ -150,6 +154,61 @@ def _mutex_call(function: str):
 
 lock = _mutex_call("pthread_mutex_lock")
 unlock = _mutex_call("pthread_mutex_unlock")
+
+
+@intrinsic
+def set_threads(typingctx, n):
+    """numba's thread-local thread count of the calling thread, through the threading layer's
+    ``set_num_threads`` symbol (numba publishes it to its linker), so handlers stay cacheable on disk
+    (``numba.set_num_threads`` in compiled code embeds this process's function address)."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(32)]),
+                                            "set_num_threads")
+        builder.call(fn, [builder.trunc(args[0], ir.IntType(32))])
+        return context.get_dummy_value()
+    return types.void(n), codegen
+
+
+@njit(inline="always")
+def begin(threads, exclusive):  # pragma: no cover - compiled into handlers
+    """Start a kernel call as `call_threads` decided: take the mutex (all threads), or run on ``threads``
+    of numba's threads (a thread-local setting of the calling XLA thread) alongside other calls."""
+    if exclusive:
+        lock()
+    else:
+        set_threads(threads)
+
+
+@njit(inline="always")
+def end(exclusive):  # pragma: no cover - compiled into handlers
+    if exclusive:
+        unlock()
+
+
+class CallThreads(NamedTuple):
+    """How a kernel call shares the CPU: ``threads`` numba threads, ``exclusive`` under `KERNEL_LOCK`."""
+    threads: int
+    exclusive: bool
+
+
+def threadsafe_layer() -> bool:
+    """True when numba's threading layer may be entered by several threads at once (omp, tbb)."""
+    from numba.np.ufunc.parallel import _launch_threads
+
+    _launch_threads()
+    return numba.threading_layer() in ("omp", "tbb")
+
+
+def call_threads() -> CallThreads:
+    """The CPU share of one kernel call in this process: every thread under the mutex on one CPU device;
+    with several CPU devices and a thread-safe threading layer, threads / devices each, no mutex."""
+    import jax
+
+    total = numba.get_num_threads()
+    devices = jax.local_device_count("cpu")
+    if devices <= 1 or not threadsafe_layer():
+        return CallThreads(total, True)
+    return CallThreads(max(1, total // devices), False)
 if AVAILABLE:
     KERNEL_LOCK = _KernelLock()
 else:  # pragma: no cover - non-POSIX hosts: kernels run through jax.pure_callback under a Python lock
