@@ -177,8 +177,8 @@ def _program(fn: Callable, name: str, key: Any, args: tuple, sig: tuple) -> tupl
     except Exception:  # noqa: BLE001 - a corrupt or foreign entry: export anew (and replace it)
         pass
     try:
-        from .lutconv import FFI_TARGETS
-        checks = [export.DisabledSafetyCheck.custom_call(t) for t in FFI_TARGETS]
+        from .lutconv import ffi_target_names
+        checks = [export.DisabledSafetyCheck.custom_call(t) for t in ffi_target_names()]
         exported = export.export(fn, disabled_checks=checks)(*args)
         data = FORMAT + json.dumps({"targets": _targets(exported)}).encode() + b"\n" + bytes(exported.serialize())
     except Exception:  # noqa: BLE001 - not exportable (e.g. a host callback): the plain jitted function

@@ -52,17 +52,18 @@ register_kernel(Kernel("lowrank", lowrank.lowrank_conv,
                        supports=lambda p: lowrank.supports(p.table), estimate=lowrank.estimate))
 
 
-#: The XLA FFI custom-call targets of the compiled kernels, by name (a stored program refers to them so).
-FFI_TARGETS = {module.TARGET: module for module in (direct_kernel, wstat_kernel, dwrows_kernel)}
+def ffi_target_names() -> list[str]:
+    """Every XLA FFI custom-call target the compiled kernels may use (a stored program refers to them so):
+    per kernel, one per table operand dtype and one for traced tables."""
+    kernels = (direct_kernel.FFI, wstat_kernel.FFI, dwrows_kernel.FFI)
+    return sorted(name for kernel in kernels for name in kernel.kinds())
 
 
 def register_ffi_targets(names) -> None:
-    """Register the FFI handlers ``names`` (of `FFI_TARGETS`; others ignored) with XLA, loading them from
-    numba's disk cache: needed before XLA compiles or loads a program that calls them but was not traced
-    in this process (`jaxdepth.exec_cache`)."""
-    for name in names:
-        if name in FFI_TARGETS:
-            ffi_bridge.register(name, FFI_TARGETS[name]._handler)
+    """Register the FFI handlers ``names`` (of `ffi_target_names`; others ignored) with XLA, loading them
+    from numba's disk cache: needed before XLA compiles or loads a program that calls them but was not
+    traced in this process (`jaxdepth.exec_cache`)."""
+    ffi_bridge.register_targets(names)
 
 
 def warmup() -> None:
@@ -72,5 +73,5 @@ def warmup() -> None:
         module.warmup()
 
 
-__all__ = ["Choice", "ConvSpec", "FFI_TARGETS", "Kernel", "Problem", "choose", "conv2d", "dense", "explain",
-           "implementations", "register_ffi_targets", "register_kernel", "warmup", "window_sums"]
+__all__ = ["Choice", "ConvSpec", "Kernel", "Problem", "choose", "conv2d", "dense", "explain",
+           "ffi_target_names", "implementations", "register_ffi_targets", "register_kernel", "warmup", "window_sums"]

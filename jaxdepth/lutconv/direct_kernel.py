@@ -134,13 +134,24 @@ def _execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handle
     xla_ffi.end(p[6])
 
 
-def _handler(frame):  # pragma: no cover - compiled
-    if xla_ffi.is_execution(frame):
-        ffi_bridge.run_with_table(frame, 2, _execute, False)
-    return 0
+def _handler(frame):  # pragma: no cover - compiled (a traced table: any dtype)
+    return ffi_bridge.run_any(frame, _execute, False)
 
 
-TARGET = "jaxdepth_direct"
+def _handler_u16(frame):  # pragma: no cover - compiled
+    return ffi_bridge.run_fixed(frame, _execute, np.uint16)
+
+
+def _handler_s16(frame):  # pragma: no cover - compiled
+    return ffi_bridge.run_fixed(frame, _execute, np.int16)
+
+
+def _handler_s32(frame):  # pragma: no cover - compiled
+    return ffi_bridge.run_fixed(frame, _execute, np.int32)
+
+
+FFI = ffi_bridge.FfiKernel("jaxdepth_direct", {"any": _handler, "u16": _handler_u16, "s16": _handler_s16,
+                                              "s32": _handler_s32})
 
 
 def direct_conv(x, w, lut, spec: ConvSpec) -> jax.Array:
@@ -151,7 +162,7 @@ def direct_conv(x, w, lut, spec: ConvSpec) -> jax.Array:
     ho, wo = spec.output_hw(tuple(x.shape[1:3]), tuple(w.shape[:2]))
     tail = (ho, wo, w.shape[3])
     xb, wb = ffi_bridge.code_bytes(jnp.asarray(x)), ffi_bridge.code_bytes(jnp.asarray(w))
-    target = ffi_bridge.register(TARGET, _handler)
+    target = FFI.target(lut)
     if target is None:
         return ffi_bridge.callback_call(direct_host, (x.shape[0],) + tail, xb, wb, lut, spec)
     share = xla_ffi.call_threads()
@@ -176,4 +187,5 @@ def warmup() -> None:
                 ConvSpec())
     direct_host(np.zeros((1, 4, 20, 2), np.int32), np.zeros((3, 3, 1, 2), np.int32), np.zeros((256, 256), np.int32),
                 ConvSpec(groups=2))
-    ffi_bridge.register(TARGET, _handler)
+    FFI.register("u16")
+    FFI.register("s16")

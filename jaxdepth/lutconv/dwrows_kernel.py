@@ -191,13 +191,24 @@ def _execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handle
     xla_ffi.end(p[14])
 
 
-def _handler(frame):  # pragma: no cover - compiled
-    if xla_ffi.is_execution(frame):
-        ffi_bridge.run_with_table(frame, 2, _execute, True)
-    return 0
+def _handler(frame):  # pragma: no cover - compiled (a traced table: any dtype)
+    return ffi_bridge.run_any(frame, _execute, True)
 
 
-TARGET = "jaxdepth_dwrows"
+def _handler_u16(frame):  # pragma: no cover - compiled
+    return ffi_bridge.run_fixed(frame, _execute, np.uint16)
+
+
+def _handler_s16(frame):  # pragma: no cover - compiled
+    return ffi_bridge.run_fixed(frame, _execute, np.int16)
+
+
+def _handler_s32(frame):  # pragma: no cover - compiled
+    return ffi_bridge.run_fixed(frame, _execute, np.int32)
+
+
+FFI = ffi_bridge.FfiKernel("jaxdepth_dwrows", {"any": _handler, "u16": _handler_u16, "s16": _handler_s16,
+                                              "s32": _handler_s32})
 
 
 def dwrows_conv(x, w, lut, spec: ConvSpec, pads: Pads = ((0, 0), (0, 0)), pad_code: Any = 0) -> jax.Array:
@@ -207,7 +218,7 @@ def dwrows_conv(x, w, lut, spec: ConvSpec, pads: Pads = ((0, 0), (0, 0)), pad_co
     if not is_traced(x, w, lut, pad_code):
         return jnp.asarray(dwrows_host(np.asarray(x), np.asarray(w), np.asarray(lut), spec, pads, int(pad_code)))
     (ho, wo), params = _dw_geometry(tuple(x.shape), tuple(w.shape), spec, pads)
-    target = ffi_bridge.register(TARGET, _handler)
+    target = FFI.target(lut)
     if target is None:
         xp = jnp.pad(jnp.asarray(x, jnp.int32), ((0, 0), *pads, (0, 0)), constant_values=pad_code)
         return ffi_bridge.callback_call(lambda x, w, t: dwrows_host(x, w, t, spec), (x.shape[0], ho, wo, x.shape[3]),
@@ -249,4 +260,5 @@ def warmup() -> None:
     for codes in (x, x.astype(np.uint8)):  # what models pass (int32 codes) and bytes
         for table in (lut, signed):
             dwrows_host(codes, np.zeros((3, 3, 1, 2), np.int32), table, ConvSpec(groups=2), ((1, 1), (1, 1)))
-    ffi_bridge.register(TARGET, _handler)
+    FFI.register("u16")
+    FFI.register("s16")

@@ -101,6 +101,77 @@ def run_with_table(frame, index, execute, narrow):  # pragma: no cover - compile
             execute(frame, lut)
 
 
+# ----------------------------------------------------------------------------------------------
+# One FFI target per table operand dtype, compiled when first used
+# ----------------------------------------------------------------------------------------------
+#: Table operand kinds: a concrete table by its narrowed dtype (`narrow_table`), or "any" (a traced int32
+#: table, narrowed at run time when ``narrow``). A handler for one dtype compiles a third of the code of
+#: the "any" handler, so a first run with an EvoApprox table compiles only the 16-bit path it uses.
+TABLE_KINDS = {np.dtype(np.uint16): "u16", np.dtype(np.int16): "s16", np.dtype(np.int32): "s32"}
+
+
+@njit(inline="always")
+def run_fixed(frame, execute, dtype):  # pragma: no cover - compiled into handlers
+    """A handler body for tables of one dtype: ``execute(frame, lut)`` with table operand 2 viewed as
+    ``dtype`` (np.uint16, np.int16 or np.int32, a compile-time constant of the handler)."""
+    if xla_ffi.is_execution(frame):
+        execute(frame, carray(xla_ffi.as_voidptr(table_operand(frame, 2)[1]), (65536,), dtype=dtype))
+    return 0
+
+
+@njit(inline="always")
+def run_any(frame, execute, narrow):  # pragma: no cover - compiled into handlers
+    """A handler body for tables of any dtype (`run_with_table`)."""
+    if xla_ffi.is_execution(frame):
+        run_with_table(frame, 2, execute, narrow)
+    return 0
+
+
+class FfiKernel:
+    """A numba kernel's XLA FFI targets: ``name`` for a traced table (kind "any": every dtype compiled in),
+    ``name_u16`` / ``name_s16`` / ``name_s32`` for a concrete one. ``handlers`` maps each kind to a
+    module-level handler ``handler(frame) -> 0`` (`run_fixed` / `run_any` around the kernel's compiled entry: a
+    module-level function, not a closure, so numba's disk cache finds it again in the next process)."""
+
+    def __init__(self, name: str, handlers: dict[str, Callable]):
+        missing = {"any", *TABLE_KINDS.values()} - set(handlers)
+        if missing:
+            raise ValueError(f"{name}: no handler for table kinds {sorted(missing)}")
+        self.name, self.handlers = name, dict(handlers)
+        _KERNELS[name] = self
+
+    def target_name(self, kind: str) -> str:
+        return self.name if kind == "any" else f"{self.name}_{kind}"
+
+    def kinds(self) -> dict[str, str]:
+        """{target name: table kind} of every target this kernel can register."""
+        return {self.target_name(k): k for k in self.handlers}
+
+    def register(self, kind: str) -> Optional[str]:
+        """Register (compiling or loading from numba's cache) the handler for tables of ``kind``; its target
+        name, or None without the FFI bridge."""
+        if not xla_ffi.AVAILABLE:
+            return None
+        return xla_ffi.register(self.target_name(kind), self.handlers[kind])
+
+    def target(self, lut: Any) -> Optional[str]:
+        """The registered target for table operand ``lut`` (as `table_for_call` passes it)."""
+        return self.register("any" if is_traced(lut) else TABLE_KINDS[_narrowed(np.asarray(lut)).dtype])
+
+
+_KERNELS: dict[str, FfiKernel] = {}
+
+
+def register_targets(names) -> None:
+    """Register the FFI targets ``names`` (other names are ignored): needed before XLA compiles or loads
+    a program that calls them but was not traced in this process (`jaxdepth.exec_cache`)."""
+    for name in names:
+        for kernel in _KERNELS.values():
+            kind = kernel.kinds().get(name)
+            if kind is not None:
+                kernel.register(kind)
+
+
 def code_bytes(x: jax.Array) -> jax.Array:
     """The low byte of every code as uint8 (int8 codes: the same bytes, reinterpreted)."""
     if x.dtype == jnp.uint8:
@@ -220,6 +291,3 @@ def callback_call(host: Callable, result_shape: tuple[int, ...], x, w, lut, *arg
     return jax.pure_callback(run, result, x, w, jnp.asarray(lut, jnp.int32), vmap_method="sequential")
 
 
-def register(name: str, handler_body: Callable) -> Optional[str]:
-    """`xla_ffi.register` when the bridge is available, else None."""
-    return xla_ffi.register(name, handler_body) if xla_ffi.AVAILABLE else None

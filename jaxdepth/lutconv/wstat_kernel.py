@@ -376,13 +376,24 @@ def _execute(frame, lut):  # pragma: no cover - compiled into the XLA FFI handle
     xla_ffi.end(p[8])
 
 
-def _handler(frame):  # pragma: no cover - compiled
-    if xla_ffi.is_execution(frame):
-        ffi_bridge.run_with_table(frame, 2, _execute, True)
-    return 0
+def _handler(frame):  # pragma: no cover - compiled (a traced table: any dtype)
+    return ffi_bridge.run_any(frame, _execute, True)
 
 
-TARGET = "jaxdepth_wstat"
+def _handler_u16(frame):  # pragma: no cover - compiled
+    return ffi_bridge.run_fixed(frame, _execute, np.uint16)
+
+
+def _handler_s16(frame):  # pragma: no cover - compiled
+    return ffi_bridge.run_fixed(frame, _execute, np.int16)
+
+
+def _handler_s32(frame):  # pragma: no cover - compiled
+    return ffi_bridge.run_fixed(frame, _execute, np.int32)
+
+
+FFI = ffi_bridge.FfiKernel("jaxdepth_wstat", {"any": _handler, "u16": _handler_u16, "s16": _handler_s16,
+                                              "s32": _handler_s32})
 
 
 def wstat_conv(x, w, lut, spec: ConvSpec) -> jax.Array:
@@ -395,7 +406,7 @@ def wstat_conv(x, w, lut, spec: ConvSpec) -> jax.Array:
     ho, wo = spec.output_hw(tuple(x.shape[1:3]), tuple(w.shape[:2]))
     tail = (ho, wo, w.shape[3])
     xb, wb = ffi_bridge.code_bytes(jnp.asarray(x)), ffi_bridge.code_bytes(jnp.asarray(w))
-    target = ffi_bridge.register(TARGET, _handler)
+    target = FFI.target(lut)
     if target is None:
         return ffi_bridge.callback_call(wstat_host, (x.shape[0],) + tail, xb, wb, lut, spec)
     share = xla_ffi.call_threads()
@@ -452,4 +463,5 @@ def warmup() -> None:
     signed[0, 0] = -1
     for table in (np.zeros((256, 256), np.int32), signed):
         wstat_host(x, w, table, ConvSpec())
-    ffi_bridge.register(TARGET, _handler)
+    FFI.register("u16")
+    FFI.register("s16")
