@@ -84,6 +84,20 @@ def timed(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
+def paired(fa, fb, repeats: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """`timed` for two functions in alternating runs (a, b, a, b, ...), so a change in the shared host's
+    load falls on both: ((median, best) of a, (median, best) of b)."""
+    jax.block_until_ready(fa())
+    jax.block_until_ready(fb())
+    times: tuple[list, list] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((fa, times[0]), (fb, times[1])):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            out.append(time.perf_counter() - t0)
+    return tuple((statistics.median(t), min(t)) for t in times)  # type: ignore[return-value]
+
+
 def lut_call(layer: Layer, impl: str, table, signed: bool, x, w):
     kw = dict(stride=layer.stride, padding=layer.padding, groups=layer.groups, signed=signed, impl=impl)
     if impl in ("loop", "vectorized"):
@@ -175,8 +189,8 @@ def bench_network(net: str, table_name: str, batch: int, repeats: int) -> dict:
 
 
 def bench_model(preset: str, table_name: str, repeats: int, size: tuple[int, int] = (480, 640)) -> dict:
-    """The real DenseDepth model, end to end under jax.jit: float vs every conv/dense through the table.
-    Run in a fresh process (`model_in_subprocess`) for a per-model peak RSS."""
+    """The real DenseDepth model, end to end under jax.jit: float vs every conv/dense through the table,
+    timed in alternating runs. Run in a fresh process (`model_in_subprocess`) for a per-model peak RSS."""
     from jaxdepth import models
 
     x = np.random.default_rng(0).random((1,) + size + (3,), dtype=np.float32)
@@ -185,7 +199,6 @@ def bench_model(preset: str, table_name: str, repeats: int, size: tuple[int, int
     t0 = time.perf_counter()
     f_float = models.compile_apply(float_model, variables, x.shape)
     compile_float = time.perf_counter() - t0
-    t_float = timed(lambda: f_float(variables, x), repeats)
     model = models.build(preset, plan={"*": table_name})
     t0 = time.perf_counter()
     calibrated = models.calibrate(model, variables, x)
@@ -193,7 +206,7 @@ def bench_model(preset: str, table_name: str, repeats: int, size: tuple[int, int
     t0 = time.perf_counter()
     f_lut = models.compile_apply(model, calibrated, x.shape)
     compile_lut = time.perf_counter() - t0
-    t = timed(lambda: f_lut(calibrated, x), repeats)
+    t_float, t = paired(lambda: f_float(variables, x), lambda: f_lut(calibrated, x), repeats)  # interleaved
     macs = sum(layer.macs for layer in NETWORKS[preset](*size))
     return {"model": preset, "table": table_name, "batch": 1, "size": list(size), "gmac": macs / 1e9,
             "seconds_per_image": t[0], "best_seconds_per_image": t[1], "float_seconds": t_float[0],
