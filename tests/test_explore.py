@@ -262,6 +262,7 @@ def test_ray_workers_give_the_local_results_and_survive_a_killed_worker(tiny_ckp
             ex = RayExecutor(spec, None, workers=2, expected_context=tiny_ev.context, startup_timeout=600)
         except ray.exceptions.GetTimeoutError:     # Ray's own start-up (raylet, agents) failed on this host
             pytest.skip("the local Ray cluster did not start within 10 minutes (see /tmp/ray/session_latest/logs)")
+        assert ray.get([a.threads.remote() for a in ex.actors]) == [1, 1]   # one core each: no oversubscription
         results = ex.run(configs)
         first = next(results)
         ray.kill(ex.actors[0], no_restart=False)        # a worker dies mid-run: restarted, its config resubmitted

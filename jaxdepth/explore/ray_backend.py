@@ -27,6 +27,11 @@ class _Worker:
     def context(self) -> str:
         return self.evaluator.context
 
+    def threads(self) -> int:
+        """numba's thread count in this actor (its kernels' share of the node)."""
+        import numba
+        return numba.get_num_threads()
+
     def evaluate(self, config: Config) -> dict:
         return self.evaluator.evaluate(config)
 
@@ -47,7 +52,8 @@ def connect(address: Optional[str], num_cpus: Optional[int] = None) -> Any:
 
 
 class RayExecutor:
-    """Evaluate configurations on ``workers`` Ray actors (default: one per CPU of the cluster)."""
+    """Evaluate configurations on ``workers`` Ray actors (default: one per CPU of the cluster), each actor's
+    numba kernels on ``cpus_per_worker`` threads."""
 
     def __init__(self, spec: EvalSpec, address: Optional[str] = "auto", *, workers: Optional[int] = None,
                  cpus_per_worker: float = 1.0, retries: int = 2, num_cpus: Optional[int] = None,
@@ -57,7 +63,11 @@ class RayExecutor:
         self.retries = retries
         self.startup_timeout = startup_timeout
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_worker))
-        actor = ray.remote(num_cpus=cpus_per_worker, max_restarts=retries, max_task_retries=0)(_Worker)
+        # each actor's numba kernels use the CPUs Ray gives it, not every core of the node: with the default
+        # of one actor per CPU, the actors' kernels would otherwise oversubscribe the cores
+        threads = str(max(1, int(cpus_per_worker)))
+        actor = ray.remote(num_cpus=cpus_per_worker, max_restarts=retries, max_task_retries=0,
+                           runtime_env={"env_vars": {"NUMBA_NUM_THREADS": threads}})(_Worker)
         self.actors = [actor.remote(spec) for _ in range(n)]
         if expected_context is not None:
             contexts = set(ray.get([a.context.remote() for a in self.actors], timeout=startup_timeout))
