@@ -362,6 +362,18 @@ print(json.dumps({"devices": jax.local_device_count(), "pmap_equal": pmap_equal,
 """
 
 
+def test_one_device_kernel_calls_take_every_thread_under_the_lock():
+    """In a one-device process every kernel call is exclusive and uses all of numba's threads (the
+    two-device share is checked in a subprocess below)."""
+    import numba
+
+    from jaxdepth.lutconv import xla_ffi
+
+    if jax.local_device_count("cpu") != 1:
+        pytest.skip("this process has several CPU devices")
+    assert xla_ffi.call_threads() == xla_ffi.CallThreads(numba.get_num_threads(), True)
+
+
 @pytest.mark.slow
 def test_lut_model_on_two_devices():
     """Two host devices (the README's tip for evaluate): a LUT model sharded over the batch runs every

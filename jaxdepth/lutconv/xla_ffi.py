@@ -205,7 +205,10 @@ def call_threads() -> CallThreads:
     import jax
 
     total = numba.get_num_threads()
-    devices = jax.local_device_count("cpu")
+    try:
+        devices = jax.local_device_count("cpu")
+    except RuntimeError:  # no CPU backend in this process (JAX_PLATFORMS without cpu): nothing to share
+        devices = 1
     if devices <= 1 or not threadsafe_layer():
         return CallThreads(total, True)
     return CallThreads(max(1, total // devices), False)
