@@ -70,9 +70,18 @@ def test_nonfinite_weights_bias_and_parameters_raise():
         quant.lut_conv2d(x, w, None, S8, quant.QParams(jnp.float32(np.nan), jnp.int32(0), True))
     with pytest.raises(ValueError, match="zero point"):
         quant.lut_conv2d(x, w, None, U8, quant.QParams(jnp.float32(0.1), jnp.int32(300), False))
-    inf_w = jnp.asarray(w).at[0, 0, 0, 0].set(jnp.inf)
-    wj = np.asarray(jax.jit(lambda v: quant.lut_conv2d(x, v, None, S8, qp))(inf_w))
-    assert np.isnan(wj).all()                            # under jit a non-finite weight spoils every output
+    # under jit a non-finite weight spoils every output: +-inf and NaN, signed and unsigned tables,
+    # per-channel and per-tensor weight scales, float rescale and integer requantization
+    uqp = quant.activation_qparams(x.min(), x.max(), False)
+    for value in (np.inf, -np.inf, np.nan):
+        bad = jnp.asarray(w).at[0, 0, 0, 3].set(value)
+        for mult, aqp in ((S8, qp), (U8, uqp)):
+            for per_channel in (True, False):
+                wj = np.asarray(jax.jit(lambda v: quant.lut_conv2d(x, v, None, mult, aqp,
+                                                                   per_channel=per_channel))(bad))
+                assert np.isnan(wj).all(), (value, mult.name, per_channel)
+            rq = np.asarray(jax.jit(lambda v: quant.lut_conv2d_requant(x, v, None, mult, aqp, aqp))(bad))
+            assert np.isnan(rq).all(), (value, mult.name, "requant")
 
 
 @pytest.mark.parametrize("lo,hi,match", [(1.0, -1.0, "lo=1.0 > hi=-1.0"), (np.nan, 1.0, "lo"),
