@@ -82,6 +82,14 @@ def test_nonfinite_weights_bias_and_parameters_raise():
                 assert np.isnan(wj).all(), (value, mult.name, per_channel)
             rq = np.asarray(jax.jit(lambda v: quant.lut_conv2d_requant(x, v, None, mult, aqp, aqp))(bad))
             assert np.isnan(rq).all(), (value, mult.name, "requant")
+    # a wider layer: XLA's vectorised min / max reductions (behind the weight scales) do not propagate NaN
+    # reliably (NaN mid-tensor: finite scales), so the weights themselves must be checked
+    rng = np.random.default_rng(3)
+    xw = rng.uniform(-1, 1, (1, 6, 6, 64)).astype(np.float32)
+    ww = rng.standard_normal((3, 3, 64, 48)).astype(np.float32)
+    ww[1, 1, 23, 4] = np.nan
+    wqp = quant.activation_qparams(xw.min(), xw.max(), True)
+    assert np.isnan(np.asarray(jax.jit(lambda v: quant.lut_conv2d(xw, v, None, S8, wqp, padding=1))(ww))).all()
 
 
 @pytest.mark.parametrize("lo,hi,match", [(1.0, -1.0, "lo=1.0 > hi=-1.0"), (np.nan, 1.0, "lo"),

@@ -50,15 +50,10 @@ def _exact_conv(x, w, bias, cfg) -> jax.Array:
 def _table_acc(x, w, x_qp: QParams, w_qp: Optional[QParams], table, cfg):
     """Integer codes and the int32 accumulators through the table (the reference semantics above); ``table``
     (None: the multiplier's own) is a runtime (256, 256) table, possibly traced, used with the multiplier's
-    signedness. Returns (acc, x_codes, w_codes, w_qp, w_bad), ``w_bad`` true when a weight is not finite."""
+    signedness. Returns (acc, x_codes, w_codes, w_qp)."""
     multiplier, stride, pads, dilation, groups, per_channel, impl = cfg
     if w_qp is None:
         w_qp = weight_qparams(w, multiplier.signed, per_channel)
-        # a NaN or infinite weight makes its channel's scale non-finite (the min / max reductions behind it
-        # propagate both), so the scales tell it without another reduction over the weights per layer
-        w_bad = ~jnp.isfinite(w_qp.scale).all()
-    else:
-        w_bad = ~jnp.isfinite(w).all()
     x_codes, w_codes = quantize(x, x_qp), quantize(w, w_qp)
     kernel_hw = tuple(w.shape[:2])
     z_x = jnp.asarray(x_qp.zero_point, jnp.int32)
@@ -73,15 +68,15 @@ def _table_acc(x, w, x_qp: QParams, w_qp: Optional[QParams], table, cfg):
         sum_x = lutconv.window_sums(x_codes, kernel_hw, groups, stride, dilation, pads=pads, pad_value=z_x)
         sum_x = jnp.repeat(sum_x, n_out // groups, axis=-1)
         acc = acc - z_x * sum_w - z_w * sum_x + reduction * z_x * z_w
-    return acc, x_codes, w_codes, w_qp, w_bad
+    return acc, x_codes, w_codes, w_qp
 
 
 def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], table, cfg) -> jax.Array:
     """The table forward pass with the float rescale ``s_x * s_w[o] * acc + bias``."""
-    acc, _, _, w_qp, w_bad = _table_acc(x, w, x_qp, w_qp, table, cfg)
+    acc, _, _, w_qp = _table_acc(x, w, x_qp, w_qp, table, cfg)
     scale = jnp.asarray(x_qp.scale, jnp.float32) * jnp.asarray(w_qp.scale, jnp.float32)
     y = acc.astype(jnp.float32) * scale + bias
-    poisoned = jnp.isnan(x).any(axis=(1, 2, 3)) | w_bad   # NaN has no code: propagate it
+    poisoned = jnp.isnan(x).any(axis=(1, 2, 3)) | ~jnp.isfinite(w).all()   # NaN has no code: propagate it
     return jnp.where(poisoned[:, None, None, None], jnp.nan, y)
 
 
@@ -115,13 +110,13 @@ def _int_table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], y_qp: QP
                     cfg) -> tuple[jax.Array, dict]:
     """The table forward pass with integer requantization (`jaxdepth.quant.requant`): (dequantised output
     codes, details = the integer tensors and parameters an accelerator would hold)."""
-    acc, x_codes, w_codes, w_qp, w_bad = _table_acc(x, w, x_qp, w_qp, table, cfg)
+    acc, x_codes, w_codes, w_qp = _table_acc(x, w, x_qp, w_qp, table, cfg)
     rp = requant_params(x_qp.scale, w_qp.scale, bias, y_qp.scale, y_qp.zero_point,
                         signed=cfg[0].signed, activation=activation)
     codes = requantize(acc, rp)
     details = {"x_codes": x_codes, "w_codes": w_codes, "w_zero_point": w_qp.zero_point,
                "x_zero_point": x_qp.zero_point, "acc": acc, "codes": codes, "requant": rp}
-    poisoned = jnp.isnan(x).any(axis=(1, 2, 3)) | w_bad   # as _table_conv: NaN propagates
+    poisoned = jnp.isnan(x).any(axis=(1, 2, 3)) | ~jnp.isfinite(w).all()   # as _table_conv: NaN propagates
     return jnp.where(poisoned[:, None, None, None], jnp.nan, dequantize_output(codes, rp)), details
 
 
