@@ -75,27 +75,28 @@ def codes(layer: Layer, signed: bool, seed: int = 0) -> tuple[np.ndarray, np.nda
 def timed(fn, repeats: int) -> tuple[float, float]:
     """(median, best) seconds of ``repeats`` runs after a warm-up run (the best run shows what the
     kernel does when the shared machine's other load leaves it alone)."""
-    jax.block_until_ready(fn())  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
+    return alternating([fn], repeats)[0]
 
 
 def paired(fa, fb, repeats: int) -> tuple[tuple[float, float], tuple[float, float]]:
     """`timed` for two functions in alternating runs (a, b, a, b, ...), so a change in the shared host's
     load falls on both: ((median, best) of a, (median, best) of b)."""
-    jax.block_until_ready(fa())
-    jax.block_until_ready(fb())
-    times: tuple[list, list] = ([], [])
+    a, b = alternating([fa, fb], repeats)
+    return a, b
+
+
+def alternating(fns, repeats: int) -> list[tuple[float, float]]:
+    """(median, best) seconds of each function over ``repeats`` rounds that run them in turn, after one
+    warm-up call of each."""
+    for fn in fns:
+        jax.block_until_ready(fn())  # compile / warm up
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, out in ((fa, times[0]), (fb, times[1])):
+        for fn, out in zip(fns, times):
             t0 = time.perf_counter()
             jax.block_until_ready(fn())
             out.append(time.perf_counter() - t0)
-    return tuple((statistics.median(t), min(t)) for t in times)  # type: ignore[return-value]
+    return [(statistics.median(t), min(t)) for t in times]
 
 
 def lut_call(layer: Layer, impl: str, table, signed: bool, x, w):

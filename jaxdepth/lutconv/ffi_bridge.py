@@ -74,31 +74,9 @@ def table_kind(lut):  # pragma: no cover - compiled
 @njit(inline="always")
 def table_operand(frame, index):  # pragma: no cover - compiled into handlers
     """(dtype code, address) of the flattened 256 x 256 table operand ``index`` of a call frame (handlers
-    use `run_with_table`)."""
+    use `run_fixed` / `run_any`)."""
     code, address, _, _ = xla_ffi.buffer(frame, index, False)
     return code, address
-
-
-@njit(inline="always")
-def run_with_table(frame, index, execute, narrow):  # pragma: no cover - compiled into handlers
-    """The table dispatch every handler shares: ``execute(frame, lut)`` with table operand ``index`` as a
-    flat 65,536-entry array of its own dtype (uint16, int16 or int32). ``narrow``: an int32 operand (a
-    traced table) is first narrowed to 16 bits when every entry fits (`table_kind`), for kernels whose
-    16-bit path is faster (register permutes)."""
-    code, at = table_operand(frame, index)
-    if code == DTYPE_U16:
-        execute(frame, carray(xla_ffi.as_voidptr(at), (65536,), dtype=np.uint16))
-    elif code == DTYPE_S16:
-        execute(frame, carray(xla_ffi.as_voidptr(at), (65536,), dtype=np.int16))
-    else:
-        lut = carray(xla_ffi.as_voidptr(at), (65536,), dtype=np.int32)
-        kind = table_kind(lut) if narrow else 2
-        if kind == 0:
-            execute(frame, lut.astype(np.uint16))
-        elif kind == 1:
-            execute(frame, lut.astype(np.int16))
-        else:
-            execute(frame, lut)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,19 +89,41 @@ TABLE_KINDS = {np.dtype(np.uint16): "u16", np.dtype(np.int16): "s16", np.dtype(n
 
 
 @njit(inline="always")
+def _table(address, dtype):  # pragma: no cover - compiled into handlers
+    """The flat 65,536-entry table at ``address`` as ``dtype``."""
+    return carray(xla_ffi.as_voidptr(address), (65536,), dtype=dtype)
+
+
+@njit(inline="always")
 def run_fixed(frame, execute, dtype):  # pragma: no cover - compiled into handlers
     """A handler body for tables of one dtype: ``execute(frame, lut)`` with table operand 2 viewed as
     ``dtype`` (np.uint16, np.int16 or np.int32, a compile-time constant of the handler)."""
     if xla_ffi.is_execution(frame):
-        execute(frame, carray(xla_ffi.as_voidptr(table_operand(frame, 2)[1]), (65536,), dtype=dtype))
+        execute(frame, _table(table_operand(frame, 2)[1], dtype))
     return 0
 
 
 @njit(inline="always")
 def run_any(frame, execute, narrow):  # pragma: no cover - compiled into handlers
-    """A handler body for tables of any dtype (`run_with_table`)."""
+    """A handler body for tables of any dtype: ``execute(frame, lut)`` with table operand 2 as a flat
+    array of its own dtype (uint16, int16 or int32). ``narrow``: an int32 operand (a traced table) is
+    first narrowed to 16 bits when every entry fits (`table_kind`), for kernels whose 16-bit path is
+    faster (register permutes)."""
     if xla_ffi.is_execution(frame):
-        run_with_table(frame, 2, execute, narrow)
+        code, at = table_operand(frame, 2)
+        if code == DTYPE_U16:
+            execute(frame, _table(at, np.uint16))
+        elif code == DTYPE_S16:
+            execute(frame, _table(at, np.int16))
+        else:
+            lut = _table(at, np.int32)
+            kind = table_kind(lut) if narrow else 2
+            if kind == 0:
+                execute(frame, lut.astype(np.uint16))
+            elif kind == 1:
+                execute(frame, lut.astype(np.int16))
+            else:
+                execute(frame, lut)
     return 0
 
 

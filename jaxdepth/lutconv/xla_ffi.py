@@ -22,6 +22,7 @@ cores / devices threads, so the devices' kernels overlap instead of queueing; wi
 from __future__ import annotations
 
 import ctypes
+import functools
 import re
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -191,8 +192,10 @@ class CallThreads(NamedTuple):
     exclusive: bool
 
 
+@functools.lru_cache(maxsize=None)
 def threadsafe_layer() -> bool:
-    """True when numba's threading layer may be entered by several threads at once (omp, tbb)."""
+    """True when numba's threading layer may be entered by several threads at once (omp, tbb); fixed for
+    the process once numba's threads are launched (asked at every traced kernel call: answered once)."""
     from numba.np.ufunc.parallel import _launch_threads
 
     _launch_threads()
