@@ -135,6 +135,33 @@ def quantized(model: Any, variables: dict, plan: Any, calib_images: np.ndarray, 
     return qmodel, calibrate(qmodel, base, np.asarray(calib_images, np.float32))
 
 
+def compile_kernels_ahead(plan: Any, variables: dict) -> None:
+    """Give numba's kernels a head start on a first run: the FFI handlers the plan's tables would use start
+    compiling on a background thread now (when numba's disk cache lacks them), while the model is
+    calibrated, traced and compiled by XLA, instead of when the trace first reaches a LUT layer. Tables
+    with an int8 plan (`lutconv.lowrank`) are left alone: most of their layers need no numba kernel.
+    ``variables`` tell whether the model has depthwise layers (kernels (KH, KW, 1, C)) for ``dwrows``."""
+    from .lutconv import ffi_bridge, lowrank
+    from .models import Plan
+
+    tables = [np.asarray(a.multiplier.table) for _, a in (*Plan.make(plan).rules, ("", Plan.make(plan).default))
+              if not a.is_float and not a.runtime_table]
+    tables = [t for t in tables if lowrank.supports(t) is not None]
+    if not tables:
+        return
+    kernels = jax_leaves_named(variables.get("params", {}), "kernel")
+    depthwise = any(np.ndim(k) == 4 and np.shape(k)[2] == 1 and np.shape(k)[0] > 1 for k in kernels)
+    ffi_bridge.compile_ahead(tables, ["wstat", "direct"] + (["dwrows"] if depthwise else []))
+
+
+def jax_leaves_named(tree: Any, name: str) -> list:
+    """Every leaf stored under key ``name`` in a nested dict (Flax variables)."""
+    if not isinstance(tree, dict):
+        return []
+    return [v for k, v in tree.items() if k == name and not isinstance(v, dict)] + \
+        [leaf for v in tree.values() for leaf in jax_leaves_named(v, name)]
+
+
 def exact_and_plan(model: Any, plan: Any) -> tuple[Any, Any]:
     """(the float model, the plan to compare against it): ``plan`` when given, else the model's own plan when
     it is not all-float (a checkpoint converted with ``--plan``), else None."""

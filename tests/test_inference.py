@@ -27,3 +27,25 @@ def test_run_size_rule():
     assert inference.run_size((120, 160), (480, 640)) == (120, 160)
     assert inference.run_size(None, (470, 650)) == (448, 640)
     assert inference.run_size(None, (20, 20)) == (32, 32)
+
+
+def test_compile_kernels_ahead_registers_the_handlers_a_plan_needs(monkeypatch):
+    """The head start on a first run registers (so starts compiling) the numba FFI handlers of the plan's
+    table dtype for wstat and direct, dwrows only for a model with depthwise kernels; nothing for a table
+    with an int8 plan (lowrank runs most layers) or an all-float plan."""
+    from jaxdepth.lutconv import ffi_bridge
+
+    asked: list[tuple[str, str]] = []
+    monkeypatch.setattr(ffi_bridge.FfiKernel, "register", lambda self, kind: asked.append((self.name, kind)))
+    dense = {"params": {"conv": {"kernel": np.zeros((3, 3, 8, 16))}}}
+    depthwise = {"params": {"block": {"dw": {"kernel": np.zeros((3, 3, 1, 16))}}}}
+    inference.compile_kernels_ahead({"*": "mul8u_197B"}, dense)
+    assert asked == [("jaxdepth_wstat", "u16"), ("jaxdepth_direct", "u16")]
+    asked.clear()
+    inference.compile_kernels_ahead({"decoder.*": "mul8u_197B", "encoder.*": "mitchell_s8"}, depthwise)
+    assert sorted(asked) == sorted((f"jaxdepth_{k}", kind) for k in ("wstat", "direct", "dwrows")
+                                   for kind in ("u16", "s16"))
+    asked.clear()
+    inference.compile_kernels_ahead({"*": "mul8s_1KV8"}, dense)   # an int8 plan: lowrank
+    inference.compile_kernels_ahead({"*": "float"}, dense)
+    assert asked == []

@@ -362,6 +362,76 @@ print(json.dumps({"devices": jax.local_device_count(), "pmap_equal": pmap_equal,
 """
 
 
+_BACKGROUND_KERNEL = '''
+import json, sys
+import numpy as np, jax
+from numba import carray
+from jaxdepth.lutconv import xla_ffi
+
+
+def plus_one(frame):  # result = operand + 1 (float32, any shape)
+    if xla_ffi.is_execution(frame):
+        _, x_at, rank, dims_at = xla_ffi.buffer(frame, 0, False)
+        _, out_at, _, _ = xla_ffi.buffer(frame, 0, True)
+        dims = xla_ffi.words(dims_at, rank)
+        n = 1
+        for k in range(rank):
+            n *= dims[k]
+        x = carray(xla_ffi.as_voidptr(x_at), (n,), dtype=np.float32)
+        out = carray(xla_ffi.as_voidptr(out_at), (n,), dtype=np.float32)
+        for i in range(n):
+            out[i] = x[i] + 1
+    return 0
+
+
+def broken(frame):
+    return frame + undefined_name  # noqa: F821 - fails to compile
+
+
+body = plus_one if sys.argv[1] == "good" else broken
+name = xla_ffi.register("jaxdepth_test_" + sys.argv[1], body)
+deferred = isinstance(xla_ffi._registered[name], xla_ffi._Deferred)
+x = np.arange(12, dtype=np.float32).reshape(3, 4)
+if sys.argv[2] == "wait":
+    try:
+        xla_ffi.wait_compiled()
+    except Exception as error:
+        print(json.dumps({"deferred": deferred, "error": type(error).__name__}))
+        sys.exit(0)
+f = jax.jit(lambda x: jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(x.shape, x.dtype))(x))
+y = np.asarray(f(x))
+print(json.dumps({"deferred": deferred, "equal": bool((y == x + 1).all())}))
+'''
+
+
+def test_handlers_missing_from_numba_cache_compile_in_the_background(tmp_path):
+    """A first run's handler compiles on a background thread while XLA gets a trampoline: a call made
+    before the compilation ends waits for it and gives the right result; the next process loads the handler
+    from numba's disk cache directly. A handler that cannot compile raises from `wait_compiled`, and a call
+    to it stops the process with the error instead of returning an unwritten buffer."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "background_kernel.py"
+    script.write_text(_BACKGROUND_KERNEL)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), JAX_PLATFORMS="cpu")
+
+    def run(*args):
+        done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+        lines = done.stdout.strip().splitlines()
+        return done.returncode, (json.loads(lines[-1]) if lines else None), done.stderr
+
+    assert run("good", "call")[:2] == (0, {"deferred": True, "equal": True})
+    assert run("good", "call")[:2] == (0, {"deferred": False, "equal": True})
+    code, result, _ = run("broken", "wait")
+    assert (code, result["deferred"]) == (0, True) and result["error"] in ("TypingError", "NameError")
+    code, _, err = run("broken", "call")
+    assert code == 70 and "jaxdepth_test_broken could not be compiled" in err
+
+
 def test_one_device_kernel_calls_take_every_thread_under_the_lock():
     """In a one-device process every kernel call is exclusive and uses all of numba's threads (the
     two-device share is checked in a subprocess below)."""

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     size = inference.model_input_size(model, info)
     if args.multiplier:
         common.check_layers(model, args.layers, size)
+    if plan is not None:
+        inference.compile_kernels_ahead(plan, variables)  # a first run: numba compiles meanwhile
     if info.get("random_weights"):
         print(f"warning: {args.model} has random weights (a preset name, not a checkpoint)", file=sys.stderr)
     exact = inference.make_predictor(model, variables, flip=not args.no_flip, input_size=size)

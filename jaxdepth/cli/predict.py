@@ -76,6 +76,8 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
     native = inference.model_input_size(model, info)
     if multiplier:
         common.check_layers(model, layers, native)
+    if plan is not None:
+        inference.compile_kernels_ahead(plan, variables)  # a first run: numba compiles meanwhile
     label = f"{Path(multiplier).name if common.is_table_file(multiplier) else multiplier} on " \
             f"{', '.join(layers or ['*'])}" if multiplier else "stored plan"
     if info.get("random_weights"):

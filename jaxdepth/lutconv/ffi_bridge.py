@@ -172,6 +172,17 @@ def register_targets(names) -> None:
                 kernel.register(kind)
 
 
+def compile_ahead(tables, kernels) -> None:
+    """Register now the handlers that ``kernels`` (registry names, e.g. "wstat") would use for ``tables``
+    (concrete (256, 256) tables): a handler missing from numba's disk cache then starts compiling on the
+    background thread (`xla_ffi.register`) instead of when tracing first reaches a layer that needs it."""
+    kinds = list(dict.fromkeys(TABLE_KINDS[_narrowed(np.asarray(t)).dtype] for t in tables))
+    for name in kernels:
+        kernel = _KERNELS.get(f"jaxdepth_{name}")
+        for kind in kinds if kernel is not None else ():
+            kernel.register(kind)
+
+
 def code_bytes(x: jax.Array) -> jax.Array:
     """The low byte of every code as uint8 (int8 codes: the same bytes, reinterpreted)."""
     if x.dtype == jnp.uint8:

@@ -326,7 +326,8 @@ def _run(xb, wb, lut, sh, sw, dh, dw, groups, threads, t_budget, acc_budget, bui
         _, _, _, n_blocks = _weight_bytes(wb[:, :, :, g * og:(g + 1) * og])
         rows, cols, row_len, chunk = _tiles(fh, fw, og, cg, taps, halo_r, halo_c, n_blocks * 16, lut.itemsize,
                                             n_batch, threads, t_budget, acc_budget)
-        tiles[g] = (rows, cols, row_len, chunk)
+        tiles[g, 0], tiles[g, 1], tiles[g, 2], tiles[g, 3] = rows, cols, row_len, chunk  # (a tuple into a row
+        # would compile numba's shape-mismatch error messages: seconds of string code)
         width = max(width, (fw - 1) // cols * cols + row_len + 32)
     xc = np.zeros((groups, n_batch, cg, in_rows, width), dtype=np.uint8)  # spare columns zero
     _channel_major(xb, xc, mode, sh, sw, ho, wo)
@@ -442,8 +443,10 @@ def estimate(problem) -> float:
     used = min(256, -(-og * kh_n * kw_n // 16) * 16)  # weight bytes per input channel (16-byte blocks)
     narrow = _narrow(problem)
     itemsize = 2 if narrow else 4
-    rows, cols, row_len, chunk = _tiles(fh, fw, og, cg, kh_n * kw_n, halo_r, halo_c, used, itemsize, n_batch,
-                                        numba.get_num_threads(), T_BUDGET, ACC_BUDGET)
+    # the Python definition of the compiled tiling (the same arithmetic): planning a model at trace time
+    # then never waits for numba, which may be compiling the kernels' handlers meanwhile (`xla_ffi.register`)
+    rows, cols, row_len, chunk = _tiles.py_func(fh, fw, og, cg, kh_n * kw_n, halo_r, halo_c, used, itemsize,
+                                                n_batch, numba.get_num_threads(), T_BUDGET, ACC_BUDGET)
     tiles = n_batch * -(-fh // rows) * -(-fw // cols)
     build = tiles * channels * used * (rows + halo_r) * row_len
     cols_pad = -(-cols // 16) * 16

@@ -21,11 +21,14 @@ cores / devices threads, so the devices' kernels overlap instead of queueing; wi
 """
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import functools
+import os
 import re
+import sys
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import llvmlite.binding as llvm
 import numba
@@ -226,12 +229,94 @@ else:  # pragma: no cover - non-POSIX hosts: kernels run through jax.pure_callba
 # Registration
 # ----------------------------------------------------------------------------------------------
 HANDLER_SIGNATURE = types.int64(types.int64)  # XLA_FFI_Error* (XLA_FFI_CallFrame*); 0 == success
+_HANDLER_CTYPE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
 _registered: dict[str, object] = {}
+#: compile handlers missing from numba's disk cache on a background thread (see `register`)
+BACKGROUND_COMPILE = True
+_compiler_thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+
+def _in_disk_cache(handler_body: Callable) -> bool:
+    """True when numba's disk cache index lists the compiled handler (loading it then takes milliseconds).
+    Reads the index only: `FunctionCache.load_overload` would wait for numba's compiler lock, held for
+    the whole of a background compilation."""
+    from numba.core import registry, sigutils
+    from numba.core.caching import FunctionCache
+    from numba.core.typing.templates import signature
+
+    try:
+        args, ret = sigutils.normalize_signature(HANDLER_SIGNATURE)
+        cache = FunctionCache(handler_body)
+        key = cache._index_key(signature(ret, *args), registry.cpu_target.target_context.codegen())
+        return cache._cache_file._load_index().get(key) is not None
+    except Exception:  # noqa: BLE001 - numba internals moved: compile in the foreground, as before
+        return True
+
+
+def _compile(handler_body: Callable):
+    return cfunc(HANDLER_SIGNATURE, cache=True)(handler_body)
+
+
+def _answer_non_execution(frame: int) -> bool:
+    """`is_execution` for the deferred handler (plain Python, nothing to compile): answers XLA's metadata
+    query in place; True when the call should run the kernel."""
+    words_at = (ctypes.c_int64 * _FRAME_WORDS).from_address(frame)
+    if words_at[1]:
+        extension = (ctypes.c_int64 * 4).from_address(words_at[1])
+        if (extension[1] & 0xFFFFFFFF) == _METADATA:
+            metadata = (ctypes.c_int64 * 6).from_address(extension[3])
+            metadata[1], metadata[2] = 24, 0
+            metadata[3] = _API_VERSION[0] | (_API_VERSION[1] << 32)
+            metadata[4] = 0
+            return False
+    return (words_at[4] & 0xFFFFFFFF) == _EXECUTE
+
+
+class _Deferred:
+    """A handler still compiling on the background thread: XLA gets the address of a ctypes trampoline at
+    once, so tracing and XLA's own compilation go on meanwhile (XLA compiles with the GIL released, numba
+    spends most of its time in LLVM, also without it). A kernel call waits for the compiled handler and
+    calls it (the GIL is held only around the call). A failed compilation cannot be reported to XLA as an
+    error here, so it stops the process with the message rather than return an unwritten result."""
+
+    def __init__(self, name: str, future: concurrent.futures.Future):
+        self.name, self.future = name, future
+        self.trampoline = _HANDLER_CTYPE(self._call)
+        self._handler: Optional[Callable] = None
+
+    @property
+    def address(self) -> int:
+        return ctypes.cast(self.trampoline, ctypes.c_void_p).value
+
+    def _call(self, frame: int) -> int:
+        try:
+            if not _answer_non_execution(frame):
+                return 0
+            if self._handler is None:
+                self._handler = _HANDLER_CTYPE(self.future.result().address)
+            return self._handler(frame)
+        except BaseException as error:  # noqa: BLE001 - XLA cannot take a Python exception
+            sys.stderr.write(f"jaxdepth: the XLA FFI kernel {self.name} could not be compiled: {error!r}\n")
+            sys.stderr.flush()
+            os._exit(70)
+
+
+def wait_compiled() -> None:
+    """Wait for every handler compiling in the background; raises the first compilation error (call before
+    running a program that uses them to get a Python exception instead of a stopped process)."""
+    for entry in list(_registered.values()):
+        if isinstance(entry, _Deferred):
+            entry.future.result()
 
 
 def register(name: str, handler_body: Callable) -> str:
     """Compile ``handler_body(frame_address) -> 0`` as a C function and register it with XLA's CPU
-    backend as FFI target ``name`` (once per process). Returns the target name for `jax.ffi.ffi_call`."""
+    backend as FFI target ``name`` (once per process). Returns the target name for `jax.ffi.ffi_call`.
+
+    A handler in numba's disk cache is loaded at once. Otherwise (a first run: tens of seconds of numba
+    compiling) it compiles on one background thread while the caller goes on, with `BACKGROUND_COMPILE`;
+    XLA is given a trampoline that waits for it (`_Deferred`)."""
+    global _compiler_thread
     if name not in _registered:
         import jax.ffi
         from numba.np.ufunc.parallel import _launch_threads
@@ -239,11 +324,16 @@ def register(name: str, handler_body: Callable) -> str:
         # numba starts its thread pool when a parallel function is first called from Python; a handler
         # loaded from numba's disk cache and first run by XLA would enter a pool that does not exist yet
         _launch_threads()
-        compiled = cfunc(HANDLER_SIGNATURE, cache=True)(handler_body)
+        if BACKGROUND_COMPILE and not _in_disk_cache(handler_body):
+            if _compiler_thread is None:  # one thread: numba compiles one function at a time anyway
+                _compiler_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxdepth-numba")
+            entry = _Deferred(name, _compiler_thread.submit(_compile, handler_body))
+        else:
+            entry = _compile(handler_body)
         new_capsule = ctypes.pythonapi.PyCapsule_New
         new_capsule.restype = ctypes.py_object
         new_capsule.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
-        jax.ffi.register_ffi_target(name, new_capsule(compiled.address, b"xla._CUSTOM_CALL_TARGET", None),
+        jax.ffi.register_ffi_target(name, new_capsule(entry.address, b"xla._CUSTOM_CALL_TARGET", None),
                                     platform="cpu")
-        _registered[name] = compiled  # keeps the compiled code alive
+        _registered[name] = entry  # keeps the compiled code (or the trampoline) alive
     return name
