@@ -104,3 +104,44 @@ def test_only_the_newest_entries_are_kept(monkeypatch, tmp_path):
     for i in range(5):
         exec_cache.remembered("t", i, lambda: i)
     assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_calibration_is_read_back_for_the_same_model_weights_and_images(monkeypatch, tmp_path):
+    """With a compilation cache, `calibrate` stores its result: the same model, weights and images read it
+    back bit for bit without running the float model; other images (or weights) calibrate anew."""
+    import jax
+
+    from jaxdepth import models
+    import importlib
+    calibration = importlib.import_module("jaxdepth.models.calibrate")
+
+    monkeypatch.setattr(exec_cache, "folder", lambda: tmp_path)
+    import flax.linen as nn
+
+    from jaxdepth.models.layers import QConv
+
+    class Tiny(nn.Module):
+        plan: models.Plan
+
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(QConv(8, 3, padding=1, norm=True, plan=self.plan, name="a")(x))
+            return QConv(4, 1, plan=self.plan, name="b")(x)
+
+    model = Tiny(models.Plan.make({"*": "mul8u_197B"}))
+    images = np.random.default_rng(3).uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), images[:1])
+    runs = []
+    real = calibration._calibrate
+    monkeypatch.setattr(calibration, "_calibrate", lambda *a: runs.append(1) or real(*a))
+    first = models.calibrate(model, variables, images)
+    again = models.calibrate(model, variables, images)
+    other = models.calibrate(model, variables, images[::-1] * 0.5)
+    assert len(runs) == 2
+    flat = lambda v: jax.tree_util.tree_leaves_with_path(v["quant"])  # noqa: E731
+    assert [(p, np.asarray(a).dtype, np.asarray(a).tobytes()) for p, a in flat(first)] == \
+        [(p, np.asarray(a).dtype, np.asarray(a).tobytes()) for p, a in flat(again)]
+    monkeypatch.setattr(exec_cache, "folder", lambda: None)
+    plain = models.calibrate(model, variables, images)
+    assert [np.asarray(a).tobytes() for _, a in flat(plain)] == [np.asarray(a).tobytes() for _, a in flat(first)]
+    assert [np.asarray(a).tobytes() for _, a in flat(other)] != [np.asarray(a).tobytes() for _, a in flat(first)]

@@ -69,11 +69,46 @@ def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", 
     each new shape compiles once). ``layers="all"`` calibrates every layer, so the plan can be changed later
     (``model.clone(plan=...)``) without calibrating again. ``fast_compile``: see `compile_apply`.
     ``observer_kwargs`` go to `jaxdepth.quant.Observer` (e.g. ``percentile=99.9``).
+
+    With JAX's compilation cache on (the CLIs) and ``images`` one array, the result is stored beside the
+    cache (`jaxdepth.exec_cache.remembered`, keyed by the model with its plan, the weights, the images and
+    the options by value): a later process calibrating the same model on the same images reads it back
+    instead of running the float model again.
     """
+    base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    if isinstance(images, (np.ndarray, jax.Array)) and exec_cache.folder() is not None:
+        key = (model, base, np.asarray(images), method, layers, sorted(observer_kwargs.items()))
+        stored = remembered("calibration", key, lambda: _to_json(
+            _calibrate(model, base, images, method, layers, fast_compile, observer_kwargs)))
+        return {**base, "quant": _from_json(stored)}
+    return {**base, "quant": _calibrate(model, base, images, method, layers, fast_compile, observer_kwargs)}
+
+
+def _to_json(quant: dict) -> list:
+    """The quant collection as JSON: [[layer path, {name: [dtype, shape, values]}], ...] (float32 values
+    survive the round trip exactly: a double holds them and JSON writes doubles in full)."""
+    return [[list(path), {k: [str(np.asarray(v).dtype), list(np.shape(v)), np.asarray(v).ravel().tolist()]
+                          for k, v in entry.items()}]
+            for path, entry in _flatten(quant).items()]
+
+
+def _from_json(stored: list) -> dict:
+    quant: dict = {}
+    for path, entry in stored:
+        node = quant
+        for p in path:
+            node = node.setdefault(p, {})
+        node.update({k: jnp.asarray(np.asarray(values, dtype).reshape(shape)) for k, (dtype, shape, values)
+                     in entry.items()})
+    return quant
+
+
+def _calibrate(model: Any, base: dict, images: Any, method: str, layers: str, fast_compile: bool,
+               observer_kwargs: dict) -> dict:
+    """The ``quant`` collection of `calibrate` (input, and for integer requant output, QParams)."""
     from .densedepth import FAST_COMPILE_OPTIONS
 
     float_model = model.clone(plan=FLOAT_PLAN)
-    base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     collections = ["calib"] + (["calib_sample"] if method != "minmax" else [])
 
     def run(v, x):
@@ -136,4 +171,4 @@ def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", 
             node[path[-1]] = entry
         else:                                   # a layer applied on its own
             quant.update(entry)
-    return {**base, "quant": quant}
+    return quant
