@@ -298,3 +298,34 @@ def test_converter_rejects_nonfinite_weights():
     sd[key] = torch.full_like(sd[key], float("nan"))
     with pytest.raises(ConversionError, match=f"NaN or infinite weights:(.|\n)*{key}"):
         convert_state_dict(sd)
+
+
+@pytest.mark.parametrize("where", ["images", "weights"])
+def test_calibration_refuses_non_finite_images_and_weights(where):
+    """The observers' min / max do not reliably see NaN (XLA's vectorised reductions), so NaN or infinite
+    calibration images or weights are refused with a count and a name, not turned into finite ranges."""
+    import flax.linen as nn
+
+    from jaxdepth import models
+    from jaxdepth.models.layers import QConv
+
+    class Tiny(nn.Module):
+        plan: models.Plan = models.Plan.make({"*": "mul8s_1KV8"})
+
+        @nn.compact
+        def __call__(self, x):
+            return QConv(4, 3, padding=1, plan=self.plan, name="conv")(x)
+
+    images = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 3)).astype(np.float32)
+    variables = Tiny().init(jax.random.PRNGKey(0), images[:1])
+    if where == "images":
+        images[1, 3, 4, 0] = np.nan
+        images[0, 0, 0, 1] = np.inf
+        match = "calibration images hold 2 NaN or infinite"
+    else:
+        kernel = np.array(variables["params"]["conv"]["kernel"])
+        kernel[1, 1, 2, 3] = np.nan
+        variables = {"params": {"conv": {"kernel": kernel}}}
+        match = r"weights \['params'\]\['conv'\]\['kernel'\] hold 1 NaN"
+    with pytest.raises(ValueError, match=match):
+        models.calibrate(Tiny(), variables, images)

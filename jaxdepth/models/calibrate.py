@@ -48,6 +48,33 @@ def _flatten(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], 
     return out
 
 
+def _non_finite(values: Any) -> int:
+    """How many NaN / infinite values a concrete array holds (0 for traced or integer arrays)."""
+    if isinstance(values, jax.core.Tracer):
+        return 0
+    a = np.asarray(values)
+    return int(a.size - np.count_nonzero(np.isfinite(a))) if a.dtype.kind == "f" else 0
+
+
+def _check_finite_weights(base: dict) -> None:
+    """Non-finite weights make the float model's activations NaN, and the observers' min / max (XLA's
+    vectorised reductions) do not reliably see NaN: refuse them here, by name, instead of calibrating
+    ranges that silently ignore it."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(base):
+        bad = _non_finite(leaf)
+        if bad:
+            raise ValueError(f"calibration: weights {jax.tree_util.keystr(path)} hold {bad} NaN or infinite "
+                             f"value(s) of {np.size(leaf)}")
+
+
+def _check_finite_images(batch: Any) -> None:
+    """As `_check_finite_weights`, for a batch of calibration images."""
+    bad = _non_finite(batch)
+    if bad:
+        raise ValueError(f"calibration images hold {bad} NaN or infinite value(s) of {np.size(batch)}: "
+                         "activation ranges cannot be measured on them")
+
+
 def _observed_layers(float_model: Any, collections: list[str], v: dict, x: Any, run) -> list:
     """The (path, name) of every layer ``run`` observes, from an abstract trace remembered across runs
     (`jaxdepth.exec_cache.remembered`: a stored calibration program is not traced again)."""
@@ -130,10 +157,12 @@ def _calibrate(model: Any, base: dict, images: Any, method: str, layers: str, fa
                 compiled[x.shape] = cached_jit(jax.jit(run), "calibrate", (float_model, collections))
         return compiled[x.shape](v, x)
 
+    _check_finite_weights(base)
     observers: dict[tuple[str, ...], Observer] = {}
     out_observers: dict[tuple[str, ...], Observer] = {}
     seen_any = False
     for batch in _batches(images):
+        _check_finite_images(batch)
         batch = jnp.asarray(batch, jnp.float32)
         seen_any = True
         state = jax.device_get(observe(base, batch))
