@@ -60,15 +60,17 @@ if not HAVE_AVX512:
 
 
 @njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
-def _wstat(xc, offs, vslot, n_blocks, used, n_used, strips, lut, rows, cols, row_len, halo_r, chunk, taps,
-           transposed, out):  # pragma: no cover
+def _wstat(xc, offs, vslot, slot, n_blocks, used, n_used, strips, lut, rows, cols, row_len, halo_r, chunk, taps,
+           transposed, compact, out):  # pragma: no cover
     """One group. xc (N,C,R,L) uint8 channel-major codes (spare zero columns past every tile's reach);
     offs (chunks, O, chunk * taps) int32: the T offset of the row each (output channel, input channel of
-    the chunk, tap) adds (`_offsets`); T holds ``n_blocks`` blocks of 16 rows per channel: vslot[c, b] is
-    the block of weight bytes [16 b, 16 b + 16) (-1: channel c uses none of them); used[c, :n_used[c]]:
-    the bytes channel c uses; strips: the 16-bit table in `simd.table_strips` layout (for ``transposed``),
-    lut: the flat table (int32, or int16 / uint16 when every entry fits); out (N,O,Ho,Wo) int32
-    (overwritten).
+    the chunk, tap) adds (`_offsets`); T holds ``n_blocks`` blocks of 16 rows per channel, weight byte v of
+    channel c in row slot[c, v] of the channel's (`_slots`): in the byte layout vslot[c, b] is the block of
+    weight bytes [16 b, 16 b + 16) (-1: channel c uses none of them); ``compact``: the channel's used bytes
+    in rank order, 16 per block, built from the channel's own strips (`_compact_strips`).
+    used[c, :n_used[c]]: the bytes channel c uses; strips: the 16-bit table in `simd.table_strips` layout
+    (for ``transposed``; compact: the channels' strips), lut: the flat table (int32, or int16 / uint16 when
+    every entry fits); out (N,O,Ho,Wo) int32 (overwritten).
 
     A task is a tile of ``rows`` x ``cols`` outputs of one image. Per chunk of input channels it builds
     the product rows ``T[c, v, r, s] = lut[v, x[c, i0 + r, j0 + s]]`` (r < rows + halo_r, s < row_len)
@@ -102,7 +104,16 @@ def _wstat(xc, offs, vslot, n_blocks, used, n_used, strips, lut, rows, cols, row
         for ci in range(n_chunks):
             c0 = ci * chunk
             c1 = min(c0 + chunk, channels)
-            if transposed:  # v blocks outermost: the table strip (8 KiB) stays in L1 for the whole chunk
+            if compact:  # every block of a channel from its own strip (its used bytes' table rows)
+                for c in range(c0, c1):
+                    for b in range((n_used[c] + 15) // 16):
+                        tb = ((c - c0) * n_blocks + b) * 16 * plane
+                        for rr in range(nr_in):
+                            xb = ((n * channels + c) * x_rows + i0 + rr) * x_len + j0
+                            for sb in range(0, row_len, 16):
+                                lookup_cols16(table, tb + rr * row_len + sb, plane, strips, x_flat, xb + sb,
+                                              (c * n_blocks + b) * 16)
+            elif transposed:  # v blocks outermost: the table strip (8 KiB) stays in L1 for the whole chunk
                 for vb in range(16):
                     for c in range(c0, c1):
                         if vslot[c, vb] >= 0:
@@ -116,7 +127,7 @@ def _wstat(xc, offs, vslot, n_blocks, used, n_used, strips, lut, rows, cols, row
                 for c in range(c0, c1):
                     for s in range(n_used[c]):
                         v = np.int64(used[c, s])
-                        row = ((c - c0) * n_blocks + vslot[c, v // 16]) * 16 + v % 16
+                        row = (c - c0) * n_blocks * 16 + slot[c, v]
                         for rr in range(nr_in):  # whole 32-lane blocks: may spill into a later built row
                             lookup_row(table, (row * r_in + rr) * row_len, lut, v * 256,
                                        xc[n, c, i0 + rr], j0, row_len)
@@ -190,10 +201,10 @@ def _tiles(fh, fw, n_out, channels, taps, halo_r, halo_c, used, itemsize, n_batc
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
-def _offsets(wb, vslot, n_blocks, tap_r, tap_c, chunk, plane, row_len):  # pragma: no cover - compiled
+def _offsets(wb, slot, n_blocks, tap_r, tap_c, chunk, plane, row_len):  # pragma: no cover - compiled
     """wb (KH,KW,Cg,O) weight bytes -> offs (chunks, O, chunk * taps) int32: the offset in a chunk's product
     rows (`_wstat`) of the row of output channel o, input channel c and tap t,
-    ``(((c - c0) * n_blocks + vslot[c, w // 16]) * 16 + w % 16) * plane + tap_r[t] * row_len + tap_c[t]``."""
+    ``((c - c0) * n_blocks * 16 + slot[c, w]) * plane + tap_r[t] * row_len + tap_c[t]``."""
     kh_n, kw_n, channels, n_out = wb.shape
     taps = kh_n * kw_n
     n_chunks = (channels + chunk - 1) // chunk
@@ -206,9 +217,49 @@ def _offsets(wb, vslot, n_blocks, tap_r, tap_c, chunk, plane, row_len):  # pragm
                     k = (c - ci * chunk) * taps + t
                     base = (c - ci * chunk) * n_blocks * 16 * plane + tap_r[t] * row_len + tap_c[t]
                     for o in range(n_out):
-                        v = np.int64(wb[kh, kw, c, o])
-                        offs[ci, o, k] = base + ((vslot[c, v // 16] * 16) + v % 16) * plane
+                        offs[ci, o, k] = base + np.int64(slot[c, wb[kh, kw, c, o]]) * plane
     return offs
+
+
+@njit(cache=True, boundscheck=False)
+def _layout(used, n_used, vslot, n_blocks, positions, transposed):  # pragma: no cover - compiled
+    """(compact, blocks per channel, slot): whether T holds each channel's used weight bytes in rank order
+    (16 per block, from per-channel strips: `_compact_strips`) instead of whole 16-byte blocks of the table,
+    and slot[c, v], the row of byte v in channel c's blocks. Compact when the rows it saves building over
+    ``positions`` input positions outweigh preparing the strips (4,096 entries per block and channel, at
+    ~1/3 the build rate): layers whose channels use few, scattered bytes (few output channels, e.g. 1x1
+    projections to 16-24 channels: ~16 used bytes spread over ~13 blocks). Only for table-column builds
+    (``transposed``)."""
+    channels = used.shape[0]
+    n_compact = 1
+    for c in range(channels):
+        n_compact = max(n_compact, (n_used[c] + 15) // 16)
+    compact = transposed and (n_blocks - n_compact) * positions > n_compact * 768
+    slot = np.full((channels, 256), -1, dtype=np.int32)
+    for c in range(channels):
+        for s in range(n_used[c]):
+            v = np.int64(used[c, s])
+            slot[c, v] = s if compact else vslot[c, v // 16] * 16 + v % 16
+    return compact, (n_compact if compact else n_blocks), slot
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def _compact_strips(lut, used, n_used, n_blocks, strips):  # pragma: no cover - compiled
+    """Channel c's strips in `simd.table_strips` layout, strip c * n_blocks + b holding the table rows of
+    its used bytes 16 b .. 16 b + 15 (rank order; zero past n_used[c]):
+    ``strips[((c * n_blocks + b) * 256 + x) * 16 + j] = lut[used[c, 16 b + j], x]``."""
+    for c in prange(used.shape[0]):
+        for b in range(n_blocks):
+            base = (c * n_blocks + b) * 4096
+            for j in range(16):
+                s = 16 * b + j
+                if s < n_used[c]:
+                    row = np.int64(used[c, s]) * 256
+                    for x in range(256):
+                        strips[base + x * 16 + j] = lut[row + x]
+                else:
+                    for x in range(256):
+                        strips[base + x * 16 + j] = 0
 
 
 @njit(cache=True, boundscheck=False)
@@ -322,8 +373,10 @@ def _run(xb, wb, lut, sh, sw, dh, dw, groups, threads, t_budget, acc_budget, bui
         table_strips(lut, strips)
     tiles = np.empty((groups, 4), dtype=np.int64)
     width = in_cols
+    positions = n_batch * in_rows * in_cols
     for g in range(groups):  # tiles first: a tile reads row_len columns (+ a 32-lane block) from its first
-        _, _, _, n_blocks = _weight_bytes(wb[:, :, :, g * og:(g + 1) * og])
+        used, n_used, vslot, n_blocks = _weight_bytes(wb[:, :, :, g * og:(g + 1) * og])
+        _, n_blocks, _ = _layout(used, n_used, vslot, n_blocks, positions, transposed)
         rows, cols, row_len, chunk = _tiles(fh, fw, og, cg, taps, halo_r, halo_c, n_blocks * 16, lut.itemsize,
                                             n_batch, threads, t_budget, acc_budget)
         tiles[g, 0], tiles[g, 1], tiles[g, 2], tiles[g, 3] = rows, cols, row_len, chunk  # (a tuple into a row
@@ -335,10 +388,15 @@ def _run(xb, wb, lut, sh, sw, dh, dw, groups, threads, t_budget, acc_budget, bui
     for g in range(groups):
         wg = wb[:, :, :, g * og:(g + 1) * og]
         used, n_used, vslot, n_blocks = _weight_bytes(wg)
+        compact, n_blocks, slot = _layout(used, n_used, vslot, n_blocks, positions, transposed)
         rows, cols, row_len, chunk = tiles[g]
-        offs = _offsets(wg, vslot, n_blocks, tap_r, tap_c, chunk, (rows + halo_r) * row_len, row_len)
-        _wstat(xc[g], offs, vslot, n_blocks, used, n_used, strips, lut, rows, cols, row_len, halo_r, chunk, taps,
-               transposed, acc[:, g * og:(g + 1) * og])
+        offs = _offsets(wg, slot, n_blocks, tap_r, tap_c, chunk, (rows + halo_r) * row_len, row_len)
+        group_strips = strips
+        if compact:
+            group_strips = np.empty(cg * n_blocks * 4096, dtype=lut.dtype)
+            _compact_strips(lut, used, n_used, n_blocks, group_strips)
+        _wstat(xc[g], offs, vslot, slot, n_blocks, used, n_used, group_strips, lut, rows, cols, row_len, halo_r,
+               chunk, taps, transposed, compact, acc[:, g * og:(g + 1) * og])
     _channels_last(acc, out, row_width)
 
 
