@@ -735,6 +735,35 @@ def test_wstat_both_product_row_builds_match_reference(signed):
             np.testing.assert_array_equal(wstat_kernel.wstat_host(x, w, table, spec, build=build), want)
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_wstat_compact_product_rows_match_reference(signed):
+    """Layers whose channels use few scattered weight bytes build T from per-channel strips (their used
+    bytes in rank order) when that is cheaper (`wstat_kernel._group_layout`): a 1x1 projection to few
+    channels and a 3x3 layer to one channel take the compact layout, a wide 3x3 layer using every byte
+    keeps the table's 16-byte blocks; all three against the reference (padded codes, 16-bit tables)."""
+    import numba
+
+    from jaxdepth.lutconv import ffi_bridge, wstat_kernel
+    from jaxdepth.lutconv.spec import ConvSpec
+
+    rng = np.random.default_rng(31)
+    table = rng.integers(-(1 << 15), 1 << 15, (256, 256)) if signed else rng.integers(0, 1 << 16, (256, 256))
+    cases = [((1, 24, 40, 12), (1, 1, 12, 6), True), ((2, 14, 70, 5), (3, 3, 5, 1), True),
+             ((1, 12, 70, 24), (3, 3, 24, 40), False)]
+    for xs, ws, compact in cases:
+        x, w = _codes(rng, xs, signed), _codes(rng, ws, signed)
+        wb = np.ascontiguousarray(w & 0xFF, dtype=np.uint8)
+        flat = ws[:2] == (1, 1)
+        fh, fw = (1, xs[1] * xs[2]) if flat else (xs[1] - 2, xs[2] - 2)
+        halo = 0 if flat else 2
+        layout = wstat_kernel._group_layout(wb, True, fh, fw, ws[3], ws[2], ws[0] * ws[1], halo, halo, 2, xs[0],
+                                            numba.get_num_threads(), wstat_kernel.T_BUDGET, wstat_kernel.ACC_BUDGET)
+        assert layout[3] == compact, (xs, ws)
+        assert ffi_bridge.narrow_table(table).itemsize == 2
+        want = reference_conv(x, w, table)
+        np.testing.assert_array_equal(wstat_kernel.wstat_host(x, w, table, ConvSpec(), build=1), want)
+
+
 @pytest.mark.skipif(not simd.HAVE_AVX512, reason="needs AVX-512 to compare the two paths")
 @pytest.mark.parametrize("src_dtype,dst_dtype", [(np.int32, np.int32), (np.int32, np.uint8), (np.uint8, np.uint8)])
 def test_simd_strided_load_matches_scalar_fallback(src_dtype, dst_dtype):

@@ -222,25 +222,68 @@ def _offsets(wb, slot, n_blocks, tap_r, tap_c, chunk, plane, row_len):  # pragma
 
 
 @njit(cache=True, boundscheck=False)
-def _layout(used, n_used, vslot, n_blocks, positions, transposed):  # pragma: no cover - compiled
-    """(compact, blocks per channel, slot): whether T holds each channel's used weight bytes in rank order
-    (16 per block, from per-channel strips: `_compact_strips`) instead of whole 16-byte blocks of the table,
-    and slot[c, v], the row of byte v in channel c's blocks. Compact when the rows it saves building over
-    ``positions`` input positions outweigh preparing the strips (4,096 entries per block and channel, at
-    ~1/3 the build rate): layers whose channels use few, scattered bytes (few output channels, e.g. 1x1
-    projections to 16-24 channels: ~16 used bytes spread over ~13 blocks). Only for table-column builds
-    (``transposed``)."""
-    channels = used.shape[0]
+def _compact_blocks(n_used):  # pragma: no cover - compiled
+    """Blocks per channel when T holds each channel's used weight bytes in rank order (16 per block)."""
     n_compact = 1
-    for c in range(channels):
+    for c in range(n_used.shape[0]):
         n_compact = max(n_compact, (n_used[c] + 15) // 16)
-    compact = transposed and (n_blocks - n_compact) * positions > n_compact * 768
+    return n_compact
+
+
+@njit(cache=True, boundscheck=False)
+def _compact_pays(channels, n_blocks, n_compact, native, compact, halo_r, fh, fw, n_batch, strip_budget):  # pragma: no cover
+    """Whether building T from per-channel strips (`_compact_strips`: ``n_compact`` blocks per channel) is
+    cheaper than from the table's 16-byte blocks (``n_blocks``). ``native`` / ``compact``: each layout's
+    tile (rows, cols, row_len, chunk) from `_tiles`. Per channel and tile, building costs ~1/3.5 cycle per
+    entry (16 rows per block and position); the table's strips (128 KiB) stay in L2, but when the channels'
+    strips exceed ``strip_budget`` bytes each tile reloads the lines it touches of every strip (at most 128
+    per strip, ~1 per built position: ~3 cycles a line from L3, ~10 from memory past 4 MiB of strips).
+    Making the strips: 4,096 entries per block.
+    Compact wins on layers whose channels use few scattered bytes (1x1 projections to 16-24 channels), and
+    loses on wide 1x1 layers with narrow tiles (DenseNet's 720 -> 192: 2.5x slower when always used)."""
+    rows_n, cols_n, len_n, _ = native
+    rows_c, cols_c, len_c, _ = compact
+    tiles_n = n_batch * -(-fh // rows_n) * -(-fw // cols_n)
+    tiles_c = n_batch * -(-fh // rows_c) * -(-fw // cols_c)
+    p_n = (rows_n + halo_r) * len_n
+    p_c = (rows_c + halo_r) * len_c
+    native_cost = tiles_n * n_blocks * 16.0 * p_n / 3.5
+    per_block = 16.0 * p_c / 3.5
+    strips = channels * n_compact * 8192
+    if strips > strip_budget:  # reloaded per tile: from L3 (~3 cycles a line) or, past a few MiB, memory
+        per_block += min(128, p_c) * (3.0 if strips <= (4 << 20) else 10.0)
+    return tiles_c * n_compact * per_block + n_compact * 4096 * 0.5 < native_cost
+
+
+@njit(cache=True, boundscheck=False)
+def _slots(used, n_used, vslot, compact):  # pragma: no cover - compiled
+    """slot[c, v]: the row of weight byte v among channel c's rows of T: its rank among the bytes the
+    channel uses (``compact``), else its place in the channel's 16-byte blocks (vslot[c, v // 16] * 16 +
+    v % 16); -1 for bytes the channel does not use."""
+    channels = used.shape[0]
     slot = np.full((channels, 256), -1, dtype=np.int32)
     for c in range(channels):
         for s in range(n_used[c]):
             v = np.int64(used[c, s])
             slot[c, v] = s if compact else vslot[c, v // 16] * 16 + v % 16
-    return compact, (n_compact if compact else n_blocks), slot
+    return slot
+
+
+@njit(cache=True, boundscheck=False)
+def _group_layout(wg, transposed, fh, fw, og, cg, taps, halo_r, halo_c, itemsize, n_batch, threads, t_budget,
+                  acc_budget):  # pragma: no cover - compiled
+    """A group's weight bytes (`_weight_bytes`), T's layout and the tile: (used, n_used, vslot, compact,
+    blocks per channel, (rows, cols, row_len, chunk)). Compact layouts only with table-column builds."""
+    used, n_used, vslot, n_blocks = _weight_bytes(wg)
+    native = _tiles(fh, fw, og, cg, taps, halo_r, halo_c, n_blocks * 16, itemsize, n_batch, threads, t_budget,
+                    acc_budget)
+    n_compact = _compact_blocks(n_used)
+    if transposed and n_compact < n_blocks:
+        compact = _tiles(fh, fw, og, cg, taps, halo_r, halo_c, n_compact * 16, itemsize, n_batch, threads,
+                         t_budget, acc_budget)
+        if _compact_pays(cg, n_blocks, n_compact, native, compact, halo_r, fh, fw, n_batch, t_budget):
+            return used, n_used, vslot, True, n_compact, compact
+    return used, n_used, vslot, False, n_blocks, native
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
@@ -373,12 +416,10 @@ def _run(xb, wb, lut, sh, sw, dh, dw, groups, threads, t_budget, acc_budget, bui
         table_strips(lut, strips)
     tiles = np.empty((groups, 4), dtype=np.int64)
     width = in_cols
-    positions = n_batch * in_rows * in_cols
     for g in range(groups):  # tiles first: a tile reads row_len columns (+ a 32-lane block) from its first
-        used, n_used, vslot, n_blocks = _weight_bytes(wb[:, :, :, g * og:(g + 1) * og])
-        _, n_blocks, _ = _layout(used, n_used, vslot, n_blocks, positions, transposed)
-        rows, cols, row_len, chunk = _tiles(fh, fw, og, cg, taps, halo_r, halo_c, n_blocks * 16, lut.itemsize,
-                                            n_batch, threads, t_budget, acc_budget)
+        _, _, _, _, _, tile = _group_layout(wb[:, :, :, g * og:(g + 1) * og], transposed, fh, fw, og, cg, taps,
+                                            halo_r, halo_c, lut.itemsize, n_batch, threads, t_budget, acc_budget)
+        rows, cols, row_len, chunk = tile
         tiles[g, 0], tiles[g, 1], tiles[g, 2], tiles[g, 3] = rows, cols, row_len, chunk  # (a tuple into a row
         # would compile numba's shape-mismatch error messages: seconds of string code)
         width = max(width, (fw - 1) // cols * cols + row_len + 32)
@@ -387,8 +428,10 @@ def _run(xb, wb, lut, sh, sw, dh, dw, groups, threads, t_budget, acc_budget, bui
     acc = np.empty((n_batch, n_out, fh, fw), dtype=np.int32)
     for g in range(groups):
         wg = wb[:, :, :, g * og:(g + 1) * og]
-        used, n_used, vslot, n_blocks = _weight_bytes(wg)
-        compact, n_blocks, slot = _layout(used, n_used, vslot, n_blocks, positions, transposed)
+        used, n_used, vslot, compact, n_blocks, _ = _group_layout(wg, transposed, fh, fw, og, cg, taps, halo_r,
+                                                                 halo_c, lut.itemsize, n_batch, threads,
+                                                                 t_budget, acc_budget)
+        slot = _slots(used, n_used, vslot, compact)
         rows, cols, row_len, chunk = tiles[g]
         offs = _offsets(wg, slot, n_blocks, tap_r, tap_c, chunk, (rows + halo_r) * row_len, row_len)
         group_strips = strips
