@@ -565,7 +565,11 @@ def test_auto_choice_is_inspectable_and_sensible():
     why = lutconv.explain((1, 20, 20, 32), (3, 3, 2, 32), approx, padding=1, groups=16)
     assert why.kernel in ("direct", "wstat") and dict(why.skipped)["dwrows"] == "depthwise layers only"
     why = lutconv.explain((1, 20, 20, 32), (3, 3, 32, 32), full_rank, padding=1, stride=2)
-    assert why.kernel == "direct" and "wstat: needs stride 1" in why.format()
+    assert why.kernel == "direct" and "wstat" in dict(why.estimates)  # small: wstat's 4 phase calls cost more
+    why = lutconv.explain((1, 120, 160, 128), (3, 3, 128, 128), full_rank, padding=1, stride=2)
+    assert why.kernel == "wstat"  # big: the phases' stride-1 convolutions (4x faster than direct here)
+    why = lutconv.explain((1, 20, 20, 32), (3, 3, 32, 32), full_rank, padding=2, stride=2, dilation=2)
+    assert "wstat: strided layers run as stride-1 phases: not with dilation" in why.format()
     traced = lutconv.explain((1, 8, 8, 8), (3, 3, 8, 8), exact, traced=True)
     assert traced.kernel not in ("loop", "vectorized")
     # reference kernels are excluded from auto by their attribute, not their names
@@ -620,8 +624,8 @@ def test_signedness_contradiction_and_lowrank_on_full_rank_table_raise():
         lutconv.conv2d(x, w, multipliers.get("mul8u_2AC"), signed=True)
     with pytest.raises(ValueError, match="cannot run"):
         lutconv.conv2d(x, w, TABLES["random_s8"][0], signed=True, impl="lowrank")
-    with pytest.raises(ValueError, match="stride"):
-        lutconv.conv2d(np.zeros((1, 9, 9, 4), np.int32), w, multipliers.get("mul8u_2AC"), stride=2,
+    with pytest.raises(ValueError, match="not with dilation"):  # strided: phases of stride 1, undilated
+        lutconv.conv2d(np.zeros((1, 9, 9, 4), np.int32), w, multipliers.get("mul8u_2AC"), stride=2, dilation=2,
                        impl="wstat")
 
 
@@ -790,13 +794,14 @@ def test_impl_list_chooses_among_the_named_kernels():
     rng = np.random.default_rng(21)
     x, w = _codes(rng, (1, 9, 10, 6), signed), _codes(rng, (3, 3, 6, 7), signed)
     only = ["wstat", "direct"]
-    for stride, expected in [(2, "direct"), (1, None)]:
-        why = lutconv.explain(x.shape, w.shape, table, stride=stride, padding=1, impl=only)
+    for stride, dilation, expected in [(2, 2, "direct"), (1, 1, None)]:  # wstat: strided, not dilated
+        why = lutconv.explain(x.shape, w.shape, table, stride=stride, padding=2, dilation=dilation, impl=only)
         assert why.kernel in only and (expected is None or why.kernel == expected)
-        got = lutconv.conv2d(x, w, table, stride=stride, padding=1, impl=only)
-        np.testing.assert_array_equal(np.asarray(got), reference_conv(x, w, table, stride=stride, padding=1))
+        got = lutconv.conv2d(x, w, table, stride=stride, padding=2, dilation=dilation, impl=only)
+        np.testing.assert_array_equal(np.asarray(got), reference_conv(x, w, table, stride=stride, padding=2,
+                                                                      dilation=dilation))
     with pytest.raises(ValueError, match="among"):
-        lutconv.conv2d(x, w, table, stride=2, padding=1, impl=["wstat"])
+        lutconv.conv2d(x, w, table, stride=2, padding=2, dilation=2, impl=["wstat"])
     with pytest.raises(ValueError, match="unknown"):
         lutconv.conv2d(x, w, table, impl=["wstat", "nope"])
     with pytest.raises(ValueError, match="non-empty"):
@@ -804,4 +809,4 @@ def test_impl_list_chooses_among_the_named_kernels():
     forced = lutconv.explain(x.shape, w.shape, table, stride=2, padding=1, impl="direct")
     assert (forced.kernel, forced.how) == ("direct", "forced") and forced.estimate > 0
     with pytest.raises(ValueError, match="cannot run"):  # explain checks a forced kernel as conv2d does
-        lutconv.explain(x.shape, w.shape, table, stride=2, padding=1, impl="wstat")
+        lutconv.explain(x.shape, w.shape, table, stride=2, padding=2, dilation=2, impl="wstat")

@@ -296,4 +296,4 @@ def test_plan_impl_list_restricts_auto_and_keeps_the_output(lite):
     out_auto, _, _ = _run(preset, {"*": "mul8u_2AC"}, variables, x, calibrated)
     np.testing.assert_array_equal(out_restricted, out_auto)
     with pytest.raises(ValueError, match="among"):
-        _run(preset, {"*": {"multiplier": "mul8u_2AC", "impl": ["wstat"]}}, variables, x, calibrated)
+        _run(preset, {"*": {"multiplier": "mul8u_2AC", "impl": ["dwrows"]}}, variables, x, calibrated)  # depthwise only

@@ -14,10 +14,13 @@ The row sums read T from L2 (the rows an output channel picks are spread over th
 tiles are sized to the host's L2 (`_tiles`): the tile's int32 accumulators of all output channels and one
 chunk of T together stay within ~60% of it, choosing the tile and chunk that move the fewest bytes per
 multiply-accumulate (row entries, accumulator reloads per chunk, build, padding lanes, idle threads).
-Stride 1, or any stride for 1x1 kernels. The whole kernel (layouts included) is compiled: under
+Stride 1 (1x1 kernels: any stride); strided layers with larger kernels run as the int32 sum of their
+phases' stride-1 convolutions (`_phases`). The whole kernel (layouts included) is compiled: under
 `jax.jit` it is an XLA FFI custom call (`ffi_bridge`) with the table a runtime operand.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +58,7 @@ RATE_OFFSETS = 1e9       # row offsets prepared per second (once per call: outpu
 ROW_ADD_OVERHEAD = 6e-10  # seconds per register sum (output channel, output row, lane block, chunk)
 CALL_OVERHEAD = 1e-4     # seconds per call
 GROUP_OVERHEAD = 5e-4    # seconds per group
+PHASE_OVERHEAD = 2.5e-4  # seconds per phase of a strided layer (its slices, call and sum in XLA)
 if not HAVE_AVX512:
     RATE_BUILD = 1.5e9
 
@@ -443,16 +447,43 @@ def _run(xb, wb, lut, sh, sw, dh, dw, groups, threads, t_budget, acc_budget, bui
     _channels_last(acc, out, row_width)
 
 
+def _is_polyphase(w_shape: tuple[int, ...], spec: ConvSpec) -> bool:
+    """A strided layer with a kernel larger than 1x1: run as stride-1 convolutions of its phases."""
+    return tuple(w_shape[:2]) != (1, 1) and spec.stride != (1, 1)
+
+
+def _phases(w_shape: tuple[int, ...], spec: ConvSpec) -> list[tuple[int, int]]:
+    """The (p, q) phases of a strided convolution that hold kernel taps: with stride (sh, sw), output (i, j)
+    adds ``lut[w[a, b], x[sh i + a, sw j + b]]`` over taps (a, b); the taps a = sh a' + p, b = sw b' + q
+    read phase image ``x[p::sh, q::sw]`` at (i + a', j + b'), so the layer is the int32 sum over phases
+    of stride-1 convolutions of ``x[p::sh, q::sw]`` with ``w[p::sh, q::sw]`` (the same products, regrouped:
+    bit-exact, wrap-around included), each cropped to the layer's output size."""
+    (sh, sw), (kh_n, kw_n) = spec.stride, w_shape[:2]
+    return [(p, q) for p in range(min(sh, kh_n)) for q in range(min(sw, kw_n))]
+
+
+def _check_spec(w_shape: tuple[int, ...], spec: ConvSpec) -> None:
+    if _is_polyphase(w_shape, spec) and spec.dilation != (1, 1):
+        raise ValueError("wstat runs strided layers as stride-1 phases: not with dilation (use direct)")
+
+
 def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec, build: int = 0) -> np.ndarray:
-    """The ``wstat`` kernel on concrete arrays (int32 result). Stride must be 1 unless the kernel is 1x1.
-    ``build``: how 16-bit product rows are built, 0 the CPU's best, 1 from table columns (transposes),
-    2 one table row per weight byte (the two paths are compared in the tests)."""
+    """The ``wstat`` kernel on concrete arrays (int32 result); strided layers with kernels larger than 1x1
+    as the sum of their phases' stride-1 convolutions (`_phases`). ``build``: how 16-bit product rows are
+    built, 0 the CPU's best, 1 from table columns (transposes), 2 one table row per weight byte (the two
+    paths are compared in the tests)."""
     xb = np.ascontiguousarray(np.asarray(x) & 0xFF, dtype=np.uint8)
     wb = np.ascontiguousarray(np.asarray(w) & 0xFF, dtype=np.uint8)
     kh_n, kw_n, _, n_out = wb.shape
-    if (kh_n, kw_n) != (1, 1) and spec.stride != (1, 1):
-        raise ValueError("wstat needs stride 1 (or a 1x1 kernel)")
+    _check_spec(wb.shape, spec)
     ho, wo = spec.output_hw(xb.shape[1:3], (kh_n, kw_n))
+    if _is_polyphase(wb.shape, spec):
+        (sh, sw), unit = spec.stride, ConvSpec(groups=spec.groups)
+        out = np.zeros((xb.shape[0], ho, wo, n_out), dtype=np.int32)
+        for p, q in _phases(wb.shape, spec):
+            part = wstat_host(xb[:, p::sh, q::sw], wb[p::sh, q::sw], lut, unit, build)
+            out += part[:, :ho, :wo]  # int32: wraps like the definition's accumulation
+        return out
     out = np.empty((xb.shape[0], ho, wo, n_out), dtype=np.int32)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     with xla_ffi.KERNEL_LOCK:
@@ -500,14 +531,21 @@ FFI = ffi_bridge.FfiKernel("jaxdepth_wstat", {"any": _handler, "u16": _handler_u
 
 def wstat_conv(x, w, lut, spec: ConvSpec) -> jax.Array:
     """jittable ``wstat`` on padded codes: the host kernel on concrete arrays, an XLA FFI call under
-    tracing (the table, traced or not, a runtime operand)."""
+    tracing (the table, traced or not, a runtime operand); a strided layer with a kernel larger than 1x1
+    is one call per phase (`_phases`), summed in int32."""
     if not is_traced(x, w, lut):
         return jnp.asarray(wstat_host(np.asarray(x), np.asarray(w), np.asarray(lut), spec))
-    if tuple(w.shape[:2]) != (1, 1) and spec.stride != (1, 1):
-        raise ValueError("wstat needs stride 1 (or a 1x1 kernel)")
+    _check_spec(tuple(w.shape), spec)
     ho, wo = spec.output_hw(tuple(x.shape[1:3]), tuple(w.shape[:2]))
-    tail = (ho, wo, w.shape[3])
     xb, wb = ffi_bridge.code_bytes(jnp.asarray(x)), ffi_bridge.code_bytes(jnp.asarray(w))
+    if _is_polyphase(tuple(w.shape), spec):
+        (sh, sw), unit = spec.stride, ConvSpec(groups=spec.groups)
+        out = None
+        for p, q in _phases(tuple(w.shape), spec):
+            part = wstat_conv(xb[:, p::sh, q::sw], wb[p::sh, q::sw], lut, unit)[:, :ho, :wo]
+            out = part if out is None else out + part
+        return out
+    tail = (ho, wo, w.shape[3])
     target = FFI.target(lut)
     if target is None:
         return ffi_bridge.callback_call(wstat_host, (x.shape[0],) + tail, xb, wb, lut, spec)
@@ -518,9 +556,8 @@ def wstat_conv(x, w, lut, spec: ConvSpec) -> jax.Array:
 
 
 def supports(problem) -> str | None:
-    kh_n, kw_n, _, _ = problem.w_shape
-    if (kh_n, kw_n) != (1, 1) and problem.spec.stride != (1, 1):
-        return "needs stride 1 (or a 1x1 kernel)"
+    if _is_polyphase(problem.w_shape, problem.spec) and problem.spec.dilation != (1, 1):
+        return "strided layers run as stride-1 phases: not with dilation"
     return None
 
 
@@ -530,6 +567,18 @@ def _narrow(problem) -> bool:
 
 
 def estimate(problem) -> float:
+    """Predicted seconds (the model of `_tiles` and the measured rates above); a strided layer with a kernel
+    larger than 1x1: the sum over its phases' stride-1 convolutions."""
+    if _is_polyphase(problem.w_shape, problem.spec):
+        (sh, sw), unit = problem.spec.stride, ConvSpec(groups=problem.spec.groups)
+        n_batch, h, w_in, channels = problem.x_shape
+        total = 0.0
+        for p, q in _phases(problem.w_shape, problem.spec):
+            kh_p, kw_q = -(-(problem.w_shape[0] - p) // sh), -(-(problem.w_shape[1] - q) // sw)
+            x_shape = (n_batch, -(-(h - p) // sh), -(-(w_in - q) // sw), channels)
+            w_shape = (kh_p, kw_q) + tuple(problem.w_shape[2:])
+            total += estimate(dataclasses.replace(problem, x_shape=x_shape, w_shape=w_shape, spec=unit))
+        return total + PHASE_OVERHEAD * len(_phases(problem.w_shape, problem.spec))
     n_batch, _, _, channels = problem.x_shape
     kh_n, kw_n, cg, n_out = problem.w_shape
     (dh, dw), og = problem.spec.dilation, n_out // problem.spec.groups
