@@ -144,22 +144,23 @@ def compile_kernels_ahead(plan: Any, variables: dict) -> None:
     from .lutconv import ffi_bridge, lowrank
     from .models import Plan
 
-    tables = [np.asarray(a.multiplier.table) for _, a in (*Plan.make(plan).rules, ("", Plan.make(plan).default))
+    p = Plan.make(plan)
+    tables = [np.asarray(a.multiplier.table) for _, a in (*p.rules, ("", p.default))
               if not a.is_float and not a.runtime_table]
     tables = [t for t in tables if lowrank.supports(t) is not None]
     if not tables:
         return
-    kernels = jax_leaves_named(variables.get("params", {}), "kernel")
+    kernels = _leaves_named(variables.get("params", {}), "kernel")
     depthwise = any(np.ndim(k) == 4 and np.shape(k)[2] == 1 and np.shape(k)[0] > 1 for k in kernels)
     ffi_bridge.compile_ahead(tables, ["wstat", "direct"] + (["dwrows"] if depthwise else []))
 
 
-def jax_leaves_named(tree: Any, name: str) -> list:
+def _leaves_named(tree: Any, name: str) -> list:
     """Every leaf stored under key ``name`` in a nested dict (Flax variables)."""
     if not isinstance(tree, dict):
         return []
     return [v for k, v in tree.items() if k == name and not isinstance(v, dict)] + \
-        [leaf for v in tree.values() for leaf in jax_leaves_named(v, name)]
+        [leaf for v in tree.values() for leaf in _leaves_named(v, name)]
 
 
 def exact_and_plan(model: Any, plan: Any) -> tuple[Any, Any]:

@@ -400,7 +400,9 @@ if sys.argv[2] == "wait":
         sys.exit(0)
 f = jax.jit(lambda x: jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(x.shape, x.dtype))(x))
 y = np.asarray(f(x))
-print(json.dumps({"deferred": deferred, "equal": bool((y == x + 1).all())}))
+import threading
+daemon = all(t.daemon for t in threading.enumerate() if t.name == "jaxdepth-numba")  # exit never waits on it
+print(json.dumps({"deferred": deferred, "equal": bool((y == x + 1).all()), "daemon": daemon}))
 '''
 
 
@@ -424,8 +426,8 @@ def test_handlers_missing_from_numba_cache_compile_in_the_background(tmp_path):
         lines = done.stdout.strip().splitlines()
         return done.returncode, (json.loads(lines[-1]) if lines else None), done.stderr
 
-    assert run("good", "call")[:2] == (0, {"deferred": True, "equal": True})
-    assert run("good", "call")[:2] == (0, {"deferred": False, "equal": True})
+    assert run("good", "call")[:2] == (0, {"deferred": True, "equal": True, "daemon": True})
+    assert run("good", "call")[:2] == (0, {"deferred": False, "equal": True, "daemon": True})
     code, result, _ = run("broken", "wait")
     assert (code, result["deferred"]) == (0, True) and result["error"] in ("TypingError", "NameError")
     code, _, err = run("broken", "call")

@@ -25,8 +25,10 @@ import concurrent.futures
 import ctypes
 import functools
 import os
+import queue
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -233,7 +235,29 @@ _HANDLER_CTYPE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
 _registered: dict[str, object] = {}
 #: compile handlers missing from numba's disk cache on a background thread (see `register`)
 BACKGROUND_COMPILE = True
-_compiler_thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_compile_queue: Optional[queue.SimpleQueue] = None
+
+
+def _compile_later(handler_body: Callable) -> concurrent.futures.Future:
+    """``_compile(handler_body)`` on the one background compiler thread (numba compiles one function at a
+    time anyway). A daemon thread: a process that ends early (a user error, Ctrl-C, a handler started ahead
+    but never needed) does not wait for it; numba writes its cache files whole or not at all."""
+    global _compile_queue
+    if _compile_queue is None:
+        _compile_queue = queue.SimpleQueue()
+
+        def work(jobs: queue.SimpleQueue) -> None:
+            while True:
+                future, body = jobs.get()
+                try:
+                    future.set_result(_compile(body))
+                except BaseException as error:  # noqa: BLE001 - reported by the future
+                    future.set_exception(error)
+
+        threading.Thread(target=work, args=(_compile_queue,), name="jaxdepth-numba", daemon=True).start()
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    _compile_queue.put((future, handler_body))
+    return future
 
 
 def _in_disk_cache(handler_body: Callable) -> bool:
@@ -316,7 +340,6 @@ def register(name: str, handler_body: Callable) -> str:
     A handler in numba's disk cache is loaded at once. Otherwise (a first run: tens of seconds of numba
     compiling) it compiles on one background thread while the caller goes on, with `BACKGROUND_COMPILE`;
     XLA is given a trampoline that waits for it (`_Deferred`)."""
-    global _compiler_thread
     if name not in _registered:
         import jax.ffi
         from numba.np.ufunc.parallel import _launch_threads
@@ -325,9 +348,7 @@ def register(name: str, handler_body: Callable) -> str:
         # loaded from numba's disk cache and first run by XLA would enter a pool that does not exist yet
         _launch_threads()
         if BACKGROUND_COMPILE and not _in_disk_cache(handler_body):
-            if _compiler_thread is None:  # one thread: numba compiles one function at a time anyway
-                _compiler_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxdepth-numba")
-            entry = _Deferred(name, _compiler_thread.submit(_compile, handler_body))
+            entry = _Deferred(name, _compile_later(handler_body))
         else:
             entry = _compile(handler_body)
         new_capsule = ctypes.pythonapi.PyCapsule_New
