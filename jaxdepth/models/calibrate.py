@@ -99,12 +99,13 @@ def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", 
 
     With JAX's compilation cache on (the CLIs) and ``images`` one array, the result is stored beside the
     cache (`jaxdepth.exec_cache.remembered`, keyed by the model with its plan, the weights, the images and
-    the options by value): a later process calibrating the same model on the same images reads it back
+    every option by value): a later process calibrating the same model on the same images reads it back
     instead of running the float model again.
     """
     base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     if isinstance(images, (np.ndarray, jax.Array)) and exec_cache.folder() is not None:
-        key = (model, base, np.asarray(images), method, layers, sorted(observer_kwargs.items()))
+        key = (model, base, np.asarray(images), method, layers, fast_compile,  # (XLA's fast compile: other bits)
+               sorted(observer_kwargs.items()))
         stored = remembered("calibration", key, lambda: _to_json(
             _calibrate(model, base, images, method, layers, fast_compile, observer_kwargs)))
         return {**base, "quant": _from_json(stored)}
