@@ -156,10 +156,15 @@ class FfiKernel:
 
     def target(self, lut: Any) -> Optional[str]:
         """The registered target for table operand ``lut`` (as `table_for_call` passes it)."""
-        return self.register("any" if is_traced(lut) else TABLE_KINDS[_narrowed(np.asarray(lut)).dtype])
+        return self.register("any" if is_traced(lut) else _kind(lut))
 
 
 _KERNELS: dict[str, FfiKernel] = {}
+
+
+def _kind(lut: Any) -> str:
+    """The table kind of a concrete table: its dtype once narrowed (`narrow_table`)."""
+    return TABLE_KINDS[_narrowed(np.asarray(lut)).dtype]
 
 
 def register_targets(names) -> None:
@@ -176,7 +181,7 @@ def compile_ahead(tables, kernels) -> None:
     """Register now the handlers that ``kernels`` (registry names, e.g. "wstat") would use for ``tables``
     (concrete (256, 256) tables): a handler missing from numba's disk cache then starts compiling on the
     background thread (`xla_ffi.register`) instead of when tracing first reaches a layer that needs it."""
-    kinds = list(dict.fromkeys(TABLE_KINDS[_narrowed(np.asarray(t)).dtype] for t in tables))
+    kinds = list(dict.fromkeys(_kind(t) for t in tables))
     for name in kernels:
         kernel = _KERNELS.get(f"jaxdepth_{name}")
         for kind in kinds if kernel is not None else ():

@@ -21,6 +21,7 @@ phases' stride-1 convolutions (`_phases`). The whole kernel (layouts included) i
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -235,7 +236,8 @@ def _compact_blocks(n_used):  # pragma: no cover - compiled
 
 
 @njit(cache=True, boundscheck=False)
-def _compact_pays(channels, n_blocks, n_compact, native, compact, halo_r, fh, fw, n_batch, strip_budget):  # pragma: no cover
+def _compact_pays(channels, n_blocks, n_compact, native, compact, halo_r, fh, fw, n_batch,
+                  strip_budget):  # pragma: no cover - compiled
     """Whether building T from per-channel strips (`_compact_strips`: ``n_compact`` blocks per channel) is
     cheaper than from the table's 16-byte blocks (``n_blocks``). ``native`` / ``compact``: each layout's
     tile (rows, cols, row_len, chunk) from `_tiles`. Per channel and tile, building costs ~1/3.5 cycle per
@@ -418,25 +420,27 @@ def _run(xb, wb, lut, sh, sw, dh, dw, groups, threads, t_budget, acc_budget, bui
     strips = np.empty(65536 if transposed else 1, dtype=lut.dtype)
     if transposed:
         table_strips(lut, strips)
-    tiles = np.empty((groups, 4), dtype=np.int64)
+    layouts = np.empty((groups, 6), dtype=np.int64)  # per group: rows, cols, row_len, chunk, compact, blocks
     width = in_cols
     for g in range(groups):  # tiles first: a tile reads row_len columns (+ a 32-lane block) from its first
-        _, _, _, _, _, tile = _group_layout(wb[:, :, :, g * og:(g + 1) * og], transposed, fh, fw, og, cg, taps,
-                                            halo_r, halo_c, lut.itemsize, n_batch, threads, t_budget, acc_budget)
+        _, _, _, compact_g, n_blocks_g, tile = _group_layout(wb[:, :, :, g * og:(g + 1) * og], transposed, fh, fw,
+                                                             og, cg, taps, halo_r, halo_c, lut.itemsize, n_batch,
+                                                             threads, t_budget, acc_budget)
         rows, cols, row_len, chunk = tile
-        tiles[g, 0], tiles[g, 1], tiles[g, 2], tiles[g, 3] = rows, cols, row_len, chunk  # (a tuple into a row
-        # would compile numba's shape-mismatch error messages: seconds of string code)
+        # one entry at a time (a tuple into a row would compile numba's shape-mismatch error messages:
+        # seconds of string code)
+        layouts[g, 0], layouts[g, 1], layouts[g, 2], layouts[g, 3] = rows, cols, row_len, chunk
+        layouts[g, 4], layouts[g, 5] = compact_g, n_blocks_g
         width = max(width, (fw - 1) // cols * cols + row_len + 32)
     xc = np.zeros((groups, n_batch, cg, in_rows, width), dtype=np.uint8)  # spare columns zero
     _channel_major(xb, xc, mode, sh, sw, ho, wo)
     acc = np.empty((n_batch, n_out, fh, fw), dtype=np.int32)
     for g in range(groups):
         wg = wb[:, :, :, g * og:(g + 1) * og]
-        used, n_used, vslot, compact, n_blocks, _ = _group_layout(wg, transposed, fh, fw, og, cg, taps, halo_r,
-                                                                 halo_c, lut.itemsize, n_batch, threads,
-                                                                 t_budget, acc_budget)
+        used, n_used, vslot, _ = _weight_bytes(wg)
+        rows, cols, row_len, chunk, compact_flag, n_blocks = layouts[g]
+        compact = compact_flag != 0
         slot = _slots(used, n_used, vslot, compact)
-        rows, cols, row_len, chunk = tiles[g]
         offs = _offsets(wg, slot, n_blocks, tap_r, tap_c, chunk, (rows + halo_r) * row_len, row_len)
         group_strips = strips
         if compact:
@@ -462,6 +466,16 @@ def _phases(w_shape: tuple[int, ...], spec: ConvSpec) -> list[tuple[int, int]]:
     return [(p, q) for p in range(min(sh, kh_n)) for q in range(min(sw, kw_n))]
 
 
+def _sum_of_phases(conv: Callable, xb: Any, wb: Any, spec: ConvSpec, ho: int, wo: int) -> Any:
+    """The strided layer as the sum of ``conv(x phase, w phase)`` (stride-1 convolutions, NumPy or traced
+    arrays) over `_phases`, each cropped to (ho, wo); int32 sums wrap like the definition's accumulation."""
+    (sh, sw), total = spec.stride, None
+    for p, q in _phases(tuple(wb.shape), spec):
+        part = conv(xb[:, p::sh, q::sw], wb[p::sh, q::sw])[:, :ho, :wo]
+        total = part if total is None else total + part
+    return total
+
+
 def _check_spec(w_shape: tuple[int, ...], spec: ConvSpec) -> None:
     if _is_polyphase(w_shape, spec) and spec.dilation != (1, 1):
         raise ValueError("wstat runs strided layers as stride-1 phases: not with dilation (use direct)")
@@ -478,12 +492,8 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec, bu
     _check_spec(wb.shape, spec)
     ho, wo = spec.output_hw(xb.shape[1:3], (kh_n, kw_n))
     if _is_polyphase(wb.shape, spec):
-        (sh, sw), unit = spec.stride, ConvSpec(groups=spec.groups)
-        out = np.zeros((xb.shape[0], ho, wo, n_out), dtype=np.int32)
-        for p, q in _phases(wb.shape, spec):
-            part = wstat_host(xb[:, p::sh, q::sw], wb[p::sh, q::sw], lut, unit, build)
-            out += part[:, :ho, :wo]  # int32: wraps like the definition's accumulation
-        return out
+        unit = ConvSpec(groups=spec.groups)
+        return _sum_of_phases(lambda xp, wp: wstat_host(xp, wp, lut, unit, build), xb, wb, spec, ho, wo)
     out = np.empty((xb.shape[0], ho, wo, n_out), dtype=np.int32)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     with xla_ffi.KERNEL_LOCK:
@@ -539,12 +549,8 @@ def wstat_conv(x, w, lut, spec: ConvSpec) -> jax.Array:
     ho, wo = spec.output_hw(tuple(x.shape[1:3]), tuple(w.shape[:2]))
     xb, wb = ffi_bridge.code_bytes(jnp.asarray(x)), ffi_bridge.code_bytes(jnp.asarray(w))
     if _is_polyphase(tuple(w.shape), spec):
-        (sh, sw), unit = spec.stride, ConvSpec(groups=spec.groups)
-        out = None
-        for p, q in _phases(tuple(w.shape), spec):
-            part = wstat_conv(xb[:, p::sh, q::sw], wb[p::sh, q::sw], lut, unit)[:, :ho, :wo]
-            out = part if out is None else out + part
-        return out
+        unit = ConvSpec(groups=spec.groups)
+        return _sum_of_phases(lambda xp, wp: wstat_conv(xp, wp, lut, unit), xb, wb, spec, ho, wo)
     tail = (ho, wo, w.shape[3])
     target = FFI.target(lut)
     if target is None:
