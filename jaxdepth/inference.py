@@ -150,17 +150,12 @@ def compile_kernels_ahead(plan: Any, variables: dict) -> None:
     tables = [t for t in tables if lowrank.supports(t) is not None]
     if not tables:
         return
-    kernels = _leaves_named(variables.get("params", {}), "kernel")
+    import jax
+
+    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(variables.get("params", {}))
+               if getattr(path[-1], "key", None) == "kernel"]
     depthwise = any(np.ndim(k) == 4 and np.shape(k)[2] == 1 and np.shape(k)[0] > 1 for k in kernels)
     ffi_bridge.compile_ahead(tables, ["wstat", "direct"] + (["dwrows"] if depthwise else []))
-
-
-def _leaves_named(tree: Any, name: str) -> list:
-    """Every leaf stored under key ``name`` in a nested dict (Flax variables)."""
-    if not isinstance(tree, dict):
-        return []
-    return [v for k, v in tree.items() if k == name and not isinstance(v, dict)] + \
-        [leaf for v in tree.values() for leaf in _leaves_named(v, name)]
 
 
 def exact_and_plan(model: Any, plan: Any) -> tuple[Any, Any]:

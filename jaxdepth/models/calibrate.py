@@ -22,6 +22,7 @@ import numpy as np
 from .. import exec_cache
 from ..exec_cache import cached_jit, remembered
 from ..quant import Observer
+from ..quant.params import count_non_finite
 from .plan import FLOAT_PLAN, recording
 
 
@@ -48,20 +49,12 @@ def _flatten(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], 
     return out
 
 
-def _non_finite(values: Any) -> int:
-    """How many NaN / infinite values a concrete array holds (0 for traced or integer arrays)."""
-    if isinstance(values, jax.core.Tracer):
-        return 0
-    a = np.asarray(values)
-    return int(a.size - np.count_nonzero(np.isfinite(a))) if a.dtype.kind == "f" else 0
-
-
 def _check_finite_weights(base: dict) -> None:
     """Non-finite weights make the float model's activations NaN, and the observers' min / max (XLA's
     vectorised reductions) do not reliably see NaN: refuse them here, by name, instead of calibrating
     ranges that silently ignore it."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(base):
-        bad = _non_finite(leaf)
+        bad = count_non_finite(leaf)
         if bad:
             raise ValueError(f"calibration: weights {jax.tree_util.keystr(path)} hold {bad} NaN or infinite "
                              f"value(s) of {np.size(leaf)}")
@@ -69,7 +62,7 @@ def _check_finite_weights(base: dict) -> None:
 
 def _check_finite_images(batch: Any) -> None:
     """As `_check_finite_weights`, for a batch of calibration images."""
-    bad = _non_finite(batch)
+    bad = count_non_finite(batch)
     if bad:
         raise ValueError(f"calibration images hold {bad} NaN or infinite value(s) of {np.size(batch)}: "
                          "activation ranges cannot be measured on them")

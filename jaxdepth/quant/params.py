@@ -43,17 +43,22 @@ def _is_traced(*values: Any) -> bool:
     return any(isinstance(v, jax.core.Tracer) for v in values)
 
 
+def count_non_finite(values: Any) -> int:
+    """How many NaN / infinite values concrete float ``values`` hold (0 for integer or traced values,
+    which cannot be inspected inside jit)."""
+    if _is_traced(values):
+        return 0
+    a = np.asarray(values)
+    return int(a.size - np.count_nonzero(np.isfinite(a))) if a.dtype.kind in "fc" else 0
+
+
 def check_finite(values: Any, what: str) -> None:
     """Raise ValueError naming ``what`` and the count when concrete ``values`` hold NaN or infinity
     (traced values, inside jit, cannot be checked here)."""
-    if _is_traced(values):
-        return
-    a = np.asarray(values)
-    if a.dtype.kind in "fc":
-        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
-        if bad:
-            raise ValueError(f"{what}: {bad} of {a.size} value(s) are NaN or infinite; they have no "
-                             "quantised code")
+    bad = count_non_finite(values)
+    if bad:
+        raise ValueError(f"{what}: {bad} of {np.size(values)} value(s) are NaN or infinite; they have no "
+                         "quantised code")
 
 
 def activation_qparams(lo: Any, hi: Any, signed: bool) -> QParams:
