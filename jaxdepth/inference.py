@@ -140,7 +140,8 @@ def compile_kernels_ahead(plan: Any, variables: dict) -> None:
     compiling on a background thread now (when numba's disk cache lacks them), while the model is
     calibrated, traced and compiled by XLA, instead of when the trace first reaches a LUT layer. Tables
     with an int8 plan (`lutconv.lowrank`) are left alone: most of their layers need no numba kernel.
-    ``variables`` tell whether the model has depthwise layers (kernels (KH, KW, 1, C)) for ``dwrows``."""
+    ``variables`` tell whether the model has depthwise layers (kernels (KH, KW, 1, C)) that ``auto`` would give
+    to ``dwrows`` (on AVX-512BW hosts; with AVX2 only, ``direct`` runs them).""" 
     from .lutconv import ffi_bridge, lowrank
     from .models import Plan
 
@@ -154,8 +155,21 @@ def compile_kernels_ahead(plan: Any, variables: dict) -> None:
 
     kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(variables.get("params", {}))
                if getattr(path[-1], "key", None) == "kernel"]
-    depthwise = any(np.ndim(k) == 4 and np.shape(k)[2] == 1 and np.shape(k)[0] > 1 for k in kernels)
-    ffi_bridge.compile_ahead(tables, ["wstat", "direct"] + (["dwrows"] if depthwise else []))
+    depthwise = [np.shape(k) for k in kernels if np.ndim(k) == 4 and np.shape(k)[2] == 1 and np.shape(k)[0] > 1]
+    ffi_bridge.compile_ahead(tables, ["wstat", "direct"] + (["dwrows"] if _dwrows_likely(depthwise) else []))
+
+
+def _dwrows_likely(depthwise_shapes: list) -> bool:
+    """Whether ``auto`` would give some depthwise layer (kernel shapes (KH, KW, 1, C)) to ``dwrows`` (asked at a
+    nominal 64x64 map: the sizes are not known before tracing; a wrong guess only moves a compilation)."""
+    from .lutconv import ConvSpec, registry
+
+    for kh, kw, _, channels in depthwise_shapes:
+        problem = registry.Problem((1, 64 + kh - 1, 64 + kw - 1, channels), (kh, kw, 1, channels),
+                                   ConvSpec(groups=channels), None, True)
+        if registry.choose(problem, platform="cpu")[0].name == "dwrows":
+            return True
+    return False
 
 
 def exact_and_plan(model: Any, plan: Any) -> tuple[Any, Any]:

@@ -31,9 +31,11 @@ def test_run_size_rule():
 
 def test_compile_kernels_ahead_registers_the_handlers_a_plan_needs(monkeypatch):
     """The head start on a first run registers (so starts compiling) the numba FFI handlers of the plan's
-    table dtype for wstat and direct, dwrows only for a model with depthwise kernels; nothing for a table
-    with an int8 plan (lowrank runs most layers) or an all-float plan."""
-    from jaxdepth.lutconv import ffi_bridge
+    table dtype for wstat and direct, dwrows only for a model with depthwise kernels that ``auto`` would
+    give to dwrows; nothing for a table with an int8 plan (lowrank runs most layers) or an all-float plan."""
+    import dataclasses
+
+    from jaxdepth.lutconv import ffi_bridge, registry
 
     asked: list[tuple[str, str]] = []
     monkeypatch.setattr(ffi_bridge.FfiKernel, "register", lambda self, kind: asked.append((self.name, kind)))
@@ -42,10 +44,13 @@ def test_compile_kernels_ahead_registers_the_handlers_a_plan_needs(monkeypatch):
     inference.compile_kernels_ahead({"*": "mul8u_197B"}, dense)
     assert asked == [("jaxdepth_wstat", "u16"), ("jaxdepth_direct", "u16")]
     asked.clear()
-    inference.compile_kernels_ahead({"decoder.*": "mul8u_197B", "encoder.*": "mitchell_s8"}, depthwise)
-    assert sorted(asked) == sorted((f"jaxdepth_{k}", kind) for k in ("wstat", "direct", "dwrows")
-                                   for kind in ("u16", "s16"))
-    asked.clear()
+    dwrows = registry.get_kernel("dwrows")
+    for cost, wanted in ((0.0, True), (1e9, False)):   # dwrows cheapest (AVX-512BW hosts) or not (AVX2)
+        monkeypatch.setitem(registry._KERNELS, "dwrows", dataclasses.replace(dwrows, estimate=lambda p, c=cost: c))
+        inference.compile_kernels_ahead({"decoder.*": "mul8u_197B", "encoder.*": "mitchell_s8"}, depthwise)
+        kernels = ("wstat", "direct") + (("dwrows",) if wanted else ())
+        assert sorted(asked) == sorted((f"jaxdepth_{k}", kind) for k in kernels for kind in ("u16", "s16"))
+        asked.clear()
     inference.compile_kernels_ahead({"*": "mul8s_1KV8"}, dense)   # an int8 plan: lowrank
     inference.compile_kernels_ahead({"*": "float"}, dense)
     assert asked == []

@@ -434,6 +434,26 @@ def test_handlers_missing_from_numba_cache_compile_in_the_background(tmp_path):
     assert code == 70 and "jaxdepth_test_broken could not be compiled" in err
 
 
+def test_kernels_compile_at_their_opt_level_and_restore_numbas(monkeypatch):
+    """Kernel compilations run at `KERNEL_OPT_LEVEL` (nested and concurrent blocks share one setting, the
+    outermost restores numba's own); a user's explicit NUMBA_OPT is left alone."""
+    import numba
+
+    from jaxdepth.lutconv import xla_ffi
+
+    monkeypatch.delenv("NUMBA_OPT", raising=False)
+    before = int(numba.config.OPT)
+    with xla_ffi.kernel_opt_level():
+        assert int(numba.config.OPT) == xla_ffi.KERNEL_OPT_LEVEL
+        with xla_ffi.kernel_opt_level():
+            assert int(numba.config.OPT) == xla_ffi.KERNEL_OPT_LEVEL
+        assert int(numba.config.OPT) == xla_ffi.KERNEL_OPT_LEVEL
+    assert int(numba.config.OPT) == before
+    monkeypatch.setenv("NUMBA_OPT", "2")
+    with xla_ffi.kernel_opt_level():
+        assert int(numba.config.OPT) == before
+
+
 def test_one_device_kernel_calls_take_every_thread_under_the_lock():
     """In a one-device process every kernel call is exclusive and uses all of numba's threads (the
     two-device share is checked in a subprocess below)."""

@@ -118,7 +118,7 @@ def dwrows_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec,
     x = _dw_codes(np.asarray(x))
     (ho, wo), params = _dw_geometry(x.shape, np.shape(w), spec, pads)
     out = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=np.int32)
-    with xla_ffi.KERNEL_LOCK:
+    with xla_ffi.KERNEL_LOCK, xla_ffi.kernel_opt_level():
         _dw_rows(x, _dw_row_offsets(np.asarray(w, np.int32)), ffi_bridge.narrow_table(lut).reshape(-1), *params,
                  int(pad_code) & 0xFF, out)
     return out

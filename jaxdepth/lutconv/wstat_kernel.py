@@ -496,7 +496,7 @@ def wstat_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec, bu
         return _sum_of_phases(lambda xp, wp: wstat_host(xp, wp, lut, unit, build), xb, wb, spec, ho, wo)
     out = np.empty((xb.shape[0], ho, wo, n_out), dtype=np.int32)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    with xla_ffi.KERNEL_LOCK:
+    with xla_ffi.KERNEL_LOCK, xla_ffi.kernel_opt_level():
         _run(xb, wb, ffi_bridge.narrow_table(lut).reshape(-1), sh, sw, dh, dw, spec.groups, numba.get_num_threads(),
              T_BUDGET, ACC_BUDGET, build, out)
     return out
