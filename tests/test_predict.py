@@ -53,11 +53,10 @@ def test_predict_with_multiplier_and_a_bad_image(tmp_path, tiny, capsys):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG garbage")
     out = tmp_path / "out"
-    code = predict.main([str(folder), str(bad), str(tmp_path / "missing.jpg"), "--multiplier", "mul8s_1L2J",
+    code = predict.main([str(folder), str(bad), "--multiplier", "mul8s_1L2J",
                          "--layers", "decoder.*", "--out", str(out), "--no-progress"])
     assert code == 1                                                  # failures -> non-zero, others still done
-    err = capsys.readouterr().err
-    assert "broken.png" in err and "missing.jpg" in err
+    assert "broken.png" in capsys.readouterr().err
     exact, approx = np.load(out / "im0_exact_depth.npy"), np.load(out / "im0_depth.npy")
     assert exact.shape == approx.shape == (40, 60) and not np.allclose(exact, approx)
     assert (out / "im0_compare.png").exists() and (out / "im1_exact_depth.png").exists()
@@ -176,6 +175,26 @@ def test_usage_errors_before_any_work(tmp_path, tiny, capsys):
             assert predict.main([str(folder), "--no-progress", *argv]) == 2
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "imgs", "t.npy"]
+
+
+def test_missing_inputs_and_clashing_names_are_usage_errors(tmp_path, tiny, capsys):
+    """A named input that does not exist, or two inputs whose outputs would share names (a.png and
+    other/a.jpg both write a_*), stop the run before any work: one line, exit 2, nothing written. The same
+    file given twice is predicted once."""
+    folder = _images(tmp_path, 1)
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.open(folder / "im0.png").save(other / "im0.jpg")
+    out = tmp_path / "out"
+    for argv, message in [([str(folder), str(tmp_path / "missing.jpg")], "missing.jpg: no such file"),
+                          ([str(folder), str(other)], "would both write im0_*")]:
+        assert predict.main([*argv, "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    image = str(folder / "im0.png")
+    assert predict.main([image, image, str(folder), "--out", str(out), "--no-progress"]) == 0
+    assert "1 of 1 images done" in capsys.readouterr().out
 
 
 def _no_raise():

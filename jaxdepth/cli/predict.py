@@ -16,7 +16,8 @@ Images are resized to the model's native input size (recorded in the checkpoint;
 rounded down to a multiple of 32), and the depth is resized back to the image size (--max-side caps it).
 Every file is written atomically, and one image's files are replaced together. Exit codes: 0 done; 1 some
 images failed (unreadable, NaN depth; the others are still done); 2 bad usage (unknown model, multiplier or
-layer pattern, unwritable --out ...), nothing written; 130 interrupted (finished images are complete).
+layer pattern, unwritable --out, an input that does not exist, two inputs with the same name stem ...),
+nothing written (the same file given twice is predicted once); 130 interrupted (finished images are complete).
 """
 from __future__ import annotations
 
@@ -188,6 +189,25 @@ def _save_npy(path: Path, depth: np.ndarray) -> None:
         np.save(f, np.asarray(depth, np.float32), allow_pickle=False)
 
 
+def distinct_outputs(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` without repeats of the same file, checked before any work: every path exists, and no two
+    files share a name stem (their outputs NAME_* would overwrite each other in --out). CliError if not."""
+    seen: dict[Path, Path] = {}
+    by_stem: dict[str, Path] = {}
+    for p in paths:
+        if not p.exists():
+            raise CliError(f"{p}: no such file or folder")
+        key = p.resolve()
+        if key in seen:
+            continue
+        other = by_stem.get(p.stem)
+        if other is not None:
+            raise CliError(f"{other} and {p} would both write {p.stem}_* in the output folder: rename one, or "
+                           "predict them in separate runs with different --out folders")
+        seen[key], by_stem[p.stem] = p, p
+    return list(seen.values())
+
+
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__ or ""
     ap = argparse.ArgumentParser(prog="jaxdepth-predict", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -203,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(args: argparse.Namespace, done: common.Done) -> int:
     from ..io.images import find_images
     inputs = args.inputs or [str(SAMPLES_DIR)]
-    paths = find_images(inputs)
+    paths = distinct_outputs(find_images(inputs))
     if not paths:
         raise CliError(f"no images found in {', '.join(inputs)}")
     out = Path(args.out)
