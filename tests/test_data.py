@@ -139,6 +139,9 @@ def test_npz_and_folder_pairs(tmp_path):
     Image.fromarray(rgb[1]).save(flat / "c.png")   # no depth for c.png
     with pytest.raises(DataError, match="c.png"):
         load(str(flat))
+    Image.fromarray((dep[0] * 25).astype(np.uint8)).save(flat / "c_depth.png")   # an 8-bit picture of depth
+    with pytest.raises(DataError, match="8-bit depth PNG"):
+        load(str(flat)).get(2)
 
 
 def test_batches_split_on_size_change(tmp_path):

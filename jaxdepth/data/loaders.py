@@ -216,7 +216,10 @@ def read_depth(path: Path) -> np.ndarray:
             a = np.asarray(im)
     except Exception as e:
         raise ImageError(f"{path}: cannot read depth PNG ({e})") from None
-    if a.ndim != 2 or a.dtype not in (np.uint16, np.int32, np.uint8):
+    if a.ndim == 2 and a.dtype == np.uint8:
+        raise DataError(f"{path}: an 8-bit depth PNG cannot hold millimetres (at most 255 mm); depth PNGs must be "
+                        "single-channel 16-bit millimetres (a visualisation is not a depth map)")
+    if a.ndim != 2 or a.dtype not in (np.uint16, np.int32):
         raise DataError(f"{path}: depth PNG must be single-channel 16-bit millimetres, got {a.dtype} {a.shape}")
     return a.astype(np.float32) / 1000.0
 
