@@ -108,3 +108,29 @@ def test_kitti_range_targets_clips_and_loss():
     assert float(loss) == pytest.approx(0.0, abs=1e-4)
     nyu_y = training.depth_to_target(gt, out.shape[1:3])                     # 10 / clip(depth, 0.1, 10)
     assert float(step(state, frozen, tx.init(state), jnp.asarray(x), jnp.asarray(nyu_y), None)[3]) > 0.1
+
+
+def test_cli_numeric_options_out_of_range_are_usage_errors(tmp_path, capsys):
+    """Rates that are NaN / negative, negative offsets and counts, and sides below 32 pixels stop train
+    before any work: one line naming the option, exit 2, nothing written."""
+    from jaxdepth import train
+    out = tmp_path / "run"
+    for argv, flag in [(["--lr", "nan"], "--lr"), (["--lr", "-1"], "--lr"), (["--minutes", "-1"], "--minutes"),
+                       (["--warmup", "-5"], "--warmup"), (["--val-every", "-1"], "--val-every"),
+                       (["--teacher-weight", "inf"], "--teacher-weight"), (["--log-every", "0"], "--log-every"),
+                       (["--size", "7", "9"], "--size")]:
+        assert train.main([*argv, "--steps", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {flag}")
+    assert not out.exists()
+
+
+def test_odd_input_sizes_train(tiny_model):
+    """Targets are made at the model's own output size (DenseDepth: half resolution rounded up, 33x47 ->
+    17x24; this stand-in pools to 16x23), so odd input sizes train."""
+    from jaxdepth.data import synthetic
+    images, depths = synthetic.generate(2, seed=1, height=33, width=47)
+    model, variables = tiny_model(0, (1, 33, 47, 3), scale=19.0, features=4, head=(3, 3), batchnorm=True)
+    _, log = training.train(model, variables, training.ArrayData(images, depths), steps=2, batch_size=2,
+                            lr=1e-3, log_every=1, progress=False)
+    assert len(log["loss"]) == 2 and all(np.isfinite(log["loss"]))

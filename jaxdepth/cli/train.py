@@ -112,6 +112,34 @@ def _checkpoint_preset(path: str, flag: str) -> Any:
         raise CliError(f"{flag} {path}: {e}") from None
 
 
+#: Smallest --size side: the encoders downsample 32x (DenseNet-161 fails on 7x9 inputs).
+MIN_SIDE = 32
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """The numeric options' ranges (CliError naming the option): rates finite and positive, counts >= 1,
+    offsets >= 0, --size sides >= MIN_SIDE."""
+    import math
+
+    positive = {"--lr": args.lr, "--range-lr": args.range_lr, "--minutes": args.minutes}
+    for flag, v in positive.items():
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise CliError(f"{flag} must be a finite number > 0, got {v}")
+    if not (math.isfinite(args.teacher_weight) and args.teacher_weight >= 0):
+        raise CliError(f"--teacher-weight must be a finite number >= 0, got {args.teacher_weight}")
+    counts = {"--calib-frames": args.calib_frames, "--frames": args.frames, "--val-limit": args.val_limit,
+              "--save-every": args.save_every, "--log-every": args.log_every}
+    offsets = {"--warmup": args.warmup, "--val-every": args.val_every}
+    for flag, v in counts.items():
+        if v < 1:
+            raise CliError(f"{flag} must be >= 1, got {v}")
+    for flag, v in offsets.items():
+        if v < 0:
+            raise CliError(f"{flag} must be >= 0, got {v}")
+    if args.size and min(args.size) < MIN_SIDE:
+        raise CliError(f"--size {args.size[0]} {args.size[1]}: each side must be >= {MIN_SIDE} pixels")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Check everything, then train; returns {"out", "log", "report"?}."""
     import numpy as np
@@ -123,6 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # ---- checks before any work -----------------------------------------------------------------------------
     if args.steps < 1 or args.batch_size < 1:
         raise CliError("--steps and --batch-size must be >= 1")
+    _check_numbers(args)
     plan = _parse_plan(args.plan) if args.plan else None
     if plan is not None and not args.init:
         raise CliError("--plan fine-tunes a trained model: give the checkpoint with --init")

@@ -177,7 +177,8 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
     step_fn = make_train_step(model, tx, target=target, teacher=teacher, teacher_weight=teacher_weight,
                               update_bn_stats=update_bn_stats)
     h, w = data.size
-    out_hw = (h // 2, w // 2)
+    frame = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)   # targets at the model's own output size
+    out_hw = tuple(jax.eval_shape(model.apply, variables, frame).shape[1:3])  # (DenseDepth: half, rounded up)
     n_train = sum(int(np.size(v)) for v in state["params"].values())
     log: dict[str, Any] = {"steps": [], "loss": [], "time": [], "val": [],
                            "config": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
