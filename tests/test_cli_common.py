@@ -157,6 +157,8 @@ def test_entry_points_declared():
     ("jaxdepth.predict", ["--out", "{file}/o"], "is a file, not a folder"),
     ("jaxdepth.evaluate", ["--data", "synthetic:0"], "no frames"),
     ("jaxdepth.data.synthetic", ["{tmp}/s", "--height", "-5"], "expected a positive integer"),
+    ("jaxdepth.synthetic", ["{tmp}/s", "--height", "100000", "--width", "100000"], "at most 16.8 MP"),
+    ("jaxdepth.synthetic", ["{tmp}/s", "-n", "1000000000"], "GiB free"),
 ])
 def test_python_m_shims_give_one_line_errors(module, argv, message, tmp_path):
     """``python -m jaxdepth.<tool>`` goes through the same runner: one line on stderr, exit 2."""

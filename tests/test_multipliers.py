@@ -319,6 +319,9 @@ def test_cli(tmp_path, capsys):
     np.save(tmp_path / "mine.npy", M.get("roba_s8").table)
     assert cli_main(["--show", str(tmp_path / "mine.npy")]) == 2          # signedness is never guessed
     assert "--signed or --unsigned" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:                                  # and never contradictory
+        cli_main(["--signed", "--unsigned"])
+    assert stop.value.code == 2 and "not allowed with" in capsys.readouterr().err
     assert cli_main(["--show", str(tmp_path / "mine.npy"), "--signed"]) == 0
     assert "mine" in capsys.readouterr().out
     assert cli_main(["--plot", str(tmp_path / "p.png" / "x.png")]) == 2    # --out under a file: checked first

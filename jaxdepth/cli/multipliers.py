@@ -22,10 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "generated families) with their error metrics (recomputed from the tables) and "
                     "published power/area/delay; plot error vs power; inspect one multiplier.",
         epilog=(__doc__ or "").split("\n\n", 1)[1])
-    p.add_argument("--signed", dest="signed", action="store_const", const=True, default=None,
-                   help="only signed multipliers (with --show FILE: the table is signed)")
-    p.add_argument("--unsigned", dest="signed", action="store_const", const=False,
-                   help="only unsigned multipliers (with --show FILE: the table is unsigned)")
+    sign = p.add_mutually_exclusive_group()
+    sign.add_argument("--signed", dest="signed", action="store_const", const=True, default=None,
+                      help="only signed multipliers (with --show FILE: the table is signed)")
+    sign.add_argument("--unsigned", dest="signed", action="store_const", const=False,
+                      help="only unsigned multipliers (with --show FILE: the table is unsigned)")
     p.add_argument("--no-families", action="store_true", help="only the EvoApprox circuits")
     p.add_argument("--add", action="append", default=[], metavar="NAME",
                    help="also list this multiplier name, e.g. trunc_s8_k5 (repeatable)")

@@ -6,10 +6,16 @@ interrupted run leaves a folder that loaders refuse rather than a silently short
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 from . import common
+
+
+#: Largest frame rendered, and the bytes a pixel takes on disk (uint8 RGB + float32 depth).
+MAX_FRAME_PIXELS = 4096 * 4096
+BYTES_PER_PIXEL = 3 + 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +40,15 @@ def _size(text: str) -> int:
 
 def _main(args: argparse.Namespace, done: common.Done) -> int:
     from ..data.synthetic import write_dataset
+    if args.height * args.width > MAX_FRAME_PIXELS:
+        raise common.CliError(f"--height {args.height} x --width {args.width} is {args.height * args.width / 1e6:.0f} "
+                              f"MP per frame; at most {MAX_FRAME_PIXELS / 1e6:.1f} MP (4096 x 4096)")
     out = common.check_out_dir(args.out, "output folder")
+    need = args.n * args.height * args.width * BYTES_PER_PIXEL
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise common.CliError(f"{args.n} frames of {args.height}x{args.width} need {need / 2**30:.1f} GiB; "
+                              f"{out} has {free / 2**30:.1f} GiB free")
     done.what = "datasets"
     done.note = f"{out} holds no complete dataset (no meta.json): rerun the command"
     if (out / "meta.json").exists():
