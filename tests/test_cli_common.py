@@ -187,3 +187,22 @@ def test_atomic_write_errors_name_the_destination(tmp_path):
         atomic.write_text(tmp_path / "a.png", "x")
     assert e.value.filename == str(tmp_path / "a.png")
     assert os.listdir(tmp_path) == ["a.png"]
+
+
+def test_user_error_removes_the_output_folders_it_created(tmp_path, capsys):
+    """An output folder made by `check_out_dir` (and its new parents) goes again when the command then stops on
+    a user error while the folder is still empty; folders that existed, or hold files, stay."""
+    def body(args):
+        common.check_out_dir(tmp_path / "new" / "deeper")
+        common.check_out_dir(tmp_path)
+        raise common.CliError("bad input found after the output check")
+    assert common.run(_parser(), body, []) == 2
+    assert sorted(os.listdir(tmp_path)) == []
+
+    def writes_then_fails(args):
+        out = common.check_out_dir(tmp_path / "kept")
+        (out / "result.txt").write_text("done")
+        raise common.CliError("second part failed")
+    assert common.run(_parser(), writes_then_fails, []) == 2
+    assert (tmp_path / "kept" / "result.txt").exists()
+    capsys.readouterr()

@@ -130,6 +130,7 @@ def run(parser: argparse.ArgumentParser, body: Callable[..., Optional[int]],
     if not getattr(args, "no_compile_cache", True):
         enable_compile_cache()
     done = Done()
+    _created_dirs.clear()
     takes_done = len(inspect.signature(body).parameters) >= 2
     try:
         with warnings.catch_warnings():
@@ -145,6 +146,7 @@ def run(parser: argparse.ArgumentParser, body: Callable[..., Optional[int]],
         print(f"\ninterrupted: {done.summary()}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except USER_ERRORS as e:
+        _remove_created_dirs()
         if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
         _flush()
@@ -217,16 +219,32 @@ def enable_compile_cache() -> Optional[Path]:
 # ------------------------------------------------------------------------------------------ checks
 
 
+#: Folders `check_out_dir` created in this command, deepest first (`run` removes the empty ones on a user error).
+_created_dirs: list[Path] = []
+
+
+def _remove_created_dirs() -> None:
+    """A user error leaves nothing behind: the folders this command created, if still empty, go again."""
+    for d in _created_dirs:
+        try:
+            d.rmdir()                  # only succeeds on an empty folder
+        except OSError:
+            pass
+    _created_dirs.clear()
+
+
 def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     """The output folder ``path``, created now and checked writable BEFORE any long work (CliError if not)."""
     out = Path(path)
     for parent in (out, *out.parents):
         if parent.exists() and not parent.is_dir():
             raise CliError(f"{option} {out}: {parent} is a file, not a folder")
+    missing = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CliError(f"{option} {out}: cannot create the folder ({e.strerror or e})") from None
+    _created_dirs.extend(missing)       # deepest first: removed again if the command stops on a user error
     if not os.access(out, os.W_OK | os.X_OK):
         raise CliError(f"{option} {out}: the folder is not writable")
     return out
