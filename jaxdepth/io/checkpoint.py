@@ -178,6 +178,26 @@ def _check_arrays(variables: dict, info: dict, path: Path) -> None:
                               f"checkpoint?), e.g. {', '.join(bad[:3])}")
 
 
+def _quiet_abandoned_reads() -> None:
+    """After a failed restore, the reads orbax still had in flight finish on tensorstore's threads and try to
+    report to orbax's closed event loop: each prints an "Event loop is closed" traceback (up to ~160 lines
+    after the one-line error). Those, and only those, are dropped from `sys.unraisablehook` from now on."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxdepth_quiet", False):
+        return
+
+    def hook(unraisable) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._jaxdepth_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def load(path: Union[str, Path], plan: Any = None) -> tuple[Any, dict, dict]:
     """``(model, variables, info)``: the model rebuilt from the stored preset and plan (or ``plan`` when given),
     the restored variables (jax arrays) and the metadata dict."""
@@ -204,6 +224,7 @@ def load(path: Union[str, Path], plan: Any = None) -> tuple[Any, dict, dict]:
         # 1.6 vs 2.2 s here; same arrays, dtypes and tree, checked)
         restored = ocp.PyTreeCheckpointer().restore(path / VARIABLES_DIR)
     except Exception as e:  # orbax / tensorstore errors on missing, truncated or corrupted array files
+        _quiet_abandoned_reads()
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path / VARIABLES_DIR}: cannot read the arrays (missing, truncated or "
                               f"corrupted checkpoint): {detail[:300]}") from None
