@@ -157,6 +157,15 @@ def test_batches_split_on_size_change(tmp_path):
 def test_errors(tmp_path):
     with pytest.raises(DataError):
         detect_format(str(tmp_path / "missing"))
+    (tmp_path / "nyu_test.zip").write_bytes(b"PK not really")
+    with pytest.raises(DataError, match="not a readable zip"):
+        load(str(tmp_path / "nyu_test.zip"))
+    (tmp_path / "half").mkdir()
+    np.save(tmp_path / "half" / "images.npy", np.zeros((1, 8, 8, 3), np.uint8))   # a render stopped early
+    with pytest.raises(DataError, match="incomplete synthetic dataset"):
+        load(str(tmp_path / "half"))
+    with pytest.raises(DataError, match="needs the NYU Depth v2 labeled .mat file, not a folder"):
+        load(str(tmp_path / "half"), fmt="nyu_mat")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(ImageError, match="bad.png"):

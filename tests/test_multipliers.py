@@ -234,7 +234,8 @@ def test_load_round_trips(tmp_path):
     # an unsigned table stays unsigned unless told otherwise
     np.save(tmp_path / "u.npy", M.exact_table(False))
     assert not M.load(tmp_path / "u.npy").signed
-    assert M.load(tmp_path / "u.npy", signed=True).signed
+    with pytest.warns(RuntimeWarning, match="declared signed"):
+        assert M.load(tmp_path / "u.npy", signed=True).signed
 
 
 def test_load_callable():
@@ -328,3 +329,16 @@ def test_cli(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
     assert cli_main(["--show", "mul8s_1L2K"]) == 2
     assert "Did you mean" in capsys.readouterr().err
+
+
+def test_an_unsigned_table_declared_signed_warns(tmp_path):
+    """Declared signed but never negative and past any signed product: likely a mix-up, said (not refused)."""
+    np.save(tmp_path / "u.npy", M.exact_table(False))
+    with pytest.warns(RuntimeWarning, match="declared signed.*65025.*unsigned multiplier"):
+        assert M.load(tmp_path / "u.npy", signed=True).signed
+    np.save(tmp_path / "s.npy", M.exact_table(True))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        M.load(tmp_path / "s.npy", signed=True)
+        M.load(tmp_path / "u.npy", signed=False)

@@ -80,8 +80,10 @@ def _main(args: argparse.Namespace) -> int:
     from ..export.capture import layer_infos, select_layers
     model, variables, info = common.load_model(args.model)
     model = model.clone(plan=_plan(args, model))
-    out = export.check_output_dir(args.out, args.overwrite)
     native = inference.model_input_size(model, info)
+    if args.multiplier:
+        common.check_layers(model, args.layers, native)   # a --layers glob matching nothing, named as such
+    out = export.check_output_dir(args.out, args.overwrite)
     image = _image(args.image, args.size, native)
     infos = layer_infos(model, image.shape[:2])
     select = args.select

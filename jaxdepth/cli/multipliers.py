@@ -9,9 +9,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Optional, Sequence
 
 from . import common
+
+#: File name endings matplotlib writes that --plot / --heatmap accept.
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +54,8 @@ def _main(args: argparse.Namespace) -> int:
         raise common.CliError("--heatmap / --text-heatmap need --show NAME")
     for option, path in (("--plot", args.plot), ("--heatmap", args.heatmap)):
         if path:
+            if Path(path).suffix.lower() not in FIGURE_SUFFIXES:
+                raise common.CliError(f"{option} {path}: name a figure file ({', '.join(FIGURE_SUFFIXES)})")
             common.check_out_file(path, option)
     if args.show:
         signed = args.signed if common.is_table_file(args.show) else None

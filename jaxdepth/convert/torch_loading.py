@@ -162,7 +162,7 @@ def _encoder_config(enc: Mapping[str, Any]) -> dict[str, Any]:
             return cfg
     raise ConversionError(f"not a DenseDepth or torchvision encoder checkpoint: no key starts with "
                           f"'{km.FULL_PREFIX}' and no registered encoder family ({', '.join(families())}) "
-                          f"recognises the keys\n" + _listing("encoder keys found", sorted(enc)))
+                          f"recognises them\n" + _listing("encoder keys found", sorted(enc)))
 
 
 def _encoder_matches(preset: Preset, cfg: Mapping[str, Any]) -> bool:

@@ -134,9 +134,15 @@ def detect_format(path: str) -> str:
             return "nyu_test"
         if p.suffix == ".mat":
             return "nyu_mat"
+        if p.suffix.lower() == ".zip":
+            raise DataError(f"{path}: not a readable zip file (truncated or not a zip?); expected DenseDepth's "
+                            "nyu_test.zip")
         raise DataError(f"{path}: unknown dataset file type (expected nyu_test .zip, .npz or NYU .mat)")
     if (p / "meta.json").exists() and (p / "images.npy").exists():
         return "synthetic"
+    if (p / "images.npy").exists() or (p / "depths.npy").exists():
+        raise DataError(f"{path}: an incomplete synthetic dataset (images.npy / depths.npy without meta.json, which "
+                        "is written last): an interrupted render? Render it again with jaxdepth-synthetic")
     if all((p / f).exists() for f in _NYU_TEST_FILES[:2]):
         return "nyu_test"
     return "folder"
@@ -171,10 +177,13 @@ def _load_nyu_test(spec: str) -> Dataset:
 
 def _load_nyu_mat(spec: str) -> Dataset:
     import h5py
+    if not Path(spec).is_file():
+        raise DataError(f"{spec}: --format nyu_mat needs the NYU Depth v2 labeled .mat file, not a folder")
     try:
         f = h5py.File(spec, "r")
     except OSError as e:
-        raise DataError(f"{spec}: not an HDF5 (MATLAB v7.3) file: {e}") from None
+        reason = str(e).split("(")[0].strip().rstrip(",") or type(e).__name__
+        raise DataError(f"{spec}: not an HDF5 (MATLAB v7.3) file ({reason})") from None
     if "images" not in f or "depths" not in f:
         raise DataError(f"{spec}: expected datasets 'images' and 'depths' (NYU Depth v2 labeled .mat)")
     images, depths = f["images"], f["depths"]

@@ -25,6 +25,7 @@ An unsigned table with negative entries is rejected.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +35,9 @@ from .core import Multiplier, operand_values, validate_table
 
 _TEXT_SUFFIXES_CSV = (".csv",)
 _SIGNED_KEY = "signed"
+#: A table declared signed whose products are all >= 0 and reach past this looks unsigned (exact signed 8x8
+#: products lie in [-16256, 16384]; twice that leaves room for approximate circuits).
+SIGNED_PLAUSIBLE_MAX = 2 * 16384
 
 
 def _split_npz_key(spec: str) -> tuple[str, str | None]:
@@ -123,6 +127,10 @@ def load(source: str | os.PathLike | Callable[[np.ndarray, np.ndarray], Any], *,
     elif not signed and has_negative:
         raise ValueError(f"{label}: signed=False but the table holds negative products "
                          f"(min {int(table.min())}); an unsigned product is never negative")
+    elif signed and not has_negative and int(table.max()) > SIGNED_PLAUSIBLE_MAX:
+        warnings.warn(f"{label}: declared signed, but no product is negative and the largest is {int(table.max())}, "
+                      f"beyond any signed 8x8 product (at most 16384): an unsigned multiplier? (--unsigned / "
+                      "signed=False)", RuntimeWarning, stacklevel=2)
     meta = {"source": "user", "origin": origin}
     return Multiplier(name or label, table, bool(signed), meta)
 
