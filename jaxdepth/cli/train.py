@@ -228,15 +228,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     what = f"fine-tuning {preset.name} for plan {plan.to_json()['rules']}" if plan is not None else f"training {preset.name}"
     print(f"{what} on {len(data)} frames at {size[0]}x{size[1]} (target {target}, trainable {args.trainable}, "
           f"{models.count_params(variables) / 1e6:.2f}M params) -> {out}")
-    variables, log = T.train(student, svars, data, steps=args.steps, batch_size=args.batch_size, lr=lr,
-                             seed=args.seed, minutes=args.minutes, out=out, preset=preset,
-                             save_every=args.save_every, log_every=max(1, args.log_every), val=val if val is not None and val.has_depth else None,
-                             val_every=args.val_every, progress=not args.no_progress,
-                             trainable=args.trainable, learn_ranges=plan is not None and args.ranges == "learn",
-                             range_lr=args.range_lr, target=target, teacher=teacher, teacher_variables=teacher_vars,
-                             teacher_weight=args.teacher_weight, warmup=args.warmup,
-                             extra={"preset": preset.name, "data": args.data, "init": args.init,
-                                    "teacher": args.teacher, "ranges": args.ranges if plan is not None else None})
+    try:
+        variables, log = T.train(student, svars, data, steps=args.steps, batch_size=args.batch_size, lr=lr,
+                                 seed=args.seed, minutes=args.minutes, out=out, preset=preset,
+                                 save_every=args.save_every, log_every=max(1, args.log_every),
+                                 val=val if val is not None and val.has_depth else None,
+                                 val_every=args.val_every, progress=not args.no_progress,
+                                 trainable=args.trainable, learn_ranges=plan is not None and args.ranges == "learn",
+                                 range_lr=args.range_lr, target=target, teacher=teacher,
+                                 teacher_variables=teacher_vars, teacher_weight=args.teacher_weight,
+                                 warmup=args.warmup,
+                                 extra={"preset": preset.name, "data": args.data, "init": args.init,
+                                        "teacher": args.teacher, "ranges": args.ranges if plan is not None else None})
+    except FloatingPointError as e:     # a diverging run: the options' fault, said in one line
+        raise CliError(f"training diverged ({e}): lower --lr (at {lr:g} now); checkpoints saved before it, if "
+                       f"any, are in {out}") from None
     result: dict[str, Any] = {"out": out, "log": log}
     if val is not None:
         if plan is not None:
