@@ -76,6 +76,24 @@ def test_store_keeps_records_and_refuses_an_unwritable_path(tmp_path):
         ResultStore(tmp_path / "file" / "r.sqlite")
 
 
+@pytest.mark.parametrize("content", [b"x", b"", b"not a database at all"])
+def test_a_file_that_is_not_a_database_is_refused_and_left_untouched(tmp_path, capsys, content):
+    from jaxdepth.cli.explore import main
+    path = tmp_path / "one.txt"
+    path.write_bytes(content)
+    with pytest.raises(StoreError, match="not a results store"):
+        ResultStore(path)
+    for argv in (["report"], ["sweep", "--multipliers", "mul8u_2AC", "--data", DATA, "--no-progress"]):
+        code = main([*argv, "--out", str(tmp_path / "o"), "--store", str(path)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and f"--store {path}: not a results store" in err
+        assert path.read_bytes() == content and not (tmp_path / "o").exists()
+    with ResultStore(tmp_path / "r.sqlite"):          # a real store is reopened
+        pass
+    with ResultStore(tmp_path / "r.sqlite") as st:
+        assert st.count() == 0
+
+
 def test_pareto_front_is_non_dominated():
     rng = np.random.default_rng(0)
     rows = [{"label": f"c{i}", "kind": "sweep", "power": float(p), "delta1": float(d)}
@@ -222,20 +240,62 @@ def test_a_killed_sweep_resumes_without_reevaluating_or_losing(tiny_ckpt, tmp_pa
     assert (tmp_path / "sweep.csv").read_text().count("\n") == total + 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["sweep", "--multipliers", "mul8u_NOPE"], "unknown multiplier"),
-    (["sweep", "--multipliers", "mul9*"], "matches no circuit"),
-    (["sweep", "--multipliers", "mul8u_2AC", "--layers", "decoder.up9*"], "matches no layer"),
-    (["sweep", "--multipliers", "mul8u_2AC", "--metric", "speed"], "--metric"),
+@pytest.mark.parametrize("argv, message, reads_data", [
+    (["sweep", "--multipliers", "mul8u_NOPE"], "unknown multiplier", False),
+    (["sweep", "--multipliers", "mul9*"], "matches no circuit", False),
+    (["sweep", "--multipliers", "mul8u_2AC", "--layers", "decoder.up9*"], "matches no layer", False),
+    (["sweep", "--multipliers", "mul8u_2AC", "--metric", "speed"], "--metric", False),
+    (["sweep", "--multipliers", "mul8u_2AC", "--ray", "bogus"], "--ray bogus: not a Ray address", False),
+    (["sweep", "--multipliers", "mul8u_2AC", "--data", "BAD.npz"], "BAD.npz", True),
+    (["sweep", "--multipliers", "mul8u_2AC", "--format", "nosuchformat"], "nosuchformat", True),
+    (["sensitivity", "--multiplier", "mul8u_2AC", "--layers", "nomatch*"], "matches no layer", False),
+    (["propagate", "--multiplier", "mul8u_2AC", "--layers", "nomatch*"], "matches no layer", False),
+    (["search", "--multipliers", "mul8u_2AC", "--population", "1"], "--population 1", False),
+    (["search", "--multipliers", "exact_u8"], "at least one approximate candidate", False),
+    (["search", "--multipliers", "mul8u_2AC", "--ranking", "{tmp}/rank.txt"],
+     "--ranking {tmp}/rank.txt: unknown groups ['nosuch']", False),
+    (["search", "--multipliers", "mul8u_2AC", "--ranking", "{tmp}/corrupt.png"],
+     "--ranking {tmp}/corrupt.png: not a text file; expected group names", False),
 ])
-def test_bad_input_is_a_clear_error_before_any_work(tiny_ckpt, tmp_path, capsys, argv, message):
+def test_bad_input_is_a_clear_error_before_any_work(tiny_ckpt, tmp_path, capsys, monkeypatch, argv, message,
+                                                    reads_data):
+    """One line, exit 2, nothing created, no configuration evaluated; what the model alone can tell (layer
+    patterns, ranking groups) is checked before the data is read."""
+    import jaxdepth.data
     from jaxdepth.cli.explore import main
+    from jaxdepth.explore.evaluator import Evaluator
+
+    def never(*a, **k):
+        raise AssertionError("evaluated (or read the data) before checking the input")
+
+    monkeypatch.setattr(Evaluator, "evaluate", never)
+    if not reads_data:
+        monkeypatch.setattr(jaxdepth.data, "load", never)
+    (tmp_path / "rank.txt").write_text("encoder.conv0\nnosuch\n")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    argv, message = [a.format(tmp=tmp_path) for a in argv], message.format(tmp=tmp_path)
     t0 = time.time()
-    code = main([*argv, "--model", str(tiny_ckpt), "--data", DATA, "--out", str(tmp_path / "o"), "--no-progress"])
+    code = main([argv[0], "--model", str(tiny_ckpt), "--data", DATA, "--out", str(tmp_path / "o"), "--no-progress",
+                 *argv[1:]])                                  # the case's own options win
     err = capsys.readouterr().err
-    assert code == 2 and message in err and err.count("\n") == 1
-    assert not (tmp_path / "o" / "results.sqlite").exists() or "layer" in message
-    assert time.time() - t0 < 30
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+    assert time.time() - t0 < 10
+
+
+def test_report_without_a_store_creates_nothing(tmp_path, capsys):
+    from jaxdepth.cli.explore import main
+    code = main(["report", "--out", str(tmp_path / "new")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no results store at" in err and err.count("\n") == 1
+    assert not (tmp_path / "new").exists()
+
+
+def test_layer_names_are_known_before_the_data_is_read(tiny_ckpt, tiny_ev):
+    from jaxdepth.explore import EvalSpec
+    from jaxdepth.explore.evaluator import model_layer_names
+    model, _, info = EvalSpec(model=str(tiny_ckpt)).load_model()
+    assert model_layer_names(model, info) == tiny_ev.layer_names
 
 
 def test_unwritable_output_is_reported_before_the_sweep(tiny_ckpt, tmp_path, capsys):

@@ -233,12 +233,19 @@ def _remove_created_dirs() -> None:
     _created_dirs.clear()
 
 
-def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
-    """The output folder ``path``, created now and checked writable BEFORE any long work (CliError if not)."""
+def check_out_dir(path: str | os.PathLike, option: str = "--out", create: bool = True) -> Path:
+    """The output folder ``path``, created now and checked writable BEFORE any long work (CliError if not);
+    ``create=False``: only checked (its nearest existing folder must be writable), for commands that create
+    it once every other input is checked."""
     out = Path(path)
     for parent in (out, *out.parents):
         if parent.exists() and not parent.is_dir():
             raise CliError(f"{option} {out}: {parent} is a file, not a folder")
+    if not create:
+        folder = next((q for q in (out, *out.parents) if q.exists()), None)
+        if folder is None or not os.access(folder, os.W_OK | os.X_OK):
+            raise CliError(f"{option} {out}: {folder or out} is not writable")
+        return out
     missing = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)

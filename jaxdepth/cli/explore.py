@@ -123,10 +123,60 @@ def _check_metric(metric: str) -> None:
         raise CliError(f"--metric {metric!r}: use one of {', '.join((*ACCURACY, *FIDELITY))}")
 
 
-def _open_store(args: argparse.Namespace):
+def _check_store(args: argparse.Namespace) -> Path:
+    """The results store (--store, else OUT/results.sqlite), checked without creating or changing anything."""
+    from ..explore.store import StoreError, check_path
+    try:
+        return check_path(Path(args.store) if args.store else Path(args.out) / "results.sqlite")
+    except StoreError as e:
+        raise CliError(f"--store {e}" if args.store else str(e)) from None
+
+
+def _check_ray(args: argparse.Namespace) -> None:
+    """The --ray address's form (and that Ray is installed), without contacting anything."""
+    if getattr(args, "ray", None):
+        from ..explore.ray_backend import check_address
+        try:
+            check_address(args.ray)
+        except ValueError as e:
+            raise CliError(f"--ray {args.ray}: {e}") from None
+
+
+def _prepare(args: argparse.Namespace):
+    """(spec, store path) after the checks that need nothing loaded: --out, --store, --ray, --model."""
+    common.check_out_dir(args.out, create=False)
+    store_path = _check_store(args)
+    _check_ray(args)
+    return _spec(args), store_path
+
+
+def _load_model(spec) -> tuple[tuple, list[str]]:
+    """The checkpoint and its layer names, loaded before the frames, so layer patterns and group names are
+    checked in seconds."""
+    from ..explore.evaluator import model_layer_names
+    loaded = spec.load_model()
+    return loaded, model_layer_names(loaded[0], loaded[2])
+
+
+def _open_store(args: argparse.Namespace, store_path: Path):
+    """(out, store), created only once every input is checked (a bad input leaves nothing behind)."""
     from ..explore import ResultStore
-    out = common.check_out_dir(args.out)
-    return out, ResultStore(Path(args.store) if args.store else out / "results.sqlite")
+    return common.check_out_dir(args.out), ResultStore(store_path)
+
+
+def _read_ranking(path: str) -> list[str]:
+    """The groups of a ranking file (sensitivity.txt: most sensitive first, one a line)."""
+    what = "group names, one a line (the sensitivity.txt of 'explore sensitivity')"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"--ranking {path}: not a text file; expected {what}") from None
+    except OSError as e:
+        raise CliError(f"--ranking {path}: {e.strerror or e}") from None
+    ranking = [line.strip() for line in text.splitlines() if line.strip()]
+    if not ranking:
+        raise CliError(f"--ranking {path}: the file is empty; expected {what}")
+    return ranking
 
 
 def _spec(args: argparse.Namespace):
@@ -161,7 +211,11 @@ def _executor(args: argparse.Namespace, ev):
     if not getattr(args, "ray", None):
         return None
     if getattr(args, "_executor", None) is None:
-        from ..explore.ray_backend import RayExecutor
+        from ..explore.ray_backend import RayExecutor, connect
+        try:
+            connect(args.ray)
+        except (ConnectionError, ValueError, RuntimeError) as e:     # a cluster that is not there
+            raise CliError(f"--ray {args.ray}: {common.error_line(e)}") from None
         args._executor = RayExecutor(_spec(args), args.ray, workers=args.ray_workers, expected_context=ev.context)
         print(f"Ray: {len(args._executor.actors)} worker(s)", flush=True)
     return args._executor
@@ -188,10 +242,13 @@ def _sweep(args: argparse.Namespace, done: common.Done) -> int:
     from ..explore import flatten, select_layers, select_multipliers, sweep_configs
     _check_metric(args.metric)
     mults = select_multipliers(args.multipliers, args.signed)
-    out, store = _open_store(args)
+    spec, store_path = _prepare(args)
+    loaded, names = _load_model(spec)
+    select_layers(args.layers, names)
+    ev = spec.build(loaded)
+    _executor(args, ev)                      # a Ray cluster that cannot be reached: before the store exists
+    out, store = _open_store(args, store_path)
     with store:
-        ev = _spec(args).build()
-        select_layers(args.layers, ev.layer_names)
         configs = sweep_configs(mults, args.layers)
         rows = [flatten(r) for r in _run(ev, store, configs, args, done)]
     _print_rows(rows, args.metric)
@@ -217,10 +274,13 @@ def _sensitivity(args: argparse.Namespace, done: common.Done) -> int:
     from ..explore.report import write_tables
     _check_metric(args.metric)
     m = _one_multiplier(args)
-    out, store = _open_store(args)
+    spec, store_path = _prepare(args)
+    loaded, names = _load_model(spec)
+    groups = layer_groups(select_layers(args.layers, names), args.granularity)
+    ev = spec.build(loaded)
+    _executor(args, ev)                      # a Ray cluster that cannot be reached: before the store exists
+    out, store = _open_store(args, store_path)
     with store:
-        ev = _spec(args).build()
-        groups = layer_groups(select_layers(args.layers, ev.layer_names), args.granularity)
         configs = sensitivity_configs(m, groups, args.base)
         ranking = rank(_run(ev, store, configs, args, done), args.metric)
     print(f"{'group':<44}{'drop':>9}{args.metric:>10}{'psnr':>8}{'power':>8}")
@@ -242,9 +302,12 @@ def _propagate(args: argparse.Namespace) -> int:
     from ..io.atomic import write_json, write_text
     from ..explore.report import to_csv
     m = _one_multiplier(args)
+    common.check_out_dir(args.out, create=False)
+    spec = _spec(args)
+    loaded, names = _load_model(spec)
+    select_layers(args.layers, names)
+    ev = spec.build(loaded)
     out = common.check_out_dir(args.out)
-    ev = _spec(args).build()
-    select_layers(args.layers, ev.layer_names)
     config = Config(f"{m.name} @ {' '.join(args.layers)}", tuple((p, m) for p in args.layers))
     rows = propagation(ev, config, args.frames)
     sat = saturation(rows)
@@ -273,21 +336,24 @@ def _search(args: argparse.Namespace, done: common.Done) -> int:
         cands = candidates_with_exact(select_multipliers(args.multipliers, args.signed))
     except ValueError as e:
         raise CliError(str(e)) from None
-    ranking = None
-    if args.ranking:
-        try:
-            ranking = [line.strip() for line in Path(args.ranking).read_text().splitlines() if line.strip()]
-        except OSError as e:
-            raise CliError(f"--ranking {args.ranking}: {e.strerror or e}") from None
-    out, store = _open_store(args)
+    if len(cands) < 2:
+        raise CliError(f"--multipliers {' '.join(args.multipliers)} selects only the exact table "
+                       f"{cands[0].name}: the search needs at least one approximate candidate")
+    if args.population < 2:
+        raise CliError(f"--population {args.population}: NSGA-II needs a population of at least 2")
+    ranking = _read_ranking(args.ranking) if args.ranking else None
+    spec, store_path = _prepare(args)
+    loaded, names = _load_model(spec)
+    groups = layer_groups(select_layers(args.layers, names), args.granularity)
+    unknown = [g for g in ranking or () if g not in groups]
+    if unknown:
+        raise CliError(f"--ranking {args.ranking}: unknown groups {unknown[:5]} for --granularity "
+                       f"{args.granularity} (its groups: {', '.join(list(groups)[:8])}"
+                       f"{' ...' if len(groups) > 8 else ''})")
+    ev = spec.build(loaded)
+    _executor(args, ev)                      # a Ray cluster that cannot be reached: before the store exists
+    out, store = _open_store(args, store_path)
     with store:
-        ev = _spec(args).build()
-        groups = layer_groups(select_layers(args.layers, ev.layer_names), args.granularity)
-        if ranking is not None:
-            unknown = [g for g in ranking if g not in groups]
-            if unknown:
-                raise CliError(f"--ranking {args.ranking}: unknown groups {unknown[:5]} for --granularity "
-                               f"{args.granularity}")
         refs = _run(ev, store, reference_configs({cands[0].signed}, args.layers), args, done)
         if ranking is None:
             cheapest = min(cands[1:], key=lambda m: figures(m)["power"])
@@ -317,14 +383,16 @@ def _search(args: argparse.Namespace, done: common.Done) -> int:
 def _report(args: argparse.Namespace) -> int:
     from ..explore import ResultStore, flatten
     _check_metric(args.metric)
-    out = common.check_out_dir(args.out)
-    path = Path(args.store) if args.store else out / "results.sqlite"
+    common.check_out_dir(args.out, create=False)
+    path = Path(args.store) if args.store else Path(args.out) / "results.sqlite"
     if not path.exists():
-        raise CliError(f"no results store at {path}")
-    with ResultStore(path) as store:
+        raise CliError(f"no results store at {path} (run sweep, sensitivity or search with this --out, or "
+                       f"give --store)")
+    with ResultStore(_check_store(args)) as store:
         rows = [flatten(r) for r in store.records(kinds=args.kinds)]
     if not rows:
         raise CliError(f"{path} holds no results" + (f" of kinds {args.kinds}" if args.kinds else ""))
+    out = common.check_out_dir(args.out)
     _print_rows(rows, args.metric)
     files = _write_outputs(rows, out, "results", args.metric, f"{len(rows)} stored configurations")
     print("wrote " + ", ".join(str(f) for f in files))

@@ -309,6 +309,17 @@ class Evaluator:
         }
 
 
+def model_layer_names(model: Any, info: Optional[dict] = None) -> list[str]:
+    """The multiplying layers of ``model`` in order, as an `Evaluator` of it names them, without any data
+    (so layer patterns can be checked before the frames are loaded)."""
+    from ..inference import model_input_size
+    from ..models import FLOAT_PLAN, describe
+    if getattr(model, "plan", None) is not None:
+        model = model.clone(plan=FLOAT_PLAN)
+    h, w = model_input_size(model, info) or (64, 64)
+    return [i.name for i in describe(model, (1, h, w, 3))]
+
+
 # ---- building an evaluator from paths (the CLI and the Ray workers use this) --------------------------------
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
@@ -332,11 +343,16 @@ class EvalSpec:
             data.update(path=str(p.resolve()), size=st.st_size, mtime=st.st_mtime)
         return {"model": {"path": str(path), "digest": _file_digest(path)}, "data": data}
 
-    def build(self) -> Evaluator:
-        """Load the checkpoint and the frames and build the evaluator (raises FileNotFoundError / ValueError)."""
-        from ..data import load
+    def load_model(self) -> tuple[Any, dict, dict]:
+        """(model, variables, info) of the checkpoint, without the data (raises FileNotFoundError / ValueError)."""
         from ..io import checkpoint
-        model, variables, info = checkpoint.load(self.model_path())
+        return checkpoint.load(self.model_path())
+
+    def build(self, loaded: Optional[tuple[Any, dict, dict]] = None) -> Evaluator:
+        """Load the checkpoint (unless ``loaded`` is `load_model`'s result) and the frames and build the
+        evaluator (raises FileNotFoundError / ValueError)."""
+        from ..data import load
+        model, variables, info = loaded if loaded is not None else self.load_model()
         ds = load(self.data, self.format)
         batches = list(ds.batches(self.protocol.batch_size, self.limit))
         calib = np.concatenate([b[0] for b in ds.batches(self.protocol.calib_frames, self.protocol.calib_frames)])

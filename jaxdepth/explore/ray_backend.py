@@ -11,9 +11,29 @@ the same code on the same inputs (the driver checks each record's context agains
 """
 from __future__ import annotations
 
+import importlib.util
+import re
 from typing import Any, Iterator, Optional, Sequence
 
 from .evaluator import Config, EvalSpec
+
+_HOST = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)"
+_HOST_PORT = re.compile(rf"^{_HOST}:(\d{{1,5}})$")
+
+
+def check_address(address: str) -> str:
+    """``address`` when it has a form `connect` takes ('auto', 'local', 'HOST:PORT', 'ray://HOST[:PORT]') and
+    the 'ray' package is installed, else ValueError; checked without importing Ray or contacting anything."""
+    rest = address[len("ray://"):] if address.startswith("ray://") else None
+    m = _HOST_PORT.match(address if rest is None else rest)
+    ok = address in ("auto", "local") or (m is not None and 0 < int(m.group(2)) < 65536) or \
+        (rest is not None and re.fullmatch(_HOST, rest) is not None)
+    if not ok:
+        raise ValueError("not a Ray address: use 'auto' (the running cluster), 'local' (start one here), "
+                         "HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT")
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError("needs the 'ray' package: pip install 'jaxdepth[ray]'")
+    return address
 
 
 class _Worker:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -55,11 +56,44 @@ class StoreError(OSError):
     """The store cannot be created or written (reported before any evaluation starts)."""
 
 
+#: The first 16 bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_path(path: Union[str, Path]) -> Path:
+    """``path`` as a results store, checked without creating or changing anything (StoreError if not): an
+    existing SQLite database (an empty file or any other file is refused and left untouched), or a new file
+    whose nearest existing folder is writable."""
+    p = Path(path)
+    if p.is_dir():
+        raise StoreError(f"{p}: is a folder, expected the results store's file name")
+    if p.exists():
+        try:
+            with open(p, "rb") as f:
+                head = f.read(len(SQLITE_HEADER))
+        except OSError as e:
+            raise StoreError(f"{p}: cannot read the results store ({e.strerror or e})") from None
+        if head != SQLITE_HEADER:
+            what = "an empty file" if not head else "a file that is not an SQLite database"
+            raise StoreError(f"{p}: not a results store ({what}; left untouched)")
+        if not os.access(p, os.R_OK | os.W_OK):
+            raise StoreError(f"{p}: the results store is not writable")
+        return p
+    blocking = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
+    if blocking is not None:
+        raise StoreError(f"{p}: cannot create the results store ({blocking} is a file, not a folder)")
+    folder = next((q for q in p.parents if q.exists()), None)
+    if folder is None or not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"{p}: cannot create the results store ({folder} is not writable)")
+    return p
+
+
 class ResultStore:
-    """SQLite file of results; ``put`` commits immediately."""
+    """SQLite file of results; ``put`` commits immediately. An existing file must be an SQLite database
+    (`check_path`): anything else is refused, not overwritten."""
 
     def __init__(self, path: Union[str, Path]):
-        self.path = Path(path)
+        self.path = check_path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), timeout=60)
