@@ -92,6 +92,14 @@ def test_a_file_that_is_not_a_database_is_refused_and_left_untouched(tmp_path, c
         pass
     with ResultStore(tmp_path / "r.sqlite") as st:
         assert st.count() == 0
+    import sqlite3
+    other = tmp_path / "other.db"                     # someone else's database is not added to
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE invoices (n)")
+    before = other.read_bytes()
+    with pytest.raises(StoreError, match="database of something else .*invoices"):
+        ResultStore(other)
+    assert other.read_bytes() == before
 
 
 def test_pareto_front_is_non_dominated():

@@ -76,6 +76,10 @@ def check_path(path: Union[str, Path]) -> Path:
         if head != SQLITE_HEADER:
             what = "an empty file" if not head else "a file that is not an SQLite database"
             raise StoreError(f"{p}: not a results store ({what}; left untouched)")
+        foreign = _foreign_tables(p)
+        if foreign:
+            raise StoreError(f"{p}: an SQLite database of something else (tables {', '.join(foreign[:5])}), not a "
+                             "results store; left untouched")
         if not os.access(p, os.R_OK | os.W_OK):
             raise StoreError(f"{p}: the results store is not writable")
         return p
@@ -86,6 +90,17 @@ def check_path(path: Union[str, Path]) -> Path:
     if folder is None or not os.access(folder, os.W_OK | os.X_OK):
         raise StoreError(f"{p}: cannot create the results store ({folder} is not writable)")
     return p
+
+
+def _foreign_tables(path: Path) -> list[str]:
+    """Tables of the database at ``path`` that a results store does not have (read-only look)."""
+    ours = {"contexts", "results", "evaluations", "_probe"}
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: cannot read the results store ({e})") from None
+    return sorted(n for n in names if n not in ours and not n.startswith("sqlite_"))
 
 
 class ResultStore:
