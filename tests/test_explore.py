@@ -258,6 +258,8 @@ def test_a_killed_sweep_resumes_without_reevaluating_or_losing(tiny_ckpt, tmp_pa
     (["sweep", "--multipliers", "mul8u_2AC", "--format", "nosuchformat"], "nosuchformat", True),
     (["sensitivity", "--multiplier", "mul8u_2AC", "--layers", "nomatch*"], "matches no layer", False),
     (["propagate", "--multiplier", "mul8u_2AC", "--layers", "nomatch*"], "matches no layer", False),
+    (["propagate", "--multiplier", "mul8u_2AC", "--layers", "decoder.*", "--ray", "auto"],
+     "propagate does not use --ray", False),
     (["search", "--multipliers", "mul8u_2AC", "--population", "1"], "--population 1", False),
     (["search", "--multipliers", "exact_u8"], "at least one approximate candidate", False),
     (["search", "--multipliers", "mul8u_2AC", "--ranking", "{tmp}/rank.txt"],

@@ -302,6 +302,10 @@ def _propagate(args: argparse.Namespace) -> int:
     from ..io.atomic import write_json, write_text
     from ..explore.report import to_csv
     m = _one_multiplier(args)
+    unused = [flag for flag, value in (("--store", args.store), ("--ray", args.ray)) if value]
+    if unused:
+        raise CliError(f"propagate does not use {' / '.join(unused)}: it runs one configuration here and "
+                       "stores nothing")
     common.check_out_dir(args.out, create=False)
     spec = _spec(args)
     loaded, names = _load_model(spec)
