@@ -254,6 +254,8 @@ def test_a_killed_sweep_resumes_without_reevaluating_or_losing(tiny_ckpt, tmp_pa
     (["sweep", "--multipliers", "mul8u_2AC", "--layers", "decoder.up9*"], "matches no layer", False),
     (["sweep", "--multipliers", "mul8u_2AC", "--metric", "speed"], "--metric", False),
     (["sweep", "--multipliers", "mul8u_2AC", "--ray", "bogus"], "--ray bogus: not a Ray address", False),
+    (["sweep", "--multipliers", "mul8u_2AC", "--ray", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1",
+     False),
     (["sweep", "--multipliers", "mul8u_2AC", "--data", "BAD.npz"], "BAD.npz", True),
     (["sweep", "--multipliers", "mul8u_2AC", "--format", "nosuchformat"], "nosuchformat", True),
     (["sensitivity", "--multiplier", "mul8u_2AC", "--layers", "nomatch*"], "matches no layer", False),

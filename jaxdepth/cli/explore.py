@@ -133,12 +133,14 @@ def _check_store(args: argparse.Namespace) -> Path:
 
 
 def _check_ray(args: argparse.Namespace) -> None:
-    """The --ray address's form (and that Ray is installed), without contacting anything."""
+    """The --ray address's form (and that Ray is installed), and that a HOST:PORT head answers, before
+    anything is loaded."""
     if getattr(args, "ray", None):
-        from ..explore.ray_backend import check_address
+        from ..explore.ray_backend import check_address, check_reachable
         try:
             check_address(args.ray)
-        except ValueError as e:
+            check_reachable(args.ray)
+        except (ValueError, ConnectionError) as e:
             raise CliError(f"--ray {args.ray}: {e}") from None
 
 

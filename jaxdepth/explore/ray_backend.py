@@ -67,8 +67,30 @@ def connect(address: Optional[str], num_cpus: Optional[int] = None) -> Any:
         if address in (None, "local"):
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         else:
+            check_reachable(address)
             ray.init(address=address, log_to_driver=False)
     return ray
+
+
+#: Seconds to wait for a cluster's head to accept a connection (Ray itself retries for minutes).
+REACH_TIMEOUT = 10.0
+
+
+def check_reachable(address: str) -> None:
+    """ConnectionError when a HOST:PORT (or ray://HOST:PORT) head does not accept a TCP connection within
+    `REACH_TIMEOUT`: ``ray.init`` would keep retrying for minutes. 'auto' and addresses without a port are
+    left to Ray."""
+    import socket
+
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    m = _HOST_PORT.match(rest)
+    if m is None:
+        return
+    host = m.group(1).strip("[]")
+    try:
+        socket.create_connection((host, int(m.group(2))), timeout=REACH_TIMEOUT).close()
+    except OSError as e:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({e.strerror or e})") from None
 
 
 class RayExecutor:
