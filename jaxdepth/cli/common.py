@@ -242,9 +242,10 @@ def check_out_dir(path: str | os.PathLike, option: str = "--out", create: bool =
         if parent.exists() and not parent.is_dir():
             raise CliError(f"{option} {out}: {parent} is a file, not a folder")
     if not create:
-        folder = next((q for q in (out, *out.parents) if q.exists()), None)
-        if folder is None or not os.access(folder, os.W_OK | os.X_OK):
-            raise CliError(f"{option} {out}: {folder or out} is not writable")
+        from ..io.atomic import write_obstacle
+        obstacle = write_obstacle(out)
+        if obstacle is not None:
+            raise CliError(f"{option} {out}: {obstacle}")
         return out
     missing = [p for p in (out, *out.parents) if not p.exists()]
     try:

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
+from ..io.atomic import write_obstacle
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS contexts (context TEXT PRIMARY KEY, description TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
@@ -83,12 +85,9 @@ def check_path(path: Union[str, Path]) -> Path:
         if not os.access(p, os.R_OK | os.W_OK):
             raise StoreError(f"{p}: the results store is not writable")
         return p
-    blocking = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
-    if blocking is not None:
-        raise StoreError(f"{p}: cannot create the results store ({blocking} is a file, not a folder)")
-    folder = next((q for q in p.parents if q.exists()), None)
-    if folder is None or not os.access(folder, os.W_OK | os.X_OK):
-        raise StoreError(f"{p}: cannot create the results store ({folder} is not writable)")
+    obstacle = write_obstacle(p)
+    if obstacle is not None:
+        raise StoreError(f"{p}: cannot create the results store ({obstacle})")
     return p
 
 

@@ -16,11 +16,24 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 PathLike = Union[str, os.PathLike]
+
+
+def write_obstacle(path: PathLike) -> Optional[str]:
+    """Why ``path`` could not be created (with any missing parent folders), found without creating anything:
+    ``"<p> is a file, not a folder"`` when a file sits where a folder must be, ``"<folder> is not writable"``
+    when the nearest existing folder is not; None when nothing stands in the way."""
+    p = Path(path)
+    nearest = next((q for q in (p, *p.parents) if q.exists()), None)
+    if nearest is not None and not nearest.is_dir():
+        return f"{nearest} is a file, not a folder"
+    if nearest is None or not os.access(nearest, os.W_OK | os.X_OK):
+        return f"{nearest or p} is not writable"
+    return None
 
 
 def temp_name(path: PathLike) -> Path:
