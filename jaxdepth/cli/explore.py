@@ -123,11 +123,16 @@ def _check_metric(metric: str) -> None:
         raise CliError(f"--metric {metric!r}: use one of {', '.join((*ACCURACY, *FIDELITY))}")
 
 
+def _store_path(args: argparse.Namespace) -> Path:
+    """The results store's file: --store, else OUT/results.sqlite."""
+    return Path(args.store) if args.store else Path(args.out) / "results.sqlite"
+
+
 def _check_store(args: argparse.Namespace) -> Path:
-    """The results store (--store, else OUT/results.sqlite), checked without creating or changing anything."""
+    """The results store (`_store_path`), checked without creating or changing anything."""
     from ..explore.store import StoreError, check_path
     try:
-        return check_path(Path(args.store) if args.store else Path(args.out) / "results.sqlite")
+        return check_path(_store_path(args))
     except StoreError as e:
         raise CliError(f"--store {e}" if args.store else str(e)) from None
 
@@ -390,7 +395,7 @@ def _report(args: argparse.Namespace) -> int:
     from ..explore import ResultStore, flatten
     _check_metric(args.metric)
     common.check_out_dir(args.out, create=False)
-    path = Path(args.store) if args.store else Path(args.out) / "results.sqlite"
+    path = _store_path(args)
     if not path.exists():
         raise CliError(f"no results store at {path} (run sweep, sensitivity or search with this --out, or "
                        f"give --store)")

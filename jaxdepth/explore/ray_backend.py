@@ -21,13 +21,19 @@ _HOST = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)"
 _HOST_PORT = re.compile(rf"^{_HOST}:(\d{{1,5}})$")
 
 
+def _without_scheme(address: str) -> tuple[str, bool]:
+    """(``address`` without a leading ``ray://``, whether it had one)."""
+    client = address.startswith("ray://")
+    return (address[len("ray://"):] if client else address), client
+
+
 def check_address(address: str) -> str:
     """``address`` when it has a form `connect` takes ('auto', 'local', 'HOST:PORT', 'ray://HOST[:PORT]') and
     the 'ray' package is installed, else ValueError; checked without importing Ray or contacting anything."""
-    rest = address[len("ray://"):] if address.startswith("ray://") else None
-    m = _HOST_PORT.match(address if rest is None else rest)
+    rest, client = _without_scheme(address)
+    m = _HOST_PORT.match(rest)
     ok = address in ("auto", "local") or (m is not None and 0 < int(m.group(2)) < 65536) or \
-        (rest is not None and re.fullmatch(_HOST, rest) is not None)
+        (client and re.fullmatch(_HOST, rest) is not None)
     if not ok:
         raise ValueError("not a Ray address: use 'auto' (the running cluster), 'local' (start one here), "
                          "HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT")
@@ -82,8 +88,7 @@ def check_reachable(address: str) -> None:
     left to Ray."""
     import socket
 
-    rest = address[len("ray://"):] if address.startswith("ray://") else address
-    m = _HOST_PORT.match(rest)
+    m = _HOST_PORT.match(_without_scheme(address)[0])
     if m is None:
         return
     host = m.group(1).strip("[]")
