@@ -141,7 +141,7 @@ def compile_kernels_ahead(plan: Any, variables: dict) -> None:
     calibrated, traced and compiled by XLA, instead of when the trace first reaches a LUT layer. Tables
     with an int8 plan (`lutconv.lowrank`) are left alone: most of their layers need no numba kernel.
     ``variables`` tell whether the model has depthwise layers (kernels (KH, KW, 1, C)) that ``auto`` would give
-    to ``dwrows`` (on AVX-512BW hosts; with AVX2 only, ``direct`` runs them).""" 
+    to ``dwrows`` (on AVX-512BW hosts; with AVX2 only, ``direct`` runs them)."""
     from .lutconv import ffi_bridge, lowrank
     from .models import Plan
 

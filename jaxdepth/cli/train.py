@@ -127,8 +127,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise CliError(f"{flag} must be a finite number > 0, got {v}")
     if not (math.isfinite(args.teacher_weight) and args.teacher_weight >= 0):
         raise CliError(f"--teacher-weight must be a finite number >= 0, got {args.teacher_weight}")
-    counts = {"--calib-frames": args.calib_frames, "--frames": args.frames, "--val-limit": args.val_limit,
-              "--save-every": args.save_every, "--log-every": args.log_every}
+    counts = {"--steps": args.steps, "--batch-size": args.batch_size, "--calib-frames": args.calib_frames,
+              "--frames": args.frames, "--val-limit": args.val_limit, "--save-every": args.save_every,
+              "--log-every": args.log_every}
     offsets = {"--warmup": args.warmup, "--val-every": args.val_every}
     for flag, v in counts.items():
         if v < 1:
@@ -149,8 +150,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..io import checkpoint
 
     # ---- checks before any work -----------------------------------------------------------------------------
-    if args.steps < 1 or args.batch_size < 1:
-        raise CliError("--steps and --batch-size must be >= 1")
     _check_numbers(args)
     plan = _parse_plan(args.plan) if args.plan else None
     if plan is not None and not args.init:
@@ -231,7 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         variables, log = T.train(student, svars, data, steps=args.steps, batch_size=args.batch_size, lr=lr,
                                  seed=args.seed, minutes=args.minutes, out=out, preset=preset,
-                                 save_every=args.save_every, log_every=max(1, args.log_every),
+                                 save_every=args.save_every, log_every=args.log_every,
                                  val=val if val is not None and val.has_depth else None,
                                  val_every=args.val_every, progress=not args.no_progress,
                                  trainable=args.trainable, learn_ranges=plan is not None and args.ranges == "learn",
