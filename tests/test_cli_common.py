@@ -39,6 +39,21 @@ def test_ctrl_c_is_a_summary_exit_130(capsys, tmp_path):
     assert "interrupted: 1 of 3 images finished" in err and str(tmp_path) in err and "Traceback" not in err
 
 
+def test_commands_run_with_fewer_gc_passes_and_restore_the_collector():
+    """While a command body runs, the young-generation threshold is raised (start-up allocates millions of
+    long-lived objects); afterwards, also after an error, the caller's thresholds are back."""
+    import gc
+
+    before = gc.get_threshold()
+    seen = []
+
+    def body(args):
+        seen.append(gc.get_threshold())
+        raise ValueError("bad input")
+    assert common.run(_parser(), body, ["--no-compile-cache"]) == common.EXIT_USAGE
+    assert seen == [(common.GC_YOUNG_THRESHOLD, *before[1:])] and gc.get_threshold() == before
+
+
 def test_bugs_keep_their_traceback():
     def body(args):
         raise ZeroDivisionError("a bug")
