@@ -218,12 +218,12 @@ def _executor(args: argparse.Namespace, ev):
     if not getattr(args, "ray", None):
         return None
     if getattr(args, "_executor", None) is None:
-        from ..explore.ray_backend import RayExecutor, connect
+        from ..explore.ray_backend import RayExecutor
         try:
-            connect(args.ray)
-        except (ConnectionError, ValueError, RuntimeError) as e:     # a cluster that is not there
+            args._executor = RayExecutor(_spec(args), args.ray, workers=args.ray_workers,
+                                         expected_context=ev.context)
+        except (ConnectionError, ValueError, RuntimeError) as e:  # no cluster there, or workers that see other files
             raise CliError(f"--ray {args.ray}: {common.error_line(e)}") from None
-        args._executor = RayExecutor(_spec(args), args.ray, workers=args.ray_workers, expected_context=ev.context)
         print(f"Ray: {len(args._executor.actors)} worker(s)", flush=True)
     return args._executor
 
