@@ -36,6 +36,15 @@ def test_forward_shapes_and_feature_list(lite):
     assert feats[2].shape[1:3] == (32, 48) and feats[19].shape[1:3] == (2, 3)
 
 
+def test_layer_names_are_the_described_layers_whatever_the_plan(lite):
+    """`layer_names` lists what `describe` traces, in order, also for a model whose plan quantizes layers
+    (no calibration needed: names are traced under the float plan)."""
+    model, _ = lite
+    names = [i.name for i in models.describe(model, (1, 64, 96, 3))]
+    assert models.layer_names(model, (64, 96)) == names and names[0] == "encoder.stem"
+    assert models.layer_names(model.clone(plan=models.Plan.make({"*": "mul8u_197B"})), (64, 96)) == names
+
+
 def test_densenet_feature_channels_match_preset():
     preset = models.get_preset("densenet121")
     enc = models.make_encoder(preset)

@@ -408,9 +408,8 @@ def check_layers(model: Any, patterns: Optional[Sequence[str]], size: Optional[S
         return
     from fnmatch import fnmatchcase
 
-    from ..models import describe
-    h, w = size or (64, 64)
-    names = [i.name for i in describe(model, (1, h, w, 3))]
+    from ..models import layer_names
+    names = layer_names(model, size)
     unused = [p for p in patterns if not any(fnmatchcase(n, p) for n in names)]
     if unused:
         raise CliError(f"--layers {' '.join(unused)} matches no layer of the model; its layers: "

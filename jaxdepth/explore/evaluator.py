@@ -313,11 +313,8 @@ def model_layer_names(model: Any, info: Optional[dict] = None) -> list[str]:
     """The multiplying layers of ``model`` in order, as an `Evaluator` of it names them, without any data
     (so layer patterns can be checked before the frames are loaded)."""
     from ..inference import model_input_size
-    from ..models import FLOAT_PLAN, describe
-    if getattr(model, "plan", None) is not None:
-        model = model.clone(plan=FLOAT_PLAN)
-    h, w = model_input_size(model, info) or (64, 64)
-    return [i.name for i in describe(model, (1, h, w, 3))]
+    from ..models import layer_names
+    return layer_names(model, model_input_size(model, info))
 
 
 # ---- building an evaluator from paths (the CLI and the Ray workers use this) --------------------------------

@@ -23,7 +23,7 @@ import dataclasses
 import fnmatch
 import functools
 import json
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from ..multipliers import Multiplier, get as get_multiplier
 
@@ -254,6 +254,15 @@ def describe(model: Any, input_shape: tuple[int, ...] = (1, 480, 640, 3), *, ret
         x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
         shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
     return (infos, shapes) if return_shapes else infos
+
+
+def layer_names(model: Any, size: Optional[Sequence[int]] = None) -> list[str]:
+    """The names of ``model``'s multiplying layers in order (what plan patterns and ``--layers`` globs match),
+    traced at an input of ``size`` (H, W; default 64x64) under the float plan, so no calibration is needed."""
+    if getattr(model, "plan", None) is not None:
+        model = model.clone(plan=FLOAT_PLAN)
+    h, w = size or (64, 64)
+    return [i.name for i in describe(model, (1, h, w, 3))]
 
 
 def plan_table(model: Any, input_shape: tuple[int, ...] = (1, 480, 640, 3), kernels: bool = True,
