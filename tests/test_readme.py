@@ -39,3 +39,52 @@ def test_readme_snippet_runs(line, code, tmp_path, monkeypatch, capsys):
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=-3))
         pytest.fail(f"{name} fails: {type(e).__name__}: {e}\n--- snippet ---\n{code}--- traceback ---\n{tb}",
                     pytrace=False)
+
+
+def shell_blocks(text: str) -> list[tuple[int, str]]:
+    """(line of the first code line, code) of every fenced block marked ``bash`` / ``sh`` or unmarked."""
+    blocks, lines, open_at, lang = [], text.split("\n"), None, ""
+    for i, line in enumerate(lines):
+        if not line.startswith("```"):
+            continue
+        if open_at is None:
+            open_at, lang = i + 1, line[3:].strip()
+        else:
+            if lang in ("", "bash", "sh"):
+                blocks.append((open_at + 1, "\n".join(lines[open_at:i])))
+            open_at = None
+    return blocks
+
+
+def shell_commands(text: str) -> list[tuple[int, list[str]]]:
+    """(line, argv after ``python -m``) of every ``python -m jaxdepth.*`` command in the README's shell
+    blocks (`shell_blocks`; prose mentions elsewhere are not commands), continuation lines joined, ``#``
+    comments dropped."""
+    import shlex
+    found = []
+    for first, code in shell_blocks(text):
+        for m in re.finditer(r"python -m (jaxdepth\.[\w.]+)((?:\\\n|[^\n|;&])*)", code):
+            rest = m.group(2).replace("\\\n", " ")
+            found.append((first + code.count("\n", 0, m.start()), [m.group(1), *shlex.split(rest, comments=True)]))
+    return found
+
+
+COMMANDS = shell_commands(README.read_text())
+
+
+def test_every_documented_command_parses():
+    """Each ``python -m jaxdepth.<tool> ...`` the README shows is accepted by that tool's own parser
+    (options, subcommands and argument forms; nothing is run), so the documented commands cannot drift from
+    the command lines."""
+    import importlib
+
+    assert len(COMMANDS) >= 20, "found too few documented commands: did the README's form change?"
+    failures = []
+    for line, (module, *argv) in COMMANDS:
+        tool = module.split(".")[-1]
+        parser = importlib.import_module(f"jaxdepth.cli.{tool}").build_parser()
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            failures.append(f"README.md:{line}: python -m {module} {' '.join(argv)}")
+    assert not failures, "documented commands the parsers refuse:\n" + "\n".join(failures)
