@@ -36,8 +36,8 @@ COMPILE_CACHE_ENV = "JAXDEPTH_COMPILE_CACHE"
 TRACEBACK_ENV = "JAXDEPTH_TRACEBACK"
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
 #: Allocations between the garbage collector's young-generation passes while a command runs (Python's
-#: default: 700). A command imports jax, flax, numba and matplotlib (millions of objects) and traces models,
-#: so at the default every tenth pass of every tenth walks all of them: ~0.3 s of a later predict run.
+#: default: 700). A command imports jax, flax, numba and matplotlib (millions of long-lived objects) and
+#: traces models; at the default, the full collections that walk all of them took ~0.3 s of a later predict.
 GC_YOUNG_THRESHOLD = 50_000
 
 
