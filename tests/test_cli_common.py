@@ -39,6 +39,53 @@ def test_ctrl_c_is_a_summary_exit_130(capsys, tmp_path):
     assert "interrupted: 1 of 3 images finished" in err and str(tmp_path) in err and "Traceback" not in err
 
 
+def test_ctrl_c_removes_the_empty_output_folders_it_created(capsys, tmp_path):
+    def body(args, done):
+        common.check_out_dir(args.out)
+        raise KeyboardInterrupt
+    out = tmp_path / "new" / "out"
+    assert common.run(_parser("out"), body, ["--out", str(out)]) == common.EXIT_INTERRUPTED
+    assert not (tmp_path / "new").exists()
+
+
+INTERRUPTED_PROGRAM = """
+import sys, threading, time
+from jaxdepth.cli import common
+
+def body(args):
+    threading.Thread(target=time.sleep, args=(3600,)).start()   # stands in for XLA work that never ends
+    raise KeyboardInterrupt
+
+sys.argv = ["prog"]
+common.run(common.argparse.ArgumentParser(prog="prog"), body)
+"""
+
+
+def test_an_interrupted_program_exits_130_at_once():
+    """A program (argv None) leaves at once after the summary: interpreter shutdown would wait for threads
+    still blocked on work (here a non-daemon thread that sleeps for an hour)."""
+    import subprocess
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_PROGRAM], capture_output=True, text=True, timeout=60)
+    assert done.returncode == common.EXIT_INTERRUPTED
+    assert done.stderr.strip() == "interrupted: 0 items finished"
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--batch", "0"], "error: argument --batch: expected a positive integer, got 0 (see t --help)"),
+    (["--nope"], "error: unrecognized arguments: --nope (see t --help)"),
+    (["sub", "--size", "x"], "error: argument --size: invalid int value: 'x' (see t sub --help)"),
+])
+def test_usage_errors_are_one_line_exit_2(argv, text, capsys):
+    parser = _parser("out")
+    parser.add_argument("--batch", type=common.positive_int, default=1)
+    sub = parser.add_subparsers(dest="cmd")
+    sub.add_parser("sub").add_argument("--size", type=int)
+    with pytest.raises(SystemExit) as e:
+        common.run(parser, lambda args: 0, argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == text + "\n"
+
+
 def test_commands_run_with_fewer_gc_passes_and_restore_the_collector():
     """While a command body runs, the young-generation threshold is raised (start-up allocates millions of
     long-lived objects); afterwards, also after an error, the caller's thresholds are back."""

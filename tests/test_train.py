@@ -134,3 +134,32 @@ def test_odd_input_sizes_train(tiny_model):
     _, log = training.train(model, variables, training.ArrayData(images, depths), steps=2, batch_size=2,
                             lr=1e-3, log_every=1, progress=False)
     assert len(log["loss"]) == 2 and all(np.isfinite(log["loss"]))
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_saves_the_finished_steps_and_exits_130(tmp_path, capsys, monkeypatch):
+    """Ctrl-C inside step 2 of a float training run: the checkpoint and log hold step 1 (the update in
+    progress is not counted), the command says so in its one ``interrupted:`` line and exits 130, not 0."""
+    from jaxdepth import models, train
+    from jaxdepth.io import checkpoint
+    from jaxdepth.training import loop
+    ckpt = checkpoint.save(tmp_path / "init", models.get_preset("mobilenetv2_lite", input_size=(32, 32)),
+                           models.init_variables(models.build("mobilenetv2_lite"), 0))
+    calls = []
+    real_augment = loop.augment
+
+    def augment(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_augment(*args, **kwargs)
+    monkeypatch.setattr(loop, "augment", augment)
+    out = tmp_path / "run"
+    code = train.main(["--init", str(ckpt), "--data", "synthetic:4:3", "--steps", "5", "--batch-size", "2",
+                       "--out", str(out), "--no-progress", "--no-compile-cache"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert f"interrupted: 1 of 5 training steps finished; the checkpoint of step 1 is saved in {out / 'checkpoint'}" in err
+    log = json.loads((out / "log.json").read_text())
+    assert log["config"]["interrupted"] and log["config"]["steps_done"] == 1
+    assert checkpoint.load(out / "checkpoint")[2]["extra"]["steps"] == 1

@@ -11,7 +11,11 @@ A CLI module ``jaxdepth/cli/<tool>.py`` has ``build_parser()`` (parents=[`parent
 - a user error (`CliError`, a bad data set / image / table / checkpoint, a file that cannot be read or
   written: `USER_ERRORS`) -> ``error: <one line>`` on stderr, exit code 2;
 - Ctrl-C -> ``interrupted: <what was finished>`` on stderr, exit code 130, no traceback (outputs are
-  written atomically, so finished files are whole and unfinished ones absent);
+  written atomically, so finished files are whole and unfinished ones absent; output folders it created
+  and left empty are removed). Run as a program (``argv`` None), the process then ends at once
+  (``os._exit``): a normal interpreter shutdown could wait forever for XLA work blocked on a kernel that a
+  background thread was still compiling, or crash inside that compilation;
+- argparse's usage errors -> one ``error: ...`` line, exit code 2 (not the whole usage block);
 - anything else is a bug: the traceback is kept. ``JAXDEPTH_TRACEBACK=1`` shows tracebacks for user
   errors too.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import os
 import sys
@@ -59,13 +64,14 @@ class Done:
     where: Optional[Path] = None
     items: list[str] = field(default_factory=list)
     note: str = ""          # what an interrupt leaves behind, when the counts do not say it
+    count: Optional[int] = None   # units finished, when they are not listed in ``items`` (e.g. training steps)
 
     def add(self, item: str) -> None:
         self.items.append(item)
 
     def summary(self) -> str:
         of = f" of {self.total}" if self.total is not None else ""
-        text = f"{len(self.items)}{of} {self.what} finished"
+        text = f"{len(self.items) if self.count is None else self.count}{of} {self.what} finished"
         if self.items and self.where is not None:
             text += f" (complete outputs in {self.where})"
         return f"{text}; {self.note}" if self.note else text
@@ -132,6 +138,7 @@ def run(parser: argparse.ArgumentParser, body: Callable[..., Optional[int]],
     takes a second parameter, a `Done` for the Ctrl-C summary) and map errors as the module docstring says.
     Returns the exit code (argparse's own usage errors exit 2 through SystemExit, as usual)."""
     import inspect
+    _one_line_usage_errors(parser)
     args = parser.parse_args(None if argv is None else list(argv))
     if not getattr(args, "no_compile_cache", True):
         enable_compile_cache()
@@ -148,8 +155,12 @@ def run(parser: argparse.ArgumentParser, body: Callable[..., Optional[int]],
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
+        _remove_created_dirs()
         _flush()
         print(f"\ninterrupted: {done.summary()}", file=sys.stderr)
+        if argv is None:            # a program, not an in-process caller: leave without tearing down (below)
+            _flush()
+            os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except USER_ERRORS as e:
         _remove_created_dirs()
@@ -158,6 +169,23 @@ def run(parser: argparse.ArgumentParser, body: Callable[..., Optional[int]],
         _flush()
         print(f"error: {error_line(e)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _one_line_usage_errors(parser: argparse.ArgumentParser) -> None:
+    """argparse's usage errors (bad option values, unknown options) as one ``error: ...`` line and exit 2,
+    like every other user error, instead of the whole usage block; for subcommands' parsers too."""
+    def error(message: str, prog: str) -> None:
+        _flush()
+        print(f"error: {' '.join(message.split())} (see {prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        p.error = functools.partial(error, prog=p.prog)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
 
 
 @contextlib.contextmanager

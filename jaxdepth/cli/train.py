@@ -243,6 +243,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError(f"training diverged ({e}): lower --lr (at {lr:g} now); checkpoints saved before it, if "
                        f"any, are in {out}") from None
     result: dict[str, Any] = {"out": out, "log": log}
+    if log["config"]["interrupted"]:    # Ctrl-C: what was trained is saved; no held-out report after it
+        return result
     if val is not None:
         if plan is not None:
             res = T.before_after(exact, before, (student, variables), val, input_size=size,
@@ -257,9 +259,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, done: common.Done) -> int:
     result = run(args)
     out = result["out"]
+    config = result["log"]["config"]
+    if config["interrupted"]:            # saved; reported as an interruption (exit 130), not as a finished run
+        print(f"checkpoint: {out / 'checkpoint'}\nlog: {out / 'log.json'}")
+        done.what, done.total, done.count = "training steps", args.steps, config["steps_done"]
+        done.note = f"the checkpoint of step {config['steps_done']} is saved in {out / 'checkpoint'}"
+        raise KeyboardInterrupt
     if "report" in result:
         from ..training import format_report
         print(format_report(result["report"]))

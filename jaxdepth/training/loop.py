@@ -194,6 +194,7 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
     order = rng.permutation(len(data))
     pos = 0
     step = 0
+    completed = 0       # steps whose update is in ``state`` (an interrupt may land inside the next one)
     interrupted = False
     try:
         for step in range(1, steps + 1):
@@ -206,6 +207,7 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
             y = None if d is None else jnp.asarray(depth_to_target(d, out_hw, d_range))
             state, frozen, opt_state, loss, parts = step_fn(state, frozen, opt_state, jnp.asarray(x), y,
                                                             teacher_variables)
+            completed = step
             vals = {"loss": float(loss), **{k: float(v) for k, v in parts.items()}}
             if step == 1:
                 log["config"]["first_step_seconds"] = time.time() - t0     # includes compiling the step
@@ -230,11 +232,11 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
                 break
     except KeyboardInterrupt:
         interrupted = True
-        bar.write(f"interrupted at step {step}: saving what was trained")
+        bar.write(f"interrupted after step {completed}: saving what was trained")
     bar.close()
     if n_acc:
-        _log_mean(log, step, acc, n_acc, t0)
-    log["config"]["steps_done"] = step
+        _log_mean(log, completed, acc, n_acc, t0)
+    log["config"]["steps_done"] = completed
     log["config"]["seconds"] = time.time() - t0
     log["config"]["interrupted"] = interrupted
     variables = assemble(state, frozen)
