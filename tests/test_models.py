@@ -103,3 +103,17 @@ def test_plan_cli_table_macs_match_reference_figures(capsys):
     assert macs["decoder.conv2"] == pytest.approx(17 * 22 * 2208 * 1104 / 1e6, abs=0.1)        # padding 1
     assert "mul8s_1L2J" in rows["decoder.up1.convA"] and "int8" in rows["encoder.conv0"]
     assert main(["densenet161", "--plan", '{"*": "no_such_circuit"}']) == 2
+
+
+def test_models_cli_rejects_a_plan_glob_that_matches_no_layer(capsys):
+    """A mistyped plan glob is a usage error naming it, with the closest real module glob; a plan whose
+    globs all match prints the table."""
+    from jaxdepth.cli import models as models_cli
+    plan = '{"decoder.up1.*": "int8", "decodr.up2.*": "mul8s_1L2J"}'
+    assert models_cli.main(["mobilenetv2_lite", "--plan", plan, "--size", "64", "64"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --plan: pattern(s) 'decodr.up2.*' match no layer")
+    assert "did you mean 'decoder.up2.*'" in err[0] and captured.out == ""
+    assert models_cli.main(["mobilenetv2_lite", "--plan", '{"decoder.up1.*": "int8"}', "--size", "64", "64"]) == 0
+    assert "decoder.up1.convA" in capsys.readouterr().out

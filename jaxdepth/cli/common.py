@@ -444,6 +444,20 @@ def check_layers(model: Any, patterns: Optional[Sequence[str]], size: Optional[S
                        f"{layer_summary(names)}")
 
 
+def check_plan_layers(model: Any, plan: Any, size: Optional[Sequence[int]], option: str = "--plan") -> None:
+    """CliError when a pattern of ``plan`` (a dict or `Plan`) matches no multiplying layer of ``model``: a
+    mistyped glob would otherwise leave its layers float without a word. Models without a plan are not checked."""
+    if plan is None or not hasattr(model, "plan"):
+        return
+    from ..models import Plan, layer_names
+    from ..models.plan import unmatched_hint
+    names = layer_names(model, size)
+    unused = Plan.make(plan).unused_patterns(names)
+    if unused:
+        raise CliError(f"{option}: pattern(s) {', '.join(repr(u) for u in unused)} match no layer"
+                       f"{unmatched_hint(unused, names)}")
+
+
 def layer_summary(names: Sequence[str], limit: int = 24) -> str:
     """The layer names, or for long lists the groups ``a.b.*`` (with counts) they fall into."""
     if len(names) <= limit:

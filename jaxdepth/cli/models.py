@@ -31,8 +31,10 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if args.preset not in PRESETS:
         raise common.CliError(f"unknown preset {args.preset!r}; known: {', '.join(PRESETS)}")
-    model = build(args.preset, plan=common.parse_plan(args.plan))
+    plan = common.parse_plan(args.plan)
+    model = build(args.preset, plan=plan)
     h, w = args.size or model.preset.input_size or (480, 640)
+    common.check_plan_layers(model, plan, (h, w))
     print(plan_table(model, (1, h, w, 3), verbose=args.verbose))
     return 0
 

@@ -265,6 +265,21 @@ def layer_names(model: Any, size: Optional[Sequence[int]] = None) -> list[str]:
     return [i.name for i in describe(model, (1, h, w, 3))]
 
 
+def unmatched_hint(unused: Sequence[str], names: Sequence[str]) -> str:
+    """For an error about patterns that match no layer: close layer names / module globs (``did you mean``),
+    and the model's layers with their counts per top module."""
+    import difflib
+    names = list(names)
+    globs = sorted({".".join(n.split(".")[:d]) + ".*" for n in names for d in range(1, n.count(".") + 1)})
+    close = [c for u in unused for c in difflib.get_close_matches(u, globs + names, n=2, cutoff=0.6)]
+    tops: dict[str, int] = {}
+    for n in names:
+        tops[n.split(".")[0]] = tops.get(n.split(".")[0], 0) + 1
+    text = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    shown = ", ".join(names) if len(names) <= 16 else ", ".join(names[:4] + ["..."] + names[-4:])
+    return text + f"; the model's {len(names)} layers: {shown} ({', '.join(f'{t}.*: {k}' for t, k in tops.items())})"
+
+
 def plan_table(model: Any, input_shape: tuple[int, ...] = (1, 480, 640, 3), kernels: bool = True,
                verbose: bool = False) -> str:
     """The model's resolved plan as a table (see `format_table`), plus the plan patterns that match nothing."""

@@ -24,6 +24,7 @@ def check_plan(model: Any, plan: Any, input_shape: tuple[int, ...] = (1, 64, 64,
     """The `Plan` for ``model``'s layers; raises `FinetuneError` when a pattern matches no layer (listing
     the layer names) or the plan leaves every layer float."""
     from ..models import Plan, describe
+    from ..models.plan import unmatched_hint
     try:
         p = Plan.make(plan)
     except (ValueError, TypeError, KeyError) as e:
@@ -31,23 +32,10 @@ def check_plan(model: Any, plan: Any, input_shape: tuple[int, ...] = (1, 64, 64,
     names = [i.name for i in describe(model.clone(plan=p), input_shape)]
     unused = p.unused_patterns(names)
     if unused:
-        raise FinetuneError(f"plan pattern(s) {', '.join(repr(u) for u in unused)} match no layer{_hint(unused, names)}")
+        raise FinetuneError(f"plan pattern(s) {', '.join(repr(u) for u in unused)} match no layer{unmatched_hint(unused, names)}")
     if p.is_float:
         raise FinetuneError("the plan leaves every layer float: nothing approximate to fine-tune for")
     return p
-
-
-def _hint(unused: list[str], names: list[str]) -> str:
-    """Close layer names / module globs for mistyped patterns, and the model's modules with their layer counts."""
-    import difflib
-    globs = sorted({".".join(n.split(".")[:d]) + ".*" for n in names for d in range(1, n.count(".") + 1)})
-    close = [c for u in unused for c in difflib.get_close_matches(u, globs + names, n=2, cutoff=0.6)]
-    tops: dict[str, int] = {}
-    for n in names:
-        tops[n.split(".")[0]] = tops.get(n.split(".")[0], 0) + 1
-    text = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    shown = ", ".join(names) if len(names) <= 16 else ", ".join(names[:4] + ["..."] + names[-4:])
-    return text + f"; the model's {len(names)} layers: {shown} ({', '.join(f'{t}.*: {k}' for t, k in tops.items())})"
 
 
 def check_teacher(student_preset: Any, teacher_preset: Any) -> None:
