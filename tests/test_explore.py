@@ -65,6 +65,17 @@ def test_multiplier_selection_terms_and_errors(tmp_path):
     assert list(layer_groups(layers, "parts")) == ["encoder", "decoder"]
 
 
+def test_a_closed_store_leaves_only_its_file(tmp_path):
+    """Checked (a read-only look at its tables) and reopened, then closed: SQLite's -wal / -shm files go."""
+    from jaxdepth.explore.store import check_path
+    path = tmp_path / "results.sqlite"
+    with ResultStore(path) as store:
+        store.put("k", "c", {"a": 1})
+    with ResultStore(check_path(path)) as store:
+        assert len(store.records()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.sqlite"]
+
+
 def test_store_keeps_records_and_refuses_an_unwritable_path(tmp_path):
     with ResultStore(tmp_path / "r.sqlite") as st:
         st.put("k1", "ctx", {"label": "a", "kind": "sweep", "fidelity": {"psnr": float("inf")}})
@@ -293,6 +304,17 @@ def test_bad_input_is_a_clear_error_before_any_work(tiny_ckpt, tmp_path, capsys,
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
     assert time.time() - t0 < 10
+
+
+@pytest.mark.parametrize("command", ["sweep", "sensitivity", "propagate", "search"])
+def test_signed_and_unsigned_together_are_a_usage_error(command, tmp_path, capsys):
+    from jaxdepth.cli.explore import main
+    mult = ["--multiplier", "t.npy"] if command in ("sensitivity", "propagate") else ["--multipliers", "t.npy"]
+    with pytest.raises(SystemExit) as e:
+        main([command, *mult, "--signed", "--unsigned", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "not allowed with argument --signed" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_report_without_a_store_creates_nothing(tmp_path, capsys):

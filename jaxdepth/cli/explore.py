@@ -45,11 +45,15 @@ def _mult_options(ap: argparse.ArgumentParser, nargs: str = "+") -> None:
     ap.add_argument("--multipliers", nargs=nargs, default=["evoapprox"], metavar="TERM",
                     help="multiplier selection: names, globs, families, table files, filters (default: the 66 "
                          "EvoApprox circuits)")
+    _sign_options(ap, "table files among the terms are")
+
+
+def _sign_options(ap: argparse.ArgumentParser, what: str) -> None:
+    """--signed / --unsigned, one or the other."""
     sign = ap.add_mutually_exclusive_group()
     sign.add_argument("--signed", dest="signed", action="store_const", const=True, default=None,
-                      help="table files among the terms are signed")
-    sign.add_argument("--unsigned", dest="signed", action="store_const", const=False,
-                      help="table files among the terms are unsigned")
+                      help=f"{what} signed")
+    sign.add_argument("--unsigned", dest="signed", action="store_const", const=False, help=f"{what} unsigned")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the rest through the exact table of its signedness (--base exact) or float; "
                                     "groups ranked by the metric drop, with a bar chart.")
     sn.add_argument("--multiplier", required=True, help="the circuit under test (name or table file)")
-    sn.add_argument("--signed", dest="signed", action="store_const", const=True, default=None)
-    sn.add_argument("--unsigned", dest="signed", action="store_const", const=False)
+    _sign_options(sn, "a --multiplier table file is")
     sn.add_argument("--granularity", choices=("layers", "blocks", "parts"), default="layers")
     sn.add_argument("--layers", nargs="+", default=["*"], metavar="PATTERN",
                     help="only groups of these layers (default *)")
@@ -85,8 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="The relative error of every layer's output against the exact model's for "
                                     "--multiplier on --layers: where the error enters, blows up, collapses.")
     pp.add_argument("--multiplier", required=True)
-    pp.add_argument("--signed", dest="signed", action="store_const", const=True, default=None)
-    pp.add_argument("--unsigned", dest="signed", action="store_const", const=False)
+    _sign_options(pp, "a --multiplier table file is")
     pp.add_argument("--layers", nargs="+", default=["*"], metavar="PATTERN")
     pp.add_argument("--frames", type=common.positive_int, default=4, help="frames compared (default 4)")
     _data_options(pp)

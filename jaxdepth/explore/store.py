@@ -7,6 +7,7 @@ configuration in flight; rerunning skips every stored key. One writer at a time 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -95,7 +96,8 @@ def _foreign_tables(path: Path) -> list[str]:
     """Tables of the database at ``path`` that a results store does not have (read-only look)."""
     ours = {"contexts", "results", "evaluations", "_probe"}
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        # closed explicitly (``with connection`` only commits): an open reader would keep the -wal / -shm files
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     except sqlite3.Error as e:
         raise StoreError(f"{path}: cannot read the results store ({e})") from None
