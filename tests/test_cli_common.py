@@ -131,6 +131,15 @@ def test_compile_cache_setting(monkeypatch, tmp_path):
     assert common.compile_cache_dir() == tmp_path / "jaxdepth" / "xla"
 
 
+def test_an_unusable_compile_cache_folder_is_a_warning_not_silence(monkeypatch, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv(common.COMPILE_CACHE_ENV, str(tmp_path / "afile"))
+    assert common.enable_compile_cache() is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: compilation cache {tmp_path / 'afile'}: ")
+    assert "running without it" in err[0]
+
+
 def test_table_files_need_explicit_signedness(tmp_path):
     """An exact UNSIGNED table named like a signed one stays unsigned: signedness is never guessed."""
     table = multipliers.exact_table(False)
@@ -165,6 +174,15 @@ def test_plan_argument_errors():
     with pytest.raises(common.CliError, match="apply to table files"):
         common.make_plan("mul8s_1L2J", signed=True)
     assert common.make_plan("mul8s_1L2J", ["decoder.*"]) == {"decoder.*": "mul8s_1L2J"}
+
+
+def test_missing_table_files_and_folders_are_named_as_such(tmp_path):
+    """Said before any question of signedness: a missing table file, a folder passed as a table."""
+    for signed in (None, True):
+        with pytest.raises(common.CliError, match="missing.npy: no such file"):
+            common.resolve_multiplier(str(tmp_path / "missing.npy"), signed)
+        with pytest.raises(common.CliError, match="is a folder; expected a multiplier name or a table file"):
+            common.resolve_multiplier(str(tmp_path), signed)
 
 
 def test_out_checks(tmp_path):

@@ -243,13 +243,20 @@ def compile_cache_dir() -> Optional[Path]:
 def enable_compile_cache() -> Optional[Path]:
     """Turn JAX's persistent compilation cache on for this process (compiled models are reused across runs:
     the first LUT model compile takes tens of seconds). Returns the folder, or None when off or the folder
-    cannot be created (then it is silently skipped: a cache must never stop a run)."""
+    cannot be created or written (then a one-line warning says so and the run goes on without the cache:
+    a cache must never stop a run)."""
     folder = compile_cache_dir()
     if folder is None:
         return None
     try:
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(17, "is a file, not a folder", str(folder))
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable", str(folder))
+    except OSError as e:
+        print(f"warning: compilation cache {folder}: {e.strerror or e}; running without it (set "
+              f"{COMPILE_CACHE_ENV} to a writable folder, or 0)", file=sys.stderr)
         return None
     settings = {"jax_compilation_cache_dir": str(folder), "jax_persistent_cache_min_compile_time_secs": 0.5}
     if "jax" in sys.modules:                 # already imported (in-process callers): update its config
@@ -390,6 +397,10 @@ def resolve_multiplier(spec: str, signed: Optional[bool] = None) -> Any:
     A table file needs its signedness: ``signed`` (--signed / --unsigned) or stored with the table; it is
     never guessed from the file name or the entries."""
     from .. import multipliers
+    from ..multipliers.loaders import _split_npz_key
+    path = _split_npz_key(spec)[0]
+    if os.path.isdir(path):
+        raise CliError(f"--multiplier {spec}: is a folder; expected a multiplier name or a table file")
     if not is_table_file(spec):
         if signed is not None:
             raise CliError(f"--signed / --unsigned apply to table files; {spec!r} is a named multiplier "
@@ -398,6 +409,8 @@ def resolve_multiplier(spec: str, signed: Optional[bool] = None) -> Any:
             return multipliers.get(spec)
         except KeyError as e:
             raise CliError(str(e.args[0]) if e.args else str(e)) from None
+    if not os.path.exists(path):
+        raise CliError(f"--multiplier {spec}: no such file")
     if signed is None:
         signed = stored_signedness(spec)
     if signed is None:
