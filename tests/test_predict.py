@@ -192,6 +192,14 @@ def test_missing_inputs_and_clashing_names_are_usage_errors(tmp_path, tiny, caps
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
         assert not out.exists()
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    for argv, message in [([str(tmp_path / "text.png")], "text.png: not a readable image"),
+                          ([str(tmp_path / "text.png"), str(tmp_path / "empty.png")], "(and 1 more unreadable)")]:
+        assert predict.main([*argv, "--out", str(out), "--no-progress"]) == 2   # no readable image at all
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
     image = str(folder / "im0.png")
     assert predict.main([image, image, str(folder), "--out", str(out), "--no-progress"]) == 0
     assert "1 of 1 images done" in capsys.readouterr().out

@@ -16,8 +16,8 @@ Images are resized to the model's native input size (recorded in the checkpoint;
 rounded down to a multiple of 32), and the depth is resized back to the image size (--max-side caps it).
 Every file is written atomically, and one image's files are replaced together. Exit codes: 0 done; 1 some
 images failed (unreadable, NaN depth; the others are still done); 2 bad usage (unknown model, multiplier or
-layer pattern, unwritable --out, an input that does not exist, two inputs with the same name stem ...),
-nothing written (the same file given twice is predicted once); 130 interrupted (finished images are complete).
+layer pattern, unwritable --out, an input that does not exist, no readable image among the inputs, two
+inputs with the same name stem ...), nothing written (the same file given twice is predicted once); 130 interrupted (finished images are complete).
 """
 from __future__ import annotations
 
@@ -72,6 +72,27 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
     from ..io.atomic import replacing_all
     from ..models import depth_range
     from ..io.images import ImageError, read_rgb
+    res = PredictResult()
+    images: dict[str, np.ndarray] = {}
+    for p in paths:
+        try:
+            rgb = read_rgb(p)
+        except ImageError as e:
+            res.failed[str(p)] = str(e)
+            continue
+        h, w = rgb.shape[:2]
+        if h * w > LARGE_IMAGE_PIXELS and not max_side:
+            msg = (f"warning: {p} is {w}x{h} ({h * w / 1e6:.0f} MP): its depth .npy alone is "
+                   f"{h * w * 4 / 2**20:.0f} MB; --max-side 2048 downscales it first")
+            res.warnings.append(msg)
+            log(msg)
+        images[str(p)] = downscale(rgb, max_side)
+    if not images:                   # nothing to predict: a usage error, before the model is loaded
+        first = next(iter(res.failed.values()))
+        more = f" (and {len(res.failed) - 1} more unreadable)" if len(res.failed) > 1 else ""
+        raise CliError(f"{first}{more}")
+    for problem in res.failed.values():
+        log(f"error: {problem}")
     model, variables, info = common.load_model(model_spec)
     model, plan = inference.exact_and_plan(model, plan)
     native = inference.model_input_size(model, info)
@@ -83,26 +104,8 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
             f"{', '.join(layers or ['*'])}" if multiplier else "stored plan"
     if info.get("random_weights"):
         log(f"warning: {model_spec} is a preset with random weights, not a trained checkpoint")
-    res = PredictResult()
     if done is not None:
         done.what, done.total, done.where = "images", len(paths), out.resolve()
-    images: dict[str, np.ndarray] = {}
-    for p in paths:
-        try:
-            rgb = read_rgb(p)
-        except ImageError as e:
-            res.failed[str(p)] = str(e)
-            log(f"error: {e}")
-            continue
-        h, w = rgb.shape[:2]
-        if h * w > LARGE_IMAGE_PIXELS and not max_side:
-            msg = (f"warning: {p} is {w}x{h} ({h * w / 1e6:.0f} MP): its depth .npy alone is "
-                   f"{h * w * 4 / 2**20:.0f} MB; --max-side 2048 downscales it first")
-            res.warnings.append(msg)
-            log(msg)
-        images[str(p)] = downscale(rgb, max_side)
-    if not images:
-        return res
     exact_fns: dict[tuple[int, int], Any] = {}
     approx_fns: dict[tuple[int, int], Any] = {}
     qmodel = qvars = None
