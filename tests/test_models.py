@@ -117,3 +117,5 @@ def test_models_cli_rejects_a_plan_glob_that_matches_no_layer(capsys):
     assert "did you mean 'decoder.up2.*'" in err[0] and captured.out == ""
     assert models_cli.main(["mobilenetv2_lite", "--plan", '{"decoder.up1.*": "int8"}', "--size", "64", "64"]) == 0
     assert "decoder.up1.convA" in capsys.readouterr().out
+    assert models_cli.main(["--size", "64", "64"]) == 2                  # options of one model, but no preset
+    assert capsys.readouterr().err.startswith("error: --size describes one model: name a preset")

@@ -125,6 +125,22 @@ def test_cli_numeric_options_out_of_range_are_usage_errors(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_cli_options_that_would_be_ignored_are_usage_errors(tmp_path, capsys):
+    """--preset with --init, --ranges without --plan, --teacher with --target gt: one line, exit 2, nothing
+    written (they would otherwise be silently ignored)."""
+    from jaxdepth import train
+    from jaxdepth.cli.common import DEFAULT_MODEL
+    ckpt = str(DEFAULT_MODEL)
+    out = tmp_path / "run"
+    for argv, message in [(["--init", ckpt, "--preset", "densenet161"], "--preset densenet161 is for training from scratch"),
+                          (["--ranges", "learn"], "--ranges learn sets the activation ranges of a --plan"),
+                          (["--init", ckpt, "--teacher", ckpt, "--target", "gt"], "--teacher is used with --target")]:
+        assert train.main([*argv, "--steps", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {message}")
+    assert not out.exists()
+
+
 def test_odd_input_sizes_train(tiny_model):
     """Targets are made at the model's own output size (DenseDepth: half resolution rounded up, 33x47 ->
     17x24; this stand-in pools to 16x23), so odd input sizes train."""

@@ -24,6 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(args: argparse.Namespace) -> int:
     from ..models import PRESETS, build, count_params, init_variables, plan_table
     if args.preset is None:
+        given = [flag for flag, value in (("--plan", args.plan), ("--size", args.size), ("--verbose", args.verbose))
+                 if value]
+        if given:
+            verb = "describes" if len(given) == 1 else "describe"
+            raise common.CliError(f"{' and '.join(given)} {verb} one model: name a preset (e.g. "
+                                  f"jaxdepth-models mobilenetv2_lite {' '.join(given)} ...)")
         for name, p in PRESETS.items():
             n = count_params(init_variables(build(p), 0, (1, 32, 32, 3)))
             size = "x".join(map(str, p.input_size)) if p.input_size else "any"

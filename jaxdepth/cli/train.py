@@ -25,21 +25,25 @@ from .common import CliError
 DESCRIPTION = __doc__.split("\n\n")[0]
 
 
+DEFAULT_PRESET = "mobilenetv2_lite"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m jaxdepth.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  parents=[common.parent_parser("out", "progress", "compile_cache", out_default="runs/train",
                                                                out_help="run folder: checkpoint/, log.json, loss.png, report.*")])
     g = ap.add_argument_group("model")
-    g.add_argument("--preset", default="mobilenetv2_lite", help="model preset to train from scratch (without --init)")
+    g.add_argument("--preset", default=None,
+                   help=f"model preset to train from scratch (default {DEFAULT_PRESET}; not with --init)")
     g.add_argument("--init", help="start from this checkpoint folder (required with --plan)")
     g.add_argument("--plan", help="fine-tune for this plan: a multiplier name (every layer), a JSON object of "
                                   "layer glob -> multiplier (first match wins), or a .json file")
     g.add_argument("--trainable", choices=("all", "decoder", "bn"), default="all",
                    help="what is trained: every weight, the decoder only, or BatchNorm scales + biases only")
-    g.add_argument("--ranges", choices=("keep", "calibrate", "learn"), default="calibrate",
-                   help="activation ranges of the plan's layers: keep the checkpoint's, calibrate on training "
-                        "frames, or calibrate then learn them (LSQ-style scale gradient)")
+    g.add_argument("--ranges", choices=("keep", "calibrate", "learn"), default=None,
+                   help="with --plan: activation ranges of the plan's layers: keep the checkpoint's, calibrate on "
+                        "training frames (default), or calibrate then learn them (LSQ-style scale gradient)")
     g.add_argument("--range-lr", type=float, default=2e-3, help="Adam step for learned log-ranges")
     g.add_argument("--calib-frames", type=int, default=32, help="training frames used for calibration")
     d = ap.add_argument_group("data and targets")
@@ -154,6 +158,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = _parse_plan(args.plan) if args.plan else None
     if plan is not None and not args.init:
         raise CliError("--plan fine-tunes a trained model: give the checkpoint with --init")
+    if args.init and args.preset:
+        raise CliError(f"--preset {args.preset} is for training from scratch; --init {args.init} brings its own")
+    if args.ranges is not None and plan is None:
+        raise CliError(f"--ranges {args.ranges} sets the activation ranges of a --plan; there is no --plan")
+    if args.teacher and args.target == "gt":
+        raise CliError("--teacher is used with --target teacher or both; the target is gt")
+    args.preset = args.preset or DEFAULT_PRESET
+    args.ranges = args.ranges or "calibrate"
     init_preset = _checkpoint_preset(args.init, "--init") if args.init else None
     teacher_preset = _checkpoint_preset(args.teacher, "--teacher") if args.teacher else None
     if teacher_preset is not None:
@@ -201,6 +213,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except T.TrainingDataError as e:
         raise CliError(str(e)) from None
     target = args.target if args.target != "auto" else ("gt" if data.has_depth else "teacher")
+    if args.teacher and target == "gt":
+        raise CliError(f"--teacher is used with --target teacher or both; the target is gt"
+                       + (" (auto: the data has depth)" if args.target == "auto" else ""))
     if target != "teacher" and not data.has_depth:
         raise CliError(f"--data {args.data} has no depth maps: use --target teacher (distillation)")
 
