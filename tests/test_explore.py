@@ -323,6 +323,8 @@ def test_report_without_a_store_creates_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "no results store at" in err and err.count("\n") == 1
     assert not (tmp_path / "new").exists()
+    assert main(["report", "--model", "/nonexistent", "--out", str(tmp_path / "new")]) == 2
+    assert "it does not use --model" in capsys.readouterr().err
 
 
 def test_layer_names_are_known_before_the_data_is_read(tiny_ckpt, tiny_ev):

@@ -395,6 +395,8 @@ def _search(args: argparse.Namespace, done: common.Done) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from ..explore import ResultStore, flatten
+    if args.model:
+        raise CliError("report reads the stored results; it does not use --model")
     _check_metric(args.metric)
     common.check_out_dir(args.out, create=False)
     path = _store_path(args)
