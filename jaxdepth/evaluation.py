@@ -19,6 +19,7 @@ JAX devices).
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -43,8 +44,10 @@ def evaluate(predict: Predictor, dataset: Any, *, reference: Optional[Predictor]
     80 m densedepth_kitti), None = no cap. The PSNR peak is the range's maximum; the degenerate-output
     checks look for pixels pinned to the range's ends.
 
-    Returns ``{"accuracy": metrics vs gt, "frames": n, "seconds": s, "depth_range": [min, max], "max_depth":
-    the cap used}``; with ``reference`` (the exact model)
+    Returns ``{"accuracy": metrics vs gt, "frames": n, "frames_without_gt": k, "seconds": s, "depth_range":
+    [min, max], "max_depth": the cap used}``; every metrics dict also holds the ``"frames"`` that contributed
+    pixels to it. The ``k`` frames with no valid ground-truth pixel (in the crop, up to ``max_depth``) are left
+    out of the metrics with a RuntimeWarning naming their number. With ``reference`` (the exact model)
     also ``"reference_accuracy"`` (its metrics vs gt) and ``"fidelity"`` (``predict`` vs ``reference``,
     PSNR included). ``"checks"`` holds a `jaxdepth.inference.DepthCheck` of every prediction ("prediction",
     and "reference") so callers can warn about NaN or collapsed outputs. ``keep`` > 0 also returns the first
@@ -65,12 +68,14 @@ def evaluate(predict: Predictor, dataset: Any, *, reference: Optional[Predictor]
     fid = M.Accumulator(mean, peak=hi) if reference is not None else None
     examples: list[tuple] = []
     checks: dict[str, DepthCheck] = {}
-    n = 0
+    n = no_gt = 0
     t0 = time.time()
     bar = tqdm(total=total, desc="evaluating", unit="img", disable=not progress, dynamic_ncols=True)
     for rgb, gt, crop in it:
         gt = np.asarray(gt, np.float32)
         cmask = M.crop_mask(gt.shape, crop)
+        valid = M.valid_mask(gt, acc.min_depth, max_depth) & cmask
+        no_gt += int(np.count_nonzero(~valid.reshape(len(gt), -1).any(axis=1)))
         raw = predict(rgb)
         _add_check(checks, "prediction", raw, (lo, hi))
         pred = upsample_depth(raw, gt.shape[1:])
@@ -90,14 +95,24 @@ def evaluate(predict: Predictor, dataset: Any, *, reference: Optional[Predictor]
     bar.close()
     if n == 0:
         raise ValueError("the dataset yielded no frames")
-    out: dict[str, Any] = {"accuracy": acc.result(), "frames": n, "seconds": time.time() - t0, "checks": checks,
-                           "depth_range": [lo, hi], "max_depth": max_depth}
+    if 0 < no_gt < n:               # none at all: acc.result() raises NoValidPixelsError
+        warnings.warn(f"{no_gt} of {n} frames have no valid ground-truth pixel (finite, > {acc.min_depth:g} m"
+                      f"{'' if max_depth is None else f', <= {max_depth:g} m'}, inside the crop): the metrics leave "
+                      f"them out", RuntimeWarning, stacklevel=2)
+    out: dict[str, Any] = {"accuracy": _with_frames(acc), "frames": n, "frames_without_gt": no_gt,
+                           "seconds": time.time() - t0, "checks": checks, "depth_range": [lo, hi],
+                           "max_depth": max_depth}
     if reference is not None:
-        out["reference_accuracy"] = ref_acc.result()
-        out["fidelity"] = fid.result()
+        out["reference_accuracy"] = _with_frames(ref_acc)
+        out["fidelity"] = _with_frames(fid)
     if keep:
         out["examples"] = examples
     return out
+
+
+def _with_frames(acc: M.Accumulator) -> dict[str, Any]:
+    """``acc``'s metrics and the number of frames that contributed pixels to them (``"frames"``)."""
+    return {**acc.result(), "frames": sum(r["pixels"] > 0 for r in acc.per_image)}
 
 
 def _add_check(checks: dict[str, DepthCheck], key: str, depth: np.ndarray, depth_range: tuple[float, float]) -> None:

@@ -71,6 +71,73 @@ def test_write_and_load_synthetic(tmp_path, frames):
     np.testing.assert_array_equal(spec.get(1)[0], frames[0][1])
 
 
+def _files(folder):
+    return {f.name: f.read_bytes() for f in sorted(Path(folder).iterdir())}
+
+
+def test_replacing_a_dataset_is_atomic(tmp_path, monkeypatch):
+    """An error or Ctrl-C while the new dataset renders leaves the previous one whole (no temporaries); a
+    bad seed is refused before anything is touched; a finished run replaces every file."""
+    out = synthetic.write_dataset(tmp_path / "syn", 2, seed=5, height=16, width=24)
+    before = _files(out)
+    real = synthetic.generate
+    calls = []
+
+    def stop_on_second_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(synthetic, "generate", stop_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.write_dataset(out, 3, seed=6, height=16, width=16, chunk=1)
+    assert _files(out) == before and len(calls) == 2
+    monkeypatch.setattr(synthetic, "generate", real)
+    with pytest.raises(ValueError, match="seed"):
+        synthetic.write_dataset(out, 1, seed=-1, height=16, width=16)
+    assert _files(out) == before
+    synthetic.write_dataset(out, 3, seed=6, height=16, width=16)
+    assert sorted(_files(out)) == ["depths.npy", "images.npy", "meta.json"]
+    img, dep = load(str(out)).arrays()
+    np.testing.assert_array_equal(img, synthetic.generate(3, seed=6, height=16, width=16)[0])
+
+
+def test_synthetic_cli_checks_options_before_replacing(tmp_path, capsys):
+    """--seed -1 on an existing dataset: a usage error naming --seed, and the dataset is untouched."""
+    from jaxdepth.cli import synthetic as cli
+    out = synthetic.write_dataset(tmp_path / "syn", 2, seed=5, height=16, width=16)
+    before = _files(out)
+    with pytest.raises(SystemExit) as e:
+        cli.main([str(out), "-n", "1", "--seed", "-1", "--height", "16", "--width", "16", "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--seed" in err and "non-negative" in err and "replacing" not in err, err
+    assert _files(out) == before
+
+
+def test_synthetic_spec_limits(monkeypatch):
+    """synthetic:N:S:HxW renders in memory: frames above 16.8 MP, or more frames than half the memory holds,
+    are refused before rendering."""
+    from jaxdepth.data import loaders
+    with pytest.raises(DataError, match="at most 16.8 MP"):
+        load("synthetic:2:1:40000x40000")
+    with pytest.raises(DataError, match="half of this machine's"):
+        load("synthetic:1000000000:1:4096x4096")
+    monkeypatch.setattr(loaders, "_memory_bytes", lambda: 2 * 10 * 16 * 16 * 7 - 2)   # 9 frames of 16x16 fit
+    with pytest.raises(DataError, match="10 frames of 16x16"):
+        load("synthetic:10:1:16x16")
+    assert len(load("synthetic:9:1:16x16")) == 9
+    with pytest.raises(DataError, match="SEED >= 0"):
+        load("synthetic:2:-1:16x16")
+
+
+def test_synthetic_folder_arrays_must_match_meta(tmp_path):
+    out = synthetic.write_dataset(tmp_path / "syn", 2, seed=5, height=16, width=16)
+    np.save(out / "images.npy", np.zeros((3, 16, 16, 3), np.uint8))      # from another render
+    np.save(out / "depths.npy", np.ones((3, 16, 16), np.float32))
+    with pytest.raises(DataError, match="does not match meta.json"):
+        load(str(out))
+
+
 def _nyu_like(n=2, h=480, w=640):
     rng = np.random.default_rng(0)
     return (rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8),

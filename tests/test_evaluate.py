@@ -176,6 +176,52 @@ def test_cli_errors_checked_first_and_results_printed_before_writing(tmp_path, m
     assert "model vs gt" in captured.out and "delta1" in captured.out and "Permission denied" in captured.err
 
 
+@pytest.mark.parametrize("mean", ["images", "pixels"])
+def test_frames_without_ground_truth_are_counted_and_warned(mean):
+    """A frame whose ground truth is all inf adds nothing: the metrics equal those of the other frames, a
+    warning says so, and the result counts the frames given, without ground truth, and used."""
+    model, variables = tiny()
+    rgb, gt = _data(3)
+    gt[1] = np.inf
+    predict = make_predictor(model, variables)
+    with pytest.warns(RuntimeWarning, match="1 of 3 frames have no valid ground-truth pixel"):
+        res = evaluate(predict, [(rgb, gt, None)], mean=mean, max_depth=None)
+    kept = evaluate(predict, [(rgb[[0, 2]], gt[[0, 2]], None)], mean=mean, max_depth=None)
+    assert res["frames"] == 3 and res["frames_without_gt"] == 1 and res["accuracy"]["frames"] == 2
+    assert kept["frames_without_gt"] == 0 and kept["accuracy"]["frames"] == 2
+    for k in (*M.METRICS, "psnr", "pixels"):
+        assert res["accuracy"][k] == pytest.approx(kept["accuracy"][k], rel=1e-6)
+
+
+def test_cli_reports_frames_without_ground_truth(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from jaxdepth.cli import common
+    from jaxdepth.cli import evaluate as cli
+    model, variables = tiny(0)
+    monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
+    rgb, gt = _data(2, 16, 24)
+    for i in range(2):
+        Image.fromarray(rgb[i]).save(tmp_path / f"f{i}.png")
+        np.save(tmp_path / f"f{i}_depth.npy", np.full_like(gt[i], np.inf) if i else gt[i])
+    out = tmp_path / "res"
+    assert cli.main(["--data", str(tmp_path), "--mean", "images", "--out", str(out), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "2 frames (1 with valid ground truth)" in captured.out
+    assert captured.err == ("warning: 1 of 2 frames have no valid ground-truth pixel (finite, > 0.001 m, <= 10 m, "
+                            "inside the crop): the metrics leave them out\n")
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["frames"] == 2 and res["frames_without_gt"] == 1 and res["accuracy"]["frames"] == 1
+    assert res["accuracy"]["pixels"] == 13 * 24          # _data zeroes frame 0's top 3 rows
+
+
+def test_cli_synthetic_spec_too_large(tmp_path, capsys):
+    from jaxdepth.cli import evaluate as cli
+    assert cli.main(["--data", "synthetic:2:1:40000x40000", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "at most 16.8 MP" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 # ---- a KITTI-range checkpoint (metres = 80 / output in [1, 80]): the cap, PSNR peak and checks follow it ----
 @pytest.mark.slow
 def test_kitti_range_checkpoint_scores_ground_truth_up_to_80_m(tmp_path):

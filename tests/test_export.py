@@ -180,3 +180,39 @@ def test_cli_unwritable_or_occupied_out(tmp_path, capsys):
     assert export_cli.main(["--multiplier", "int8", "--out", str(busy), "--no-compile-cache"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (busy / "keep.txt").read_text() == "x"
+
+
+def test_cli_size_cap_checked_before_the_model(tmp_path, monkeypatch, capsys):
+    """--size 40000 40000 (a ~20 GB input) is refused up front with one line naming --size."""
+    from jaxdepth.cli import common
+
+    def no_model(spec):
+        raise AssertionError("the model was loaded before --size was checked")
+    monkeypatch.setattr(common, "load_model", no_model)
+    code = export_cli.main(["--multiplier", "int8", "--size", "40000", "40000", "--select", "decoder.up1.*",
+                            "--out", str(tmp_path / "o"), "--no-compile-cache"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--size 40000 40000" in err and "at most 16.8 MP" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_image_size_without_size_is_capped(tmp_path, monkeypatch):
+    """Without --size an image runs at its own size (rounded to 32): a too large one is refused, naming it."""
+    from jaxdepth.cli.common import CliError
+    from jaxdepth.data import synthetic
+    monkeypatch.setattr(synthetic, "MAX_FRAME_PIXELS", 64 * 64)
+    images.write_rgb(tmp_path / "big.png", np.zeros((100, 70, 3), np.uint8))    # runs at 96x64
+    with pytest.raises(CliError, match="big.png.*smaller --size.*96x64"):
+        export_cli._image(str(tmp_path / "big.png"), None, None)
+    assert export_cli._image(str(tmp_path / "big.png"), (64, 64), None).shape == (64, 64, 3)
+
+
+def test_cli_missing_image_creates_no_folders(tmp_path, capsys):
+    """A missing input image is reported before any output folder is created."""
+    out = tmp_path / "x" / "a" / "b"
+    code = export_cli.main([str(tmp_path / "nonexistent.png"), "--multiplier", "int8", "--out", str(out),
+                            "--no-compile-cache"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nonexistent.png: no such file" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
+    assert export.check_output_dir(out) == out and not (tmp_path / "x").exists()   # the check creates nothing

@@ -11,6 +11,8 @@ N held-out rooms (default synthetic:32:1000).
 
 Depth range: the checkpoint preset's (metres = max / output clipped to [min, max]: NYU's 0.1-10 m,
 densedepth_kitti's 1-80 m); ground truth beyond the maximum is not scored, PSNR's peak is the maximum.
+Frames without any valid ground-truth pixel are left out of the metrics, with a warning giving their number
+(metrics.json: "frames" given, "frames_without_gt", and each metric row's "frames" that contributed).
 
 The metrics are printed before --out is written (metrics.json, metrics.png, example.png; each atomically);
 --out is checked writable before the evaluation starts. Exit codes: 0 done; 2 bad usage or data (unknown
@@ -116,6 +118,14 @@ def rows(res: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _frames(res: dict[str, Any]) -> str:
+    """"N frames", and how many of them had valid ground truth when not all did."""
+    text = f"{res['frames']} frames"
+    if res.get("frames_without_gt"):
+        text += f" ({res['frames'] - res['frames_without_gt']} with valid ground truth)"
+    return text
+
+
 def write_outputs(res: dict[str, Any], out: str | Path) -> list[Path]:
     """metrics.json, metrics.png and example.png in ``out`` (each written atomically)."""
     from .. import viz
@@ -128,7 +138,7 @@ def write_outputs(res: dict[str, Any], out: str | Path) -> list[Path]:
     vmax = float(res.get("depth_range", (0.1, 10.0))[1])       # colour scale: the model's depth range
     files = [write_json(o / "metrics.json", data),
              viz.metrics_bars(rows(res), o / "metrics.png",
-                              title=f"{res['config']['data']} ({res['frames']} frames)")]
+                              title=f"{res['config']['data']} ({_frames(res)})")]
     if ex:
         rgb, gt, pred, ref = ex[0]
         if ref is not None:
@@ -145,7 +155,7 @@ def _main(args: argparse.Namespace, done: common.Done) -> int:
     res = run(args)
     done.add(args.data)
     warnings = check_result(res)
-    print(f"{res['frames']} frames in {res['seconds']:.1f} s on {res['config']['devices']} device(s)")
+    print(f"{_frames(res)} in {res['seconds']:.1f} s on {res['config']['devices']} device(s)")
     print(M.format_table(rows(res)), flush=True)
     for w in warnings:
         print(w, file=sys.stderr)

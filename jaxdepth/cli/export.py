@@ -9,9 +9,10 @@ The plan comes from --multiplier (+ --layers globs, default every layer), or --p
 file), or the checkpoint's stored plan. Every quantized layer of the plan runs with integer requantization
 (`jaxdepth.quant.requant`); the exported layers are --select's globs (default: every quantized layer).
 The model is calibrated on the image (or on --calib images). Checked before any work: the globs match,
-no selected layer is float, --out can be written (a non-empty --out needs --overwrite). Exit codes: 0
-done (1 if --check found a mismatch), 2 bad usage, 130 interrupted (nothing half-written: the folder is
-renamed into place when complete).
+no selected layer is float, the images can be read, --size is at most 16.8 MP (4096 x 4096), --out can
+be written (a non-empty --out needs --overwrite; nothing is created before the export is written). Exit
+codes: 0 done (1 if --check found a mismatch), 2 bad usage, 130 interrupted (nothing half-written: the
+folder is renamed into place when complete).
 """
 from __future__ import annotations
 
@@ -67,24 +68,38 @@ def _plan(args: argparse.Namespace, model: Any) -> Any:
     raise CliError("nothing to export: the plan is all float; give --multiplier NAME (or --plan)")
 
 
+def _check_size(hw: Sequence[int], what: str) -> None:
+    """CliError when the input size ``hw`` (``what``, for the message) is above `MAX_FRAME_PIXELS` (16.8 MP,
+    the synthetic renderer's limit: the export holds the image and every layer's activations in memory)."""
+    from ..data.synthetic import MAX_FRAME_PIXELS
+    h, w = (int(v) for v in hw)
+    if h * w > MAX_FRAME_PIXELS:
+        raise CliError(f"{what}: {h}x{w} is {h * w / 1e6:.0f} MP; at most {MAX_FRAME_PIXELS / 1e6:.1f} MP "
+                       "(4096 x 4096)")
+
+
 def _image(path: str, size: Optional[Sequence[int]], native: Optional[Sequence[int]]) -> np.ndarray:
     from .. import inference
     from ..io import images
     frame = images.read_rgb(path)
     hw = tuple(size) if size else inference.run_size(native, frame.shape[:2])
+    if not size:
+        _check_size(hw, f"{path} (its size rounded to 32; choose a smaller --size)")
     return inference.resize_batch(frame[None], hw)[0].astype(np.float32) / 255.0
 
 
 def _main(args: argparse.Namespace) -> int:
     from .. import export, inference
     from ..export.capture import layer_infos, select_layers
+    if args.size:
+        _check_size(args.size, f"--size {args.size[0]} {args.size[1]}")
     model, variables, info = common.load_model(args.model)
     model = model.clone(plan=_plan(args, model))
     native = inference.model_input_size(model, info)
     if args.multiplier:
         common.check_layers(model, args.layers, native)   # a --layers glob matching nothing, named as such
+    image = _image(args.image, args.size, native)           # the inputs first: nothing is created before
     out = export.check_output_dir(args.out, args.overwrite)
-    image = _image(args.image, args.size, native)
     infos = layer_infos(model, image.shape[:2])
     select = args.select
     select_layers(infos, select)          # the checks, before calibration and compilation

@@ -1,7 +1,9 @@
 """Render a synthetic indoor RGB-D dataset (``jaxdepth-synthetic``, ``python -m jaxdepth.data.synthetic``).
 
-Writes images.npy, depths.npy and meta.json into the output folder; meta.json is written last, so an
-interrupted run leaves a folder that loaders refuse rather than a silently short dataset.
+Writes images.npy, depths.npy and meta.json into the output folder. Every option is checked before
+anything is written. The arrays are rendered under temporary names and moved into place when complete,
+meta.json last, so an interrupted run (or an error) leaves the folder's previous dataset intact, or no
+dataset, never a half-written one.
 """
 from __future__ import annotations
 
@@ -13,18 +15,13 @@ from typing import Optional, Sequence
 from . import common
 
 
-#: Largest frame rendered, and the bytes a pixel takes on disk (uint8 RGB + float32 depth).
-MAX_FRAME_PIXELS = 4096 * 4096
-BYTES_PER_PIXEL = 3 + 4
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="jaxdepth-synthetic", description=(__doc__ or "").split(" (``")[0] + ".",
                                  epilog=(__doc__ or "").split("\n\n", 1)[1],
                                  parents=[common.parent_parser("progress")])
     ap.add_argument("out", help="output folder")
     ap.add_argument("-n", type=common.positive_int, default=1000, help="number of frames (default 1000)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=_seed, default=0, help="random seed (a non-negative integer, default 0)")
     ap.add_argument("--height", type=_size, default=240, help="frame height (at least 8, default 240)")
     ap.add_argument("--width", type=_size, default=320, help="frame width (at least 8, default 320)")
     ap.add_argument("--no-shadows", action="store_true", help="skip shadow rays (about 2x faster)")
@@ -38,8 +35,18 @@ def _size(text: str) -> int:
     return v
 
 
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
 def _main(args: argparse.Namespace, done: common.Done) -> int:
-    from ..data.synthetic import write_dataset
+    from ..data.synthetic import BYTES_PER_PIXEL, MAX_FRAME_PIXELS, write_dataset
     if args.height * args.width > MAX_FRAME_PIXELS:
         raise common.CliError(f"--height {args.height} x --width {args.width} is {args.height * args.width / 1e6:.0f} "
                               f"MP per frame; at most {MAX_FRAME_PIXELS / 1e6:.1f} MP (4096 x 4096)")
@@ -50,9 +57,11 @@ def _main(args: argparse.Namespace, done: common.Done) -> int:
         raise common.CliError(f"{args.n} frames of {args.height}x{args.width} need {need / 2**30:.1f} GiB; "
                               f"{out} has {free / 2**30:.1f} GiB free")
     done.what = "datasets"
-    done.note = f"{out} holds no complete dataset (no meta.json): rerun the command"
     if (out / "meta.json").exists():
+        done.note = f"the previous dataset in {out} is unchanged"
         print(f"note: replacing the dataset in {out}")
+    else:
+        done.note = f"no dataset written to {out}"
     write_dataset(out, args.n, args.seed, args.height, args.width, shadows=not args.no_shadows,
                   progress=not args.no_progress)
     print(f"wrote {args.n} frames to {Path(out)}")

@@ -26,8 +26,9 @@ Formats (``format="auto"`` detects them from the path):
     Crop: the Eigen crop at 480x640, else None.
 ``synthetic``
     A folder written by `jaxdepth.data.synthetic.write_dataset` (``meta.json`` + ``images.npy`` +
-    ``depths.npy``), or ``synthetic:N[:SEED[:HxW]]`` to render N frames on the fly (default seed 1,
-    240x320). Crop: None (every pixel is valid).
+    ``depths.npy``; the arrays must match its n, height and width), or ``synthetic:N[:SEED[:HxW]]`` to
+    render N frames on the fly into memory (default seed 1, 240x320; at most 16.8 MP a frame, and at most
+    half the machine's memory in all: render more to a folder). Crop: None (every pixel is valid).
 """
 from __future__ import annotations
 
@@ -273,6 +274,15 @@ def _load_folder(spec: str) -> Dataset:
     return Dataset(spec, "folder", len(pairs), get, _default_crop(d0.shape if d0.shape == r0.shape[:2] else (0, 0)))
 
 
+def _memory_bytes() -> Optional[int]:
+    """This machine's physical memory in bytes (None when the OS does not say)."""
+    import os
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _load_synthetic(spec: str) -> Dataset:
     if spec.startswith("synthetic"):
         parts = spec.split(":")
@@ -283,6 +293,17 @@ def _load_synthetic(spec: str) -> Dataset:
         except ValueError:
             raise DataError(f"{spec!r}: expected synthetic:N[:SEED[:HxW]]") from None
         from . import synthetic
+        if n < 0 or seed < 0 or h < 8 or w < 8:
+            raise DataError(f"{spec!r}: expected synthetic:N[:SEED[:HxW]] with N >= 0, SEED >= 0 and a size of "
+                            "at least 8x8")
+        if h * w > synthetic.MAX_FRAME_PIXELS:
+            raise DataError(f"{spec!r}: {h}x{w} is {h * w / 1e6:.0f} MP per frame; at most "
+                            f"{synthetic.MAX_FRAME_PIXELS / 1e6:.1f} MP (4096 x 4096)")
+        need, memory = n * h * w * synthetic.BYTES_PER_PIXEL, _memory_bytes()
+        if memory is not None and need > memory // 2:     # every frame is rendered into memory
+            raise DataError(f"{spec!r}: {n} frames of {h}x{w} take {need / 2**30:.1f} GiB in memory, more than "
+                            f"half of this machine's {memory / 2**30:.1f} GiB; render them to a folder with "
+                            "jaxdepth-synthetic (read memory-mapped) and use that folder")
         images, depths = synthetic.generate(n, seed, h, w)
         return _from_arrays(spec, "synthetic", images, depths, None)
     p = Path(spec)
@@ -291,4 +312,9 @@ def _load_synthetic(spec: str) -> Dataset:
         raise DataError(f"{spec}: meta.json format is {meta.get('format')!r}, not 'jaxdepth-synthetic'")
     images = np.load(p / "images.npy", mmap_mode="r")
     depths = np.load(p / "depths.npy", mmap_mode="r")
+    expect = tuple(meta.get(k) for k in ("n", "height", "width"))
+    if all(isinstance(v, int) for v in expect) and images.shape[:3] != expect:
+        raise DataError(f"{spec}: images.npy {images.shape} does not match meta.json (n={expect[0]}, "
+                        f"{expect[1]}x{expect[2]}): files of different renders? Render it again with "
+                        "jaxdepth-synthetic")
     return _from_arrays(spec, "synthetic", images, depths, None)

@@ -44,6 +44,10 @@ GENERATOR_VERSION = 1
 NYU_SIZE = (480, 640)
 NYU_INTRINSICS = {"fx": 518.8579, "fy": 519.4696, "cx": 325.5824, "cy": 253.7362}
 MIN_DEPTH, MAX_DEPTH = 0.5, 10.0
+#: Largest frame rendered (4096 x 4096, 16.8 MP: its ray casting alone takes a few GB), and the bytes a
+#: rendered pixel takes in memory and on disk (uint8 RGB + float32 depth).
+MAX_FRAME_PIXELS = 4096 * 4096
+BYTES_PER_PIXEL = 3 + 4
 _FAR = np.float32(1e9)
 
 
@@ -656,8 +660,7 @@ def render_frame(seed: int, index: int, height: int = 240, width: int = 320,
 def generate(n: int, seed: int = 0, height: int = 240, width: int = 320, *, start: int = 0,
              shadows: bool = True, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``n`` frames ``start .. start+n-1`` of sequence ``seed``: images uint8 (n, H, W, 3), depths float32 (n, H, W)."""
-    if n < 0 or height < 8 or width < 8:
-        raise ValueError(f"need n >= 0 and a size of at least 8x8, got n={n}, {height}x{width}")
+    _check_request(n, seed, height, width)
     images = np.empty((n, height, width, 3), np.uint8)
     depths = np.empty((n, height, width), np.float32)
     it = range(n)
@@ -669,33 +672,60 @@ def generate(n: int, seed: int = 0, height: int = 240, width: int = 320, *, star
     return images, depths
 
 
+def _check_request(n: int, seed: int, height: int, width: int) -> None:
+    """ValueError unless ``n`` >= 0 frames of 8x8 to `MAX_FRAME_PIXELS` pixels with a seed >= 0 (numpy's
+    seeds are)."""
+    if n < 0 or height < 8 or width < 8:
+        raise ValueError(f"need n >= 0 and a size of at least 8x8, got n={n}, {height}x{width}")
+    if height * width > MAX_FRAME_PIXELS:
+        raise ValueError(f"a {height}x{width} frame is {height * width / 1e6:.0f} MP; at most "
+                         f"{MAX_FRAME_PIXELS / 1e6:.1f} MP (4096 x 4096)")
+    if int(seed) < 0:
+        raise ValueError(f"the seed must be a non-negative integer, got {seed}")
+
+
+#: Bytes of frames `write_dataset` renders in memory at a time (fewer frames per chunk for large frames).
+CHUNK_BYTES = 256 << 20
+
+
 def write_dataset(path: str | Path, n: int, seed: int = 0, height: int = 240, width: int = 320, *,
                   shadows: bool = True, progress: bool = False, chunk: int = 64) -> Path:
-    """Render ``n`` frames into folder ``path`` (``images.npy``, ``depths.npy``, ``meta.json``; see module doc)."""
+    """Render ``n`` frames into folder ``path`` (``images.npy``, ``depths.npy``, ``meta.json``; see module doc).
+
+    The arrays are written under temporary names and moved into place only when complete, replacing a
+    dataset already in ``path`` at the very end (its ``meta.json`` goes first, the new one comes last): an
+    error or Ctrl-C leaves the previous dataset (or none) as it was, never a half-written or mixed one.
+    """
+    from ..io.atomic import replacing_all, write_json
+    _check_request(n, seed, height, width)           # before anything is touched
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "meta.json").unlink(missing_ok=True)     # written last: a half-written folder never looks complete
-    images = np.lib.format.open_memmap(path / "images.npy", "w+", np.uint8, (n, height, width, 3))
-    depths = np.lib.format.open_memmap(path / "depths.npy", "w+", np.float32, (n, height, width))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=n, desc=f"rendering {path.name}", unit="frame")
-    for s in range(0, n, chunk):
-        m = min(chunk, n - s)
-        images[s:s + m], depths[s:s + m] = generate(m, seed, height, width, start=s, shadows=shadows)
+    files = [path / "images.npy", path / "depths.npy", path / "meta.json"]   # renamed in this order
+    chunk = max(1, min(chunk, CHUNK_BYTES // (height * width * BYTES_PER_PIXEL)))
+    with replacing_all(files) as tmps:
+        images = np.lib.format.open_memmap(tmps[0], "w+", np.uint8, (n, height, width, 3))
+        depths = np.lib.format.open_memmap(tmps[1], "w+", np.float32, (n, height, width))
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=n, desc=f"rendering {path.name}", unit="frame")
+        for s in range(0, n, chunk):
+            m = min(chunk, n - s)
+            images[s:s + m], depths[s:s + m] = generate(m, seed, height, width, start=s, shadows=shadows)
+            if bar is not None:
+                bar.update(m)
         if bar is not None:
-            bar.update(m)
-    if bar is not None:
-        bar.close()
-    images.flush()
-    depths.flush()
-    del images, depths
-    meta = {"format": "jaxdepth-synthetic", "version": 1, "n": n, "height": height, "width": width, "seed": seed,
-            "intrinsics": intrinsics(height, width), "depth_range": [MIN_DEPTH, MAX_DEPTH],
-            "generator_version": GENERATOR_VERSION, "shadows": shadows}
-    from ..io.atomic import write_json
-    write_json(path / "meta.json", meta)
+            bar.close()
+        images.flush()
+        depths.flush()
+        del images, depths
+        meta = {"format": "jaxdepth-synthetic", "version": 1, "n": n, "height": height, "width": width,
+                "seed": seed, "intrinsics": intrinsics(height, width), "depth_range": [MIN_DEPTH, MAX_DEPTH],
+                "generator_version": GENERATOR_VERSION, "shadows": shadows}
+        write_json(tmps[2], meta)
+        # complete: the old meta.json goes before the arrays are swapped in, so old and new arrays never pass
+        # for one dataset (the loaders refuse a folder without meta.json); the new one is renamed last
+        files[2].unlink(missing_ok=True)
     return path
 
 

@@ -52,17 +52,18 @@ class ExportResult:
 
 
 def check_output_dir(out_dir: Any, overwrite: bool = False) -> Path:
-    """The resolved folder, after checking it can be written: its parent is created and a temporary folder
-    made and removed there (the export's own write path). Raises `ExportError` otherwise."""
+    """The resolved folder, after checking it can be written, without creating anything: a temporary folder
+    is made and removed in its parent, or in the nearest existing ancestor when the parent does not exist
+    yet (`export_layers` creates the missing folders only when it writes). Raises `ExportError` otherwise."""
     out = Path(out_dir).expanduser().absolute()
     for p in (out, *out.parents):
         if p.exists() and not p.is_dir():
             raise ExportError(f"cannot write the output folder {out}: {p} is a file")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"output folder {out} is not empty (choose another or allow overwriting)")
+    nearest = next(p for p in out.parents if p.exists())
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe.", dir=out.parent))
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe.", dir=nearest))
     except OSError as e:
         raise ExportError(f"cannot write the output folder {out}: {e.strerror or e}") from None
     return out
@@ -128,9 +129,11 @@ def export_layers(model: Any, variables: dict, image: np.ndarray, out_dir: Any, 
     out = check_output_dir(out_dir, overwrite)
     selected = select_layers(layer_infos(model, image.shape[:2]), layers)
     codes = capture(model, variables, image, selected, calib_images=calib_images, fast_compile=fast_compile)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    missing = [p for p in out.parents if not p.exists()]      # deepest first: removed again on failure
+    tmp = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         manifest = {"format": "jaxdepth-export", "version": 1, "plan": json.loads(model.plan.source),
                     "requant": "integer", "image_hw": list(image.shape[:2]), **(source or {})}
         result = write_folder(tmp, codes, manifest)
@@ -144,6 +147,12 @@ def export_layers(model: Any, variables: dict, image: np.ndarray, out_dir: Any, 
         else:
             tmp.rename(out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for p in missing:
+            try:
+                p.rmdir()               # only succeeds on an empty folder
+            except OSError:
+                pass
         raise
     return dataclasses.replace(result, folder=out)
