@@ -160,6 +160,8 @@ def test_densenet_layers_pass_make_check(tmp_path):
     (["--multiplier", "int8", "--layers", "decoder.*", "--select", "encoder.stem"], "run in float"),
     (["--multiplier", "no_such_circuit"], "no_such_circuit"),
     (["--multiplier", "int8", "--plan", "{}"], "either --plan or --multiplier"),
+    (["--plan", '{"decoder.up1.*": "int8", "decoder.up2.convX": "int8"}'],
+     "--plan: pattern(s) 'decoder.up2.convX' match no layer (did you mean 'decoder.up2.convB'"),
     ([], "all float"),
 ])
 def test_cli_bad_input(argv, message, tmp_path, capsys):

@@ -98,6 +98,8 @@ def _main(args: argparse.Namespace) -> int:
     native = inference.model_input_size(model, info)
     if args.multiplier:
         common.check_layers(model, args.layers, native)   # a --layers glob matching nothing, named as such
+    if args.plan:
+        common.check_plan_layers(model, model.plan, native)   # a mistyped --plan glob would stay float
     image = _image(args.image, args.size, native)           # the inputs first: nothing is created before
     out = export.check_output_dir(args.out, args.overwrite)
     infos = layer_infos(model, image.shape[:2])
