@@ -177,19 +177,137 @@ def test_cli_bad_inputs_are_one_line_errors_before_any_work(tmp_path, capsys, li
     torch.save(lite_state_dict, tmp_path / "sd.pth")
     torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pth")
     (tmp_path / "exists").mkdir()
+    (tmp_path / "afile").write_text("keep me")
     cases = [(["junk.pth", "o1"], "not a PyTorch checkpoint"),
              (["junk.h5", "o6"], "not an HDF5 file"),
              (["whole.pth", "o2"], "--trust-pickle"),
              (["sd.pth", "o3", "--plan", "{bad"], "--plan is not valid JSON"),
              (["sd.pth", "o4", "--plan", '{"decoder.*": "mul8s_NOPE"}'], "unknown multiplier"),
+             (["sd.pth", "o7", "--plan", '{"decodr.*": "mul8s_1L2J"}'],
+              "plan pattern(s) 'decodr.*' match no layer of mobilenetv2_lite (did you mean 'decoder.*'"),
              (["sd.pth", "exists"], "pass --overwrite"),
+             (["sd.pth", "afile"], "afile is a file, not a checkpoint folder"),     # never "pass --overwrite"
+             (["sd.pth", "afile", "--overwrite"], "afile is a file, not a checkpoint folder"),
              (["missing.pth", "o5"], "no such file")]
     for argv, message in cases:
         assert main([str(tmp_path / argv[0]), str(tmp_path / argv[1]), *argv[2:]]) == 2, argv
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "junk.h5", "junk.pth", "sd.pth", "whole.pth"]
-    assert not any((tmp_path / "exists").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "exists", "junk.h5", "junk.pth", "sd.pth",
+                                                          "whole.pth"]
+    assert not any((tmp_path / "exists").iterdir()) and (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_cli_set_values_are_checked_before_anything_is_written(tmp_path, capsys, lite_state_dict):
+    """--set: an unknown key, a value of the wrong type or range, min_depth >= max_depth: one line naming --set,
+    the key and the accepted values, exit 2, nothing written. Valid values are stored normalised."""
+    from jaxdepth.cli.convert import main
+
+    torch.save(lite_state_dict, tmp_path / "sd.pth")
+    cases = [("foo=1", "--set foo=1: unknown preset setting 'foo'; known: block_config, bn_eps"),
+             ("input_size=[0,-5]", "--set input_size: expected null (any size) or [height, width], two positive "
+                                   "integers, got [0, -5]"),
+             ("input_size=[240]", "--set input_size: expected null"),
+             ("max_depth=-1", "--set max_depth: expected a positive finite number of metres, got -1"),
+             ("min_depth=Infinity", "--set min_depth: expected a positive finite number of metres, got Infinity"),
+             ("leakyrelu_a=maybe", '--set leakyrelu_a: expected true or false, got "maybe"'),
+             ("decoder_width=nan", '--set decoder_width: expected a positive finite number, got "nan"'),
+             ("decoder_width=NaN", "--set decoder_width: expected a positive finite number, got NaN"),
+             ("conv2_padding=1.5", "--set conv2_padding: expected a non-negative integer, got 1.5"),
+             ("round_nearest=0", "--set round_nearest: expected a positive integer, got 0"),
+             ("min_depth=20", "--set: preset 'mobilenetv2_lite': min_depth (20) must be less than max_depth (10.0)"),
+             ("decoder_width=0.001", "--set: preset 'mobilenetv2_lite': decoder_width 0.001 gives 1 decoder "
+                                     "features, fewer than the 16"),
+             ("bottleneck=99", "--set: preset 'mobilenetv2_lite': the mobilenetv2 encoder has no feature 99")]
+    for setting, message in cases:
+        assert main([str(tmp_path / "sd.pth"), str(tmp_path / "ck"), "--set", setting]) == 2, setting
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and len(err.strip().splitlines()) == 1, err
+    assert [p.name for p in tmp_path.iterdir()] == ["sd.pth"]
+    assert main([str(tmp_path / "sd.pth"), str(tmp_path / "ck"), "--set", "input_size=[64,96]", "--set",
+                 "max_depth=80", "--set", "min_depth=1"]) == 0, capsys.readouterr().err
+    stored = checkpoint.read_info(tmp_path / "ck")["preset"]
+    assert (stored["input_size"], stored["max_depth"], stored["min_depth"]) == ([64, 96], 80.0, 1.0)
+
+
+def test_preset_settings_are_validated_by_the_library():
+    """The library refuses the same configs (PresetError, a ValueError), whatever builds them."""
+    from jaxdepth.models.presets import Preset, PresetError
+
+    for bad in (dict(input_size=(0, -5)), dict(max_depth=-1.0), dict(max_depth=float("nan")),
+                dict(leakyrelu_a="maybe"), dict(decoder_width="nan"), dict(block_config=()), dict(bn_eps=0.0),
+                dict(min_depth=10.0), dict(up_blocks=())):
+        with pytest.raises(PresetError, match=next(iter(bad)) if "up_blocks" not in bad else "up_blocks"):
+            models.get_preset("mobilenetv2_lite", **bad)
+    with pytest.raises(TypeError, match="unknown preset setting"):
+        models.get_preset("mobilenetv2_lite", foo=1)
+    d = models.get_preset("densenet169").to_dict()
+    with pytest.raises(ValueError, match="max_depth: expected a positive finite number of metres, got -1"):
+        Preset.from_dict({**d, "max_depth": -1})                       # e.g. a hand-edited jaxdepth.json
+    p = models.get_preset("mobilenetv2_lite", input_size=[480, 640], block_config=[np.int64(2)], max_depth=80,
+                          up_blocks=[["up1", "block3", 2]])
+    assert p.input_size == (480, 640) and p.block_config == (2,) and type(p.block_config[0]) is int
+    assert p.max_depth == 80.0 and p.up_blocks == (models.UpBlock("up1", "block3", 2),)
+    hash(p)                                                           # still a valid Flax module attribute
+
+
+def test_checkpoint_folders_get_the_umask_mode(tmp_path):
+    """A saved (or replaced) checkpoint folder has the mode of any new folder under the umask, not 0700."""
+    import os
+    import stat
+
+    variables = {"params": {"w": np.ones(3, np.float32)}}
+    before = os.umask(0o022)
+    try:
+        checkpoint.save(tmp_path / "ck", "mobilenetv2_lite", variables)
+        assert stat.S_IMODE((tmp_path / "ck").stat().st_mode) == 0o755
+        os.umask(0o027)
+        checkpoint.save(tmp_path / "ck", "mobilenetv2_lite", variables, overwrite=True)
+        assert stat.S_IMODE((tmp_path / "ck").stat().st_mode) == 0o750
+    finally:
+        os.umask(before)
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_ctrl_c_during_save_leaves_nothing_behind(tmp_path, capsys, monkeypatch, lite_state_dict):
+    """Ctrl-C while orbax writes in the background (simulated: SIGINT right after its save() returns): the one
+    ``interrupted:`` line, exit 130, no partial folder, no orbax thread left running, an old checkpoint intact."""
+    import signal
+    import threading
+
+    import orbax.checkpoint as ocp
+
+    from jaxdepth.cli.convert import main
+
+    checkpoint.save(tmp_path / "old", "mobilenetv2_lite", {"params": {"w": np.ones(3, np.float32)}})
+    torch.save(lite_state_dict, tmp_path / "sd.pth")
+    original = ocp.StandardCheckpointer.save
+
+    def save_then_ctrl_c(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", save_then_ctrl_c)
+    threads = set(threading.enumerate())
+    for out, extra in (("new", []), ("old", ["--overwrite"])):
+        assert main([str(tmp_path / "sd.pth"), str(tmp_path / out), *extra]) == 130
+        err = capsys.readouterr().err
+        assert err.strip().startswith("interrupted: 0 of 1 conversions finished") and len(err.strip().splitlines()) == 1
+        assert not [t.name for t in threading.enumerate() if t not in threads and t.is_alive()]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "sd.pth"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert checkpoint.read_info(tmp_path / "old")["preset_name"] == "mobilenetv2_lite"
+    assert set(np.asarray(checkpoint.load(tmp_path / "old")[1]["params"]["w"])) == {1.0}
+
+    def wrapped(*args, **kwargs):                 # Python 3.11 / JAX re-raise a Ctrl-C in some places as another error
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance") from e
+
+    monkeypatch.setattr("jaxdepth.convert.files.convert", wrapped)
+    assert main([str(tmp_path / "sd.pth"), str(tmp_path / "new")]) == 130
+    assert "interrupted:" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..models.presets import PRESETS
+from ..models.presets import PRESETS, SETTINGS, PresetError, UnknownSettingError, check_setting
 from . import common
 from .common import CliError
 
@@ -48,15 +48,35 @@ def _parse_value(text: str) -> Any:
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` -> {key: value} (values as JSON when they parse, else strings)."""
+    """``["key=value", ...]`` -> {key: value} (values as JSON when they parse, else strings), each checked
+    against the preset setting's type and range (CliError naming --set and the accepted values if not)."""
     out = {}
     for item in items:
         if "=" not in item:
             raise CliError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        value = _parse_value(value)
-        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+        key = key.strip()
+        try:
+            out[key] = check_setting(key, _parse_value(value))
+        except UnknownSettingError:
+            raise CliError(f"--set {item}: unknown preset setting {key!r}; known: "
+                           f"{', '.join(sorted(SETTINGS))}") from None
+        except PresetError as e:
+            raise CliError(f"--set {e}") from None
     return out
+
+
+def _wraps_interrupt(e: BaseException) -> bool:
+    """Whether ``e`` was raised because of a Ctrl-C (Python 3.11 wraps a KeyboardInterrupt raised in a class's
+    ``__set_name__`` during an import in a RuntimeError, JAX one raised while comparing pytrees in a ValueError)."""
+    seen: set[int] = set()
+    cause: Optional[BaseException] = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,15 +117,25 @@ def _main(args: argparse.Namespace, done: common.Done) -> int:
         print(f"{source} {layout} checkpoint, preset {preset.name}: {json.dumps(preset.to_dict())}")
         return 0
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out} is a file, not a checkpoint folder (an existing file is never replaced, even "
+                       f"with --overwrite: choose another output folder)")
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} exists; pass --overwrite to replace it (or choose another output folder)")
-    if out.exists() and not out.is_dir():
-        raise CliError(f"{out} is a file, not a checkpoint folder")
     common.check_out_dir(out.parent, "output folder in")
     plan = common.parse_plan(args.plan)
     overrides = parse_overrides(args.overrides)
-    report = convert_file(args.input, out, args.preset, plan=plan, seed=args.seed, trust_pickle=args.trust_pickle,
-                          overwrite=args.overwrite, **overrides)
+    try:
+        report = convert_file(args.input, out, args.preset, plan=plan, seed=args.seed,
+                              trust_pickle=args.trust_pickle, overwrite=args.overwrite, **overrides)
+    except PresetError as e:   # e.g. --set min_depth above the preset's max_depth: found once the preset is known
+        if not overrides:
+            raise
+        raise CliError(f"--set: {e}") from None
+    except Exception as e:
+        if _wraps_interrupt(e):
+            raise KeyboardInterrupt from None
+        raise
     done.add(str(out))
     print(report.summary())
     print(f"saved {out}")

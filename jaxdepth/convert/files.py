@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..models.presets import Preset
-from .core import ConversionReport
+from .core import ConversionError, ConversionReport
 
 
 #: suffixes that promise a Keras HDF5 file (a file without the HDF5 signature under one of them is an error,
@@ -70,8 +70,22 @@ def convert_file(src: Union[str, Path], dst: Union[str, Path], preset: Union[Non
     from ..io import checkpoint
 
     chosen, variables, report = convert(src, preset, seed=seed, trust_pickle=trust_pickle, **overrides)
+    if plan is not None:
+        _check_plan(chosen, plan)
     checkpoint.save(dst, chosen, variables, plan=plan, overwrite=overwrite,
                     extra={"converted_from": str(Path(src).absolute()), "source": report.source,
                            "layout": report.layout, "decoder_initialised": report.decoder_initialised,
                            "seed": seed, "settings": report.settings})
     return report
+
+
+def _check_plan(preset: Preset, plan: Any) -> None:
+    """ConversionError when a pattern of ``plan`` matches no multiplying layer of ``preset``'s model: the
+    checkpoint would otherwise store a plan that silently leaves those layers float."""
+    from ..models import Plan, build, layer_names
+    from ..models.plan import unmatched_hint
+    names = layer_names(build(preset))
+    unused = Plan.make(plan).unused_patterns(names)
+    if unused:
+        raise ConversionError(f"plan pattern(s) {', '.join(repr(u) for u in unused)} match no layer of "
+                              f"{preset.name}{unmatched_hint(unused, names)}")

@@ -18,13 +18,16 @@ corrupted checkpoint instead of returning NaN weights.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import signal
+import threading
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import jax
 import numpy as np
@@ -85,7 +88,9 @@ def save(path: Union[str, Path], preset: Any, variables: dict, plan: Any = None,
     (name and full config), the plan and ``extra`` (JSON-serialisable metadata) to directory ``path``.
 
     Written to a temporary folder beside ``path`` and swapped in when complete: an existing checkpoint is
-    replaced (``overwrite=True``) only by a complete new one. A folder that is not a checkpoint is refused."""
+    replaced (``overwrite=True``) only by a complete new one. A folder that is not a checkpoint is refused.
+    A Ctrl-C while orbax writes the arrays takes effect once its writer threads are done: the temporary
+    folder is then removed and KeyboardInterrupt raised."""
     import orbax.checkpoint as ocp
 
     from ..models.plan import Plan
@@ -113,11 +118,18 @@ def save(path: Union[str, Path], preset: Any, variables: dict, plan: Any = None,
             "plan": plan.to_json(), "collections": sorted(state), "extra": _jsonable(extra or {}),
             "digests": _digests(state)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    tmp = _new_folder(path.parent, f".{path.name}.partial-")
     try:
-        ckptr = ocp.StandardCheckpointer()
-        ckptr.save(tmp / VARIABLES_DIR, state)
-        ckptr.wait_until_finished()
+        with _interrupts_held() as interrupted:     # orbax's threads and event loops are never abandoned mid-write
+            ckptr = ocp.StandardCheckpointer()
+            try:
+                ckptr.save(tmp / VARIABLES_DIR, state)
+                ckptr.wait_until_finished()
+            finally:
+                with contextlib.suppress(Exception):
+                    ckptr.close()                   # waits for any background write still running
+        if interrupted():
+            raise KeyboardInterrupt
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         _swap_in(tmp, path)
     except BaseException:
@@ -126,13 +138,42 @@ def save(path: Union[str, Path], preset: Any, variables: dict, plan: Any = None,
     return path
 
 
+def _new_folder(parent: Path, prefix: str) -> Path:
+    """A new empty folder ``parent/<prefix><random>``, with the mode any new folder gets under the process
+    umask (`tempfile.mkdtemp` makes it 0700, which the checkpoint would keep once renamed into place)."""
+    for _ in range(100):
+        folder = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary folder {prefix}* in {parent}")
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[Callable[[], bool]]:
+    """Hold Ctrl-C (SIGINT) back during the block; yields a function that tells whether one came. Only in the
+    main thread with Python's own handler installed; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield lambda: False
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield lambda: bool(caught)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _swap_in(new: Path, path: Path) -> None:
     """Move the complete folder ``new`` to ``path``; an old ``path`` is moved aside first and removed only
     after the new one is in place (if the process dies in between, it survives as ``.<name>.old-*``)."""
     if not path.exists():
         os.rename(new, path)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    old = _new_folder(path.parent, f".{path.name}.old-")
     os.rename(path, old / "checkpoint")
     try:
         os.rename(new, path)

@@ -9,7 +9,10 @@ the decoder is, and the quirks that differ between the published code bases (``c
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Union
+import json
+import math
+import numbers
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -46,6 +49,92 @@ class UpBlock:
     name: str              # "up1", ... (the PyTorch attribute name, also the Flax module name)
     skip: Union[str, int]  # the encoder feature it concatenates: a tap name of the family (or a list index)
     divisor: int        # output channels = decoder features // divisor
+
+
+class PresetError(ValueError):
+    """An invalid preset setting (the message names the setting and the values it accepts)."""
+
+
+class UnknownSettingError(PresetError, TypeError):
+    """A preset setting that does not exist (a TypeError too, like an unknown keyword argument)."""
+
+
+def _is_int(v: Any, low: int = 1) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+
+
+def _is_number(v: Any) -> bool:
+    """A positive finite number."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _is_tap(v: Any) -> bool:
+    return (isinstance(v, str) and v != "") or _is_int(v, 0)
+
+
+def _is_up_block(b: Any) -> bool:
+    return isinstance(b, UpBlock) and isinstance(b.name, str) and b.name != "" and _is_tap(b.skip) \
+        and _is_int(b.divisor)
+
+
+def _normalised(key: str, v: Any) -> Any:
+    """Lists as tuples, [name, skip, divisor] lists / dicts as `UpBlock`, numpy scalars as Python numbers."""
+    if key == "up_blocks" and isinstance(v, (list, tuple)):
+        return tuple(UpBlock(**b) if isinstance(b, dict) and set(b) == {"name", "skip", "divisor"} else
+                     UpBlock(*b) if isinstance(b, (list, tuple)) and len(b) == 3 else b for b in v)
+    if isinstance(v, (list, tuple)):
+        return tuple(int(x) if _is_int(x, 0) else x for x in v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if _is_int(v, 0):
+        return int(v)
+    if _is_number(v):
+        return float(v)
+    return v
+
+
+_BOOL = ("true or false", lambda v: isinstance(v, bool))
+_NUMBER = ("a positive finite number", _is_number)
+_METRES = ("a positive finite number of metres", _is_number)
+_COUNT = ("a positive integer", _is_int)
+_TEXT = ("a non-empty string", lambda v: isinstance(v, str) and v != "")
+
+#: preset field -> (the values it accepts, is a normalised value one of them)
+SETTINGS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "name": _TEXT, "encoder": _TEXT, "description": ("a string", lambda v: isinstance(v, str)),
+    "up_blocks": ("a non-empty list of up blocks [name, skip feature, positive divisor]",
+                  lambda v: isinstance(v, tuple) and len(v) > 0 and all(map(_is_up_block, v))),
+    "bottleneck": ("an encoder feature name (or a non-negative feature index)", _is_tap),
+    "bottleneck_relu": _BOOL, "leakyrelu_a": _BOOL, "stride_in_1x1": _BOOL, "conv_bias": _BOOL, "tf_padding": _BOOL,
+    "decoder_width": _NUMBER, "bn_eps": _NUMBER, "width_mult": _NUMBER,
+    "conv2_padding": ("a non-negative integer", lambda v: _is_int(v, 0)),
+    "growth_rate": _COUNT, "num_init_features": _COUNT, "bn_size": _COUNT, "round_nearest": _COUNT,
+    "block_config": ("a non-empty list of positive integers, e.g. [6,12,24,16]",
+                     lambda v: isinstance(v, tuple) and len(v) > 0 and all(map(_is_int, v))),
+    "input_size": ("null (any size) or [height, width], two positive integers",
+                   lambda v: v is None or (isinstance(v, tuple) and len(v) == 2 and all(map(_is_int, v)))),
+    "max_depth": _METRES, "min_depth": _METRES,
+}
+
+
+def check_setting(key: str, value: Any) -> Any:
+    """``value`` as preset setting ``key`` stores it (see `_normalised`); `UnknownSettingError` for a setting
+    that does not exist, `PresetError` ``"<key>: expected <accepted values>, got <value>"`` for a bad value."""
+    if key not in SETTINGS:
+        raise UnknownSettingError(f"unknown preset setting {key!r}; known: {', '.join(sorted(SETTINGS))}")
+    accepted, valid = SETTINGS[key]
+    v = _normalised(key, value)
+    if not valid(v):
+        raise PresetError(f"{key}: expected {accepted}, got {_shown(value)}")
+    return v
+
+
+def _shown(value: Any) -> str:
+    """``value`` as it would be written after --set (JSON where it can be)."""
+    try:
+        return json.dumps(value, default=repr)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +174,17 @@ class Preset:
     min_depth: float = 0.1
     description: str = ""
 
+    def __post_init__(self) -> None:
+        """Check every setting (`check_setting`; `PresetError` naming the first bad one) and store it normalised."""
+        for f in dataclasses.fields(self):
+            try:
+                object.__setattr__(self, f.name, check_setting(f.name, getattr(self, f.name)))
+            except PresetError as e:
+                raise PresetError(f"preset {self.name!r}: {e}") from None
+        if self.min_depth >= self.max_depth:
+            raise PresetError(f"preset {self.name!r}: min_depth ({self.min_depth}) must be less than max_depth "
+                              f"({self.max_depth})")
+
     # -- derived quantities -------------------------------------------------------------------------
     @property
     def family(self) -> str:
@@ -101,12 +201,15 @@ class Preset:
 
     def tap_index(self, tap: Union[str, int]) -> int:
         """Feature list index of a tap name (an index passes through)."""
-        if isinstance(tap, (int, np.integer)):
-            return int(tap)
         names = self.taps()
+        if isinstance(tap, (int, np.integer)):
+            if not 0 <= tap < len(names):
+                raise PresetError(f"preset {self.name!r}: the {self.encoder} encoder has no feature {tap}; its "
+                                  f"features: 0-{len(names) - 1} ({', '.join(names)})")
+            return int(tap)
         if tap not in names:
-            raise ValueError(f"preset {self.name!r}: the {self.encoder} encoder has no feature {tap!r}; its "
-                             f"features: {', '.join(names)}")
+            raise PresetError(f"preset {self.name!r}: the {self.encoder} encoder has no feature {tap!r}; its "
+                              f"features: {', '.join(names)}")
         return names.index(tap)
 
     def feature_channels(self) -> list[int]:
@@ -133,7 +236,13 @@ class Preset:
         return self.feature_channels()[self.tap_index(self.bottleneck)]
 
     def decoder_features(self) -> int:
-        return int(self.bottleneck_channels() * self.decoder_width)
+        c_in = self.bottleneck_channels()
+        n, div = int(c_in * self.decoder_width), max(b.divisor for b in self.up_blocks)
+        if n < div:    # an up block would get no channels
+            raise PresetError(f"preset {self.name!r}: decoder_width {self.decoder_width} gives {n} decoder features, "
+                              f"fewer than the {div} an up block divides them by; expected decoder_width >= "
+                              f"{div}/{c_in} ({div / c_in:.4g}) for this encoder")
+        return n
 
     def decoder_channels(self) -> list[tuple[str, int, int]]:
         """(block name, input channels, output channels) of every up block, in order."""
@@ -171,7 +280,7 @@ class Preset:
         fields = {f.name for f in dataclasses.fields(self)}
         unknown = set(overrides) - fields
         if unknown:
-            raise TypeError(f"unknown preset setting(s) {sorted(unknown)}; known: {sorted(fields)}")
+            raise UnknownSettingError(f"unknown preset setting(s) {sorted(unknown)}; known: {sorted(fields)}")
         return dataclasses.replace(self, **overrides)
 
 
