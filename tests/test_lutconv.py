@@ -832,3 +832,54 @@ def test_impl_list_chooses_among_the_named_kernels():
     assert (forced.kernel, forced.how) == ("direct", "forced") and forced.estimate > 0
     with pytest.raises(ValueError, match="cannot run"):  # explain checks a forced kernel as conv2d does
         lutconv.explain(x.shape, w.shape, table, stride=2, padding=2, dilation=2, impl="wstat")
+
+
+# ---- numba's disk cache and parallel functions ---------------------------------------------------------------
+def test_parallel_numba_functions_are_not_disk_cached():
+    """Every ``parallel=True`` numba function of the kernels is called from cached jitted code and must not
+    be cached itself (lutconv/README.md, "numba's disk cache"): see the crash sequence below."""
+    import importlib
+    from numba.core.dispatcher import Dispatcher
+    parallel = []
+    for name in ("direct_kernel", "dwrows_kernel", "wstat_kernel"):
+        module = importlib.import_module(f"jaxdepth.lutconv.{name}")
+        for attr, obj in vars(module).items():
+            if isinstance(obj, Dispatcher) and obj.targetoptions.get("parallel"):
+                parallel.append(f"{name}.{attr}")
+                assert type(obj._cache).__name__ == "NullCache", f"{name}.{attr} is disk-cached"
+    assert len(parallel) == 8, parallel
+
+
+CACHE_STEP = """
+import sys
+import numpy as np
+from jaxdepth.lutconv import direct_kernel
+dtype = {"u16": np.uint16, "s32": np.int32}[sys.argv[1]]
+rng = np.random.default_rng(0)
+table = rng.integers(0, 1 << 15, (256, 256)).astype(dtype)
+x = rng.integers(0, 256, (1, 10, 13, 3)).astype(np.uint8)
+w = rng.integers(0, 256, (3, 2, 3, 4)).astype(np.uint8)
+out = np.empty((1, 6, 6, 4), np.int32)
+direct_kernel._run(x, w, table.reshape(-1), 1, 2, 2, 2, 1, out)     # stride (1, 2), dilation 2
+want = np.zeros(out.shape, np.int64)
+for kh in range(3):
+    for kw in range(2):
+        for c in range(3):
+            want[0] += table.astype(np.int64)[w[kh, kw, c][None, None, :], x[0, 2 * kh:2 * kh + 6, 2 * kw:2 * kw + 11:2, c][..., None]]
+print(bool(np.array_equal(out, want)))
+"""
+
+
+@pytest.mark.slow
+def test_kernels_loaded_from_numba_cache_in_later_processes_run(tmp_path):
+    """The sequence that crashed (segfault) when the parallel inner kernels were disk-cached: a process
+    compiles ``_run`` for 16-bit tables, a second one for int32 tables (the inner kernel then came from the
+    cache), a third loads that int32 overload from the cache and runs it."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    for step in ("u16", "s32", "s32"):
+        done = subprocess.run([sys.executable, "-c", CACHE_STEP, step], capture_output=True, text=True, env=env,
+                              timeout=600)
+        assert done.returncode == 0 and done.stdout.strip() == "True", (step, done.returncode, done.stderr[-2000:])

@@ -26,7 +26,8 @@ if not HAVE_AVX512:      # scalar table loads instead of 16-lane gathers; depthw
     RATE_DIRECT, RATE_DEPTHWISE = 1.2e9, 1.7e9  # AVX2 host (MobileNetV2's 3x3 depthwise layers at 480x640)
 
 
-@njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
+# cache=False: called from cached jitted code (lutconv/README.md, "numba's disk cache")
+@njit(parallel=True, cache=False, fastmath=False, boundscheck=False)
 def _direct(xb, wb, lut_t, sh, sw, dh, dw, groups, out):  # pragma: no cover - compiled
     """xb (N,H,W,C) uint8; wb (KH,KW,Cg,O) uint8; lut_t[x, w] = lut[w, x]; out (N,Ho,Wo,O) int32."""
     n_batch, _, _, _ = xb.shape
@@ -56,7 +57,7 @@ def _direct(xb, wb, lut_t, sh, sw, dh, dw, groups, out):  # pragma: no cover - c
             out[n, i, j, :] = acc
 
 
-@njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
+@njit(parallel=True, cache=False, fastmath=False, boundscheck=False)
 def _depthwise(x, w256, lut_flat, sh, sw, dh, dw, out):  # pragma: no cover - compiled
     """groups == C == O (one input channel per group): x (N,H,W,C) int32 codes; w256 (KH,KW,1,C) int32
     weight byte * 256; lut_flat = lut.ravel(); out (N,Ho,Wo,C). Vectorised over channels: 16 channels

@@ -34,7 +34,8 @@ if not HAVE_AVX512BW:    # no 16-bit permutes
     RATE_DW_ROWS16 = RATE_DW_ROWS
 
 
-@njit(parallel=True, cache=True, boundscheck=False)
+# cache=False: called from cached jitted code (lutconv/README.md, "numba's disk cache")
+@njit(parallel=True, cache=False, boundscheck=False)
 def _dw_rows(x, roffs, lut, sh, sw, dh, dw, kh_n, kw_n, rows, row, pad_top, pad_left, h, wd, pad_byte,
              out):  # pragma: no cover - compiled
     """x (N,H0,W0,C) codes (uint8 or int32: the low byte is used); roffs (KH*KW, C) weight byte * 256;
@@ -109,6 +110,12 @@ def _dw_rows(x, roffs, lut, sh, sw, dh, dw, kh_n, kw_n, rows, row, pad_top, pad_
                             oflat[dst + c - c0] = acc[((c - c0) * nr + r) * wop + j]
 
 
+@njit(cache=True, boundscheck=False)
+def _dw_rows_host(x, roffs, lut, p, out):  # pragma: no cover - compiled
+    """`_dw_rows` for the host path, cached (``p``: `_dw_geometry`'s 12 parameters, then the pad code)."""
+    _dw_rows(x, roffs, lut, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], out)
+
+
 def dwrows_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec,
                 pads: Pads = ((0, 0), (0, 0)), pad_code: int = 0) -> np.ndarray:
     """The ``dwrows`` kernel on concrete arrays (int32 result): depthwise layers (groups == C == O), any
@@ -119,8 +126,8 @@ def dwrows_host(x: np.ndarray, w: np.ndarray, lut: np.ndarray, spec: ConvSpec,
     (ho, wo), params = _dw_geometry(x.shape, np.shape(w), spec, pads)
     out = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=np.int32)
     with xla_ffi.KERNEL_LOCK, xla_ffi.kernel_opt_level():
-        _dw_rows(x, _dw_row_offsets(np.asarray(w, np.int32)), ffi_bridge.narrow_table(lut).reshape(-1), *params,
-                 int(pad_code) & 0xFF, out)
+        _dw_rows_host(x, _dw_row_offsets(np.asarray(w, np.int32)), ffi_bridge.narrow_table(lut).reshape(-1),
+                      np.array([*params, int(pad_code) & 0xFF], np.int64), out)
     return out
 
 

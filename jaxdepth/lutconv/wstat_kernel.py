@@ -64,7 +64,8 @@ if not HAVE_AVX512:
     RATE_BUILD = 1.5e9
 
 
-@njit(parallel=True, cache=True, fastmath=False, boundscheck=False)
+# cache=False: called from cached jitted code (lutconv/README.md, "numba's disk cache")
+@njit(parallel=True, cache=False, fastmath=False, boundscheck=False)
 def _wstat(xc, offs, vslot, slot, n_blocks, used, n_used, strips, lut, rows, cols, row_len, halo_r, chunk, taps,
            transposed, compact, out):  # pragma: no cover
     """One group. xc (N,C,R,L) uint8 channel-major codes (spare zero columns past every tile's reach);
@@ -205,7 +206,7 @@ def _tiles(fh, fw, n_out, channels, taps, halo_r, halo_c, used, itemsize, n_batc
     return best
 
 
-@njit(parallel=True, cache=True, boundscheck=False)
+@njit(parallel=True, cache=False, boundscheck=False)
 def _offsets(wb, slot, n_blocks, tap_r, tap_c, chunk, plane, row_len):  # pragma: no cover - compiled
     """wb (KH,KW,Cg,O) weight bytes -> offs (chunks, O, chunk * taps) int32: the offset in a chunk's product
     rows (`_wstat`) of the row of output channel o, input channel c and tap t,
@@ -292,7 +293,7 @@ def _group_layout(wg, transposed, fh, fw, og, cg, taps, halo_r, halo_c, itemsize
     return used, n_used, vslot, False, n_blocks, native
 
 
-@njit(parallel=True, cache=True, boundscheck=False)
+@njit(parallel=True, cache=False, boundscheck=False)
 def _compact_strips(lut, used, n_used, n_blocks, strips):  # pragma: no cover - compiled
     """Channel c's strips in `simd.table_strips` layout, strip c * n_blocks + b holding the table rows of
     its used bytes 16 b .. 16 b + 15 (rank order; zero past n_used[c]):
@@ -342,7 +343,7 @@ def _weight_bytes(wb):  # pragma: no cover - compiled
     return used, n_used, vslot, n_blocks
 
 
-@njit(parallel=True, cache=True, boundscheck=False)
+@njit(parallel=True, cache=False, boundscheck=False)
 def _channel_major(xb, xc, mode, sh, sw, ho, wo):  # pragma: no cover - compiled
     """xb (N,H,W,C) bytes -> xc (groups, N, Cg, rows, cols + spare): mode 0 (1x1) the strided output
     positions as one flat row, mode 1 the whole image as one flat row, mode 2 rows kept."""
@@ -367,7 +368,7 @@ def _channel_major(xb, xc, mode, sh, sw, ho, wo):  # pragma: no cover - compiled
                         xc[c // cg, n, c % cg, r, q] = xb[n, r, q, c]
 
 
-@njit(parallel=True, cache=True, boundscheck=False)
+@njit(parallel=True, cache=False, boundscheck=False)
 def _channels_last(acc, out, row_width):  # pragma: no cover - compiled
     """acc (N,O,fh,fw) -> out (N,Ho,Wo,O); a flat layout (fh == 1) reads output (i, j) at i * row_width + j."""
     n_batch, ho, wo, n_out = out.shape
