@@ -120,12 +120,21 @@ def parent_parser(*options: str, out_default: Optional[str] = None, out_help: st
 
 def positive_int(text: str) -> int:
     """argparse ``type=`` for counts and sizes: 0 and negatives are usage errors (exit 2 before any work)."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=`` for seeds and offsets: negatives are usage errors (exit 2 before any work)."""
+    return _int_at_least(text, 0, "a non-negative integer")
+
+
+def _int_at_least(text: str, low: int, expected: str) -> int:
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if v < low:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {v}")
     return v
 
 
@@ -155,20 +164,44 @@ def run(parser: argparse.ArgumentParser, body: Callable[..., Optional[int]],
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        _remove_created_dirs()
-        _flush()
-        print(f"\ninterrupted: {done.summary()}", file=sys.stderr)
-        if argv is None:            # a program, not an in-process caller: leave without tearing down (below)
-            _flush()
-            os._exit(EXIT_INTERRUPTED)
-        return EXIT_INTERRUPTED
+        return _interrupted(done, argv)
     except USER_ERRORS as e:
+        if _wraps_interrupt(e):
+            return _interrupted(done, argv)
         _remove_created_dirs()
         if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
         _flush()
         print(f"error: {error_line(e)}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:
+        if _wraps_interrupt(e):
+            return _interrupted(done, argv)
+        raise
+
+
+def _interrupted(done: Done, argv: Optional[Sequence[str]]) -> int:
+    """The Ctrl-C summary line; empty output folders this command created go."""
+    _remove_created_dirs()
+    _flush()
+    print(f"\ninterrupted: {done.summary()}", file=sys.stderr)
+    if argv is None:            # a program, not an in-process caller: leave without tearing down (module doc)
+        _flush()
+        os._exit(EXIT_INTERRUPTED)
+    return EXIT_INTERRUPTED
+
+
+def _wraps_interrupt(e: BaseException) -> bool:
+    """Whether ``e`` was raised because of a Ctrl-C (Python 3.11 wraps a KeyboardInterrupt raised in a class's
+    ``__set_name__`` during an import in a RuntimeError, JAX one raised while comparing pytrees in a ValueError)."""
+    seen: set[int] = set()
+    cause: Optional[BaseException] = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _one_line_usage_errors(parser: argparse.ArgumentParser) -> None:
@@ -462,13 +495,11 @@ def check_plan_layers(model: Any, plan: Any, size: Optional[Sequence[int]], opti
     mistyped glob would otherwise leave its layers float without a word. Models without a plan are not checked."""
     if plan is None or not hasattr(model, "plan"):
         return
-    from ..models import Plan, layer_names
-    from ..models.plan import unmatched_hint
-    names = layer_names(model, size)
-    unused = Plan.make(plan).unused_patterns(names)
-    if unused:
-        raise CliError(f"{option}: pattern(s) {', '.join(repr(u) for u in unused)} match no layer"
-                       f"{unmatched_hint(unused, names)}")
+    from ..models import layer_names
+    from ..models.plan import unmatched_patterns
+    problem = unmatched_patterns(plan, layer_names(model, size))
+    if problem:
+        raise CliError(f"{option}: {problem}")
 
 
 def layer_summary(names: Sequence[str], limit: int = 24) -> str:

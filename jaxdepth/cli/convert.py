@@ -66,19 +66,6 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _wraps_interrupt(e: BaseException) -> bool:
-    """Whether ``e`` was raised because of a Ctrl-C (Python 3.11 wraps a KeyboardInterrupt raised in a class's
-    ``__set_name__`` during an import in a RuntimeError, JAX one raised while comparing pytrees in a ValueError)."""
-    seen: set[int] = set()
-    cause: Optional[BaseException] = e
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__ or ""
     ap = argparse.ArgumentParser(prog="jaxdepth-convert", description=doc.split("(``")[0].strip(),
@@ -132,10 +119,6 @@ def _main(args: argparse.Namespace, done: common.Done) -> int:
         if not overrides:
             raise
         raise CliError(f"--set: {e}") from None
-    except Exception as e:
-        if _wraps_interrupt(e):
-            raise KeyboardInterrupt from None
-        raise
     done.add(str(out))
     print(report.summary())
     print(f"saved {out}")

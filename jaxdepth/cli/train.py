@@ -213,9 +213,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except T.TrainingDataError as e:
         raise CliError(str(e)) from None
     target = args.target if args.target != "auto" else ("gt" if data.has_depth else "teacher")
-    if args.teacher and target == "gt":
-        raise CliError(f"--teacher is used with --target teacher or both; the target is gt"
-                       + (" (auto: the data has depth)" if args.target == "auto" else ""))
+    if args.teacher and target == "gt":     # --target auto on data with depth (an explicit gt was refused above)
+        raise CliError("--teacher is used with --target teacher or both; the target is gt (auto: the data has depth)")
     if target != "teacher" and not data.has_depth:
         raise CliError(f"--data {args.data} has no depth maps: use --target teacher (distillation)")
 

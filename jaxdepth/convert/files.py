@@ -82,10 +82,8 @@ def convert_file(src: Union[str, Path], dst: Union[str, Path], preset: Union[Non
 def _check_plan(preset: Preset, plan: Any) -> None:
     """ConversionError when a pattern of ``plan`` matches no multiplying layer of ``preset``'s model: the
     checkpoint would otherwise store a plan that silently leaves those layers float."""
-    from ..models import Plan, build, layer_names
-    from ..models.plan import unmatched_hint
-    names = layer_names(build(preset))
-    unused = Plan.make(plan).unused_patterns(names)
-    if unused:
-        raise ConversionError(f"plan pattern(s) {', '.join(repr(u) for u in unused)} match no layer of "
-                              f"{preset.name}{unmatched_hint(unused, names)}")
+    from ..models import build, layer_names
+    from ..models.plan import unmatched_patterns
+    problem = unmatched_patterns(plan, layer_names(build(preset)), where=f" of {preset.name}")
+    if problem:
+        raise ConversionError(f"plan {problem}")

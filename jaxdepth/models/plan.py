@@ -265,7 +265,16 @@ def layer_names(model: Any, size: Optional[Sequence[int]] = None) -> list[str]:
     return [i.name for i in describe(model, (1, h, w, 3))]
 
 
-def unmatched_hint(unused: Sequence[str], names: Sequence[str]) -> str:
+def unmatched_patterns(plan: Any, names: Sequence[str], where: str = "") -> Optional[str]:
+    """``"pattern(s) 'a', 'b' match no layer<where><hint>"`` for the patterns of ``plan`` (a `Plan` or its
+    dict) that match none of the layer ``names`` (hint: `_unmatched_hint`); None when every pattern matches."""
+    unused = Plan.make(plan).unused_patterns(names)
+    if not unused:
+        return None
+    return f"pattern(s) {', '.join(repr(u) for u in unused)} match no layer{where}{_unmatched_hint(unused, names)}"
+
+
+def _unmatched_hint(unused: Sequence[str], names: Sequence[str]) -> str:
     """For an error about patterns that match no layer: close layer names / module globs (``did you mean``),
     and the model's layers with their counts per top module."""
     import difflib

@@ -24,15 +24,15 @@ def check_plan(model: Any, plan: Any, input_shape: tuple[int, ...] = (1, 64, 64,
     """The `Plan` for ``model``'s layers; raises `FinetuneError` when a pattern matches no layer (listing
     the layer names) or the plan leaves every layer float."""
     from ..models import Plan, describe
-    from ..models.plan import unmatched_hint
+    from ..models.plan import unmatched_patterns
     try:
         p = Plan.make(plan)
     except (ValueError, TypeError, KeyError) as e:
         raise FinetuneError(f"bad plan: {e.args[0] if e.args else e}") from None
     names = [i.name for i in describe(model.clone(plan=p), input_shape)]
-    unused = p.unused_patterns(names)
-    if unused:
-        raise FinetuneError(f"plan pattern(s) {', '.join(repr(u) for u in unused)} match no layer{unmatched_hint(unused, names)}")
+    problem = unmatched_patterns(p, names)
+    if problem:
+        raise FinetuneError(f"plan {problem}")
     if p.is_float:
         raise FinetuneError("the plan leaves every layer float: nothing approximate to fine-tune for")
     return p
