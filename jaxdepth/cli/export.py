@@ -69,13 +69,12 @@ def _plan(args: argparse.Namespace, model: Any) -> Any:
 
 
 def _check_size(hw: Sequence[int], what: str) -> None:
-    """CliError when the input size ``hw`` (``what``, for the message) is above `MAX_FRAME_PIXELS` (16.8 MP,
-    the synthetic renderer's limit: the export holds the image and every layer's activations in memory)."""
-    from ..data.synthetic import MAX_FRAME_PIXELS
-    h, w = (int(v) for v in hw)
-    if h * w > MAX_FRAME_PIXELS:
-        raise CliError(f"{what}: {h}x{w} is {h * w / 1e6:.0f} MP; at most {MAX_FRAME_PIXELS / 1e6:.1f} MP "
-                       "(4096 x 4096)")
+    """CliError when the input size ``hw`` (``what``, for the message) is above the synthetic renderer's
+    16.8 MP limit (`frame_too_large`: the export holds the image and every layer's activations in memory)."""
+    from ..data.synthetic import frame_too_large
+    too_large = frame_too_large(int(hw[0]), int(hw[1]))
+    if too_large:
+        raise CliError(f"{what}: {too_large}")
 
 
 def _image(path: str, size: Optional[Sequence[int]], native: Optional[Sequence[int]]) -> np.ndarray:

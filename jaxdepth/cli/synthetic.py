@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  parents=[common.parent_parser("progress")])
     ap.add_argument("out", help="output folder")
     ap.add_argument("-n", type=common.positive_int, default=1000, help="number of frames (default 1000)")
-    ap.add_argument("--seed", type=_seed, default=0, help="random seed (a non-negative integer, default 0)")
+    ap.add_argument("--seed", type=common.non_negative_int, default=0, help="random seed (a non-negative integer, default 0)")
     ap.add_argument("--height", type=_size, default=240, help="frame height (at least 8, default 240)")
     ap.add_argument("--width", type=_size, default=320, help="frame width (at least 8, default 320)")
     ap.add_argument("--no-shadows", action="store_true", help="skip shadow rays (about 2x faster)")
@@ -35,21 +35,11 @@ def _size(text: str) -> int:
     return v
 
 
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return v
-
-
 def _main(args: argparse.Namespace, done: common.Done) -> int:
-    from ..data.synthetic import BYTES_PER_PIXEL, MAX_FRAME_PIXELS, write_dataset
-    if args.height * args.width > MAX_FRAME_PIXELS:
-        raise common.CliError(f"--height {args.height} x --width {args.width} is {args.height * args.width / 1e6:.0f} "
-                              f"MP per frame; at most {MAX_FRAME_PIXELS / 1e6:.1f} MP (4096 x 4096)")
+    from ..data.synthetic import BYTES_PER_PIXEL, frame_too_large, write_dataset
+    too_large = frame_too_large(args.height, args.width)
+    if too_large:
+        raise common.CliError(f"--height {args.height} x --width {args.width}: {too_large}")
     out = common.check_out_dir(args.out, "output folder")
     need = args.n * args.height * args.width * BYTES_PER_PIXEL
     free = shutil.disk_usage(out).free

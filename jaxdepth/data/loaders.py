@@ -296,9 +296,9 @@ def _load_synthetic(spec: str) -> Dataset:
         if n < 0 or seed < 0 or h < 8 or w < 8:
             raise DataError(f"{spec!r}: expected synthetic:N[:SEED[:HxW]] with N >= 0, SEED >= 0 and a size of "
                             "at least 8x8")
-        if h * w > synthetic.MAX_FRAME_PIXELS:
-            raise DataError(f"{spec!r}: {h}x{w} is {h * w / 1e6:.0f} MP per frame; at most "
-                            f"{synthetic.MAX_FRAME_PIXELS / 1e6:.1f} MP (4096 x 4096)")
+        too_large = synthetic.frame_too_large(h, w)
+        if too_large:
+            raise DataError(f"{spec!r}: frame size {too_large}")
         need, memory = n * h * w * synthetic.BYTES_PER_PIXEL, _memory_bytes()
         if memory is not None and need > memory // 2:     # every frame is rendered into memory
             raise DataError(f"{spec!r}: {n} frames of {h}x{w} take {need / 2**30:.1f} GiB in memory, more than "

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -672,14 +673,22 @@ def generate(n: int, seed: int = 0, height: int = 240, width: int = 320, *, star
     return images, depths
 
 
+def frame_too_large(height: int, width: int) -> Optional[str]:
+    """``"HxW is N MP; at most 16.8 MP (4096 x 4096)"`` when a frame is above `MAX_FRAME_PIXELS`, else None
+    (the one limit and message for every tool that renders or holds such frames)."""
+    if height * width <= MAX_FRAME_PIXELS:
+        return None
+    return f"{height}x{width} is {height * width / 1e6:.0f} MP; at most {MAX_FRAME_PIXELS / 1e6:.1f} MP (4096 x 4096)"
+
+
 def _check_request(n: int, seed: int, height: int, width: int) -> None:
     """ValueError unless ``n`` >= 0 frames of 8x8 to `MAX_FRAME_PIXELS` pixels with a seed >= 0 (numpy's
     seeds are)."""
     if n < 0 or height < 8 or width < 8:
         raise ValueError(f"need n >= 0 and a size of at least 8x8, got n={n}, {height}x{width}")
-    if height * width > MAX_FRAME_PIXELS:
-        raise ValueError(f"a {height}x{width} frame is {height * width / 1e6:.0f} MP; at most "
-                         f"{MAX_FRAME_PIXELS / 1e6:.1f} MP (4096 x 4096)")
+    too_large = frame_too_large(height, width)
+    if too_large:
+        raise ValueError(f"frame size {too_large}")
     if int(seed) < 0:
         raise ValueError(f"the seed must be a non-negative integer, got {seed}")
 
