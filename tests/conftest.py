@@ -47,3 +47,20 @@ def tiny_model():
     """Factory: ``tiny_model(seed=0, input_shape=(1, 8, 8, 3), **fields) -> (model, variables)``."""
     return standin.tiny
 
+
+
+@pytest.fixture
+def ctrl_c_on_call(monkeypatch):
+    """``ctrl_c_on_call(owner, name, n) -> calls``: ``owner.name`` raises KeyboardInterrupt on its ``n``-th call
+    (a Ctrl-C at a known point of a run) and runs as before otherwise; ``calls`` counts the calls."""
+    def install(owner, name, n):
+        real, calls = getattr(owner, name), []
+
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        monkeypatch.setattr(owner, name, wrapper)
+        return calls
+    return install

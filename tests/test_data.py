@@ -75,20 +75,13 @@ def _files(folder):
     return {f.name: f.read_bytes() for f in sorted(Path(folder).iterdir())}
 
 
-def test_replacing_a_dataset_is_atomic(tmp_path, monkeypatch):
+def test_replacing_a_dataset_is_atomic(tmp_path, monkeypatch, ctrl_c_on_call):
     """An error or Ctrl-C while the new dataset renders leaves the previous one whole (no temporaries); a
     bad seed is refused before anything is touched; a finished run replaces every file."""
     out = synthetic.write_dataset(tmp_path / "syn", 2, seed=5, height=16, width=24)
     before = _files(out)
     real = synthetic.generate
-    calls = []
-
-    def stop_on_second_chunk(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(synthetic, "generate", stop_on_second_chunk)
+    calls = ctrl_c_on_call(synthetic, "generate", 2)          # Ctrl-C in the second chunk
     with pytest.raises(KeyboardInterrupt):
         synthetic.write_dataset(out, 3, seed=6, height=16, width=16, chunk=1)
     assert _files(out) == before and len(calls) == 2

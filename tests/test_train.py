@@ -153,7 +153,7 @@ def test_odd_input_sizes_train(tiny_model):
 
 
 @pytest.mark.slow
-def test_cli_ctrl_c_saves_the_finished_steps_and_exits_130(tmp_path, capsys, monkeypatch):
+def test_cli_ctrl_c_saves_the_finished_steps_and_exits_130(tmp_path, capsys, ctrl_c_on_call):
     """Ctrl-C inside step 2 of a float training run: the checkpoint and log hold step 1 (the update in
     progress is not counted), the command says so in its one ``interrupted:`` line and exits 130, not 0."""
     from jaxdepth import models, train
@@ -161,15 +161,7 @@ def test_cli_ctrl_c_saves_the_finished_steps_and_exits_130(tmp_path, capsys, mon
     from jaxdepth.training import loop
     ckpt = checkpoint.save(tmp_path / "init", models.get_preset("mobilenetv2_lite", input_size=(32, 32)),
                            models.init_variables(models.build("mobilenetv2_lite"), 0))
-    calls = []
-    real_augment = loop.augment
-
-    def augment(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_augment(*args, **kwargs)
-    monkeypatch.setattr(loop, "augment", augment)
+    ctrl_c_on_call(loop, "augment", 2)
     out = tmp_path / "run"
     code = train.main(["--init", str(ckpt), "--data", "synthetic:4:3", "--steps", "5", "--batch-size", "2",
                        "--out", str(out), "--no-progress", "--no-compile-cache"])
