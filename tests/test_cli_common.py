@@ -70,6 +70,58 @@ def test_an_interrupted_program_exits_130_at_once():
     assert done.stderr.strip() == "interrupted: 0 items finished"
 
 
+def test_a_ctrl_c_swallowed_by_a_gc_callback_is_delivered_again(capsys):
+    """JAX's garbage-collector callback (like any code whose exceptions Python can only print) would swallow a
+    Ctrl-C that lands in it, and the command ran on: the runner delivers it again."""
+    import gc
+    import time
+
+    fired = []
+
+    def callback(phase, info):
+        if not fired:
+            fired.append(phase)
+            raise KeyboardInterrupt
+
+    def body(args, done):
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+            time.sleep(5)                       # the redelivered interrupt ends this
+        finally:
+            gc.callbacks.remove(callback)
+        return 0
+    hook, start = sys.unraisablehook, time.monotonic()
+    assert common.run(_parser(), body, ["--no-compile-cache"]) == common.EXIT_INTERRUPTED
+    assert fired and time.monotonic() - start < 4
+    assert "interrupted: 0 items finished" in capsys.readouterr().err
+    assert sys.unraisablehook is hook
+
+
+FINISHED_PROGRAM = """
+import atexit, os, signal, sys, time
+from jaxdepth.cli import common
+
+def body(args):
+    print("saved out", flush=True)
+    atexit.register(time.sleep, 30)                          # shutdown work (atexit runs the last-registered
+    atexit.register(os.kill, os.getpid(), signal.SIGINT)   # first): a Ctrl-C during it
+
+sys.argv = ["prog"]
+sys.exit(common.run(common.argparse.ArgumentParser(prog="prog"), body))
+"""
+
+
+def test_a_ctrl_c_after_the_command_finished_keeps_its_exit_code():
+    import subprocess
+    import time
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", FINISHED_PROGRAM], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "saved out\n")
+    assert done.stderr.strip() == "interrupted while shutting down: the command had finished"
+    assert time.monotonic() - start < 25                     # it left at once, not after the shutdown work
+
+
 @pytest.mark.parametrize("argv, text", [
     (["--batch", "0"], "error: argument --batch: expected a positive integer, got 0 (see t --help)"),
     (["--nope"], "error: unrecognized arguments: --nope (see t --help)"),

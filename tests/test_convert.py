@@ -215,6 +215,7 @@ def test_cli_set_values_are_checked_before_anything_is_written(tmp_path, capsys,
              ("decoder_width=NaN", "--set decoder_width: expected a positive finite number, got NaN"),
              ("conv2_padding=1.5", "--set conv2_padding: expected a non-negative integer, got 1.5"),
              ("round_nearest=0", "--set round_nearest: expected a positive integer, got 0"),
+             ("encoder=nope", "--set encoder=nope: unknown encoder family; known: densenet, mobilenetv2, resnet"),
              ("min_depth=20", "--set: preset 'mobilenetv2_lite': min_depth (20) must be less than max_depth (10.0)"),
              ("decoder_width=0.001", "--set: preset 'mobilenetv2_lite': decoder_width 0.001 gives 1 decoder "
                                      "features, fewer than the 16"),

@@ -14,7 +14,9 @@ A CLI module ``jaxdepth/cli/<tool>.py`` has ``build_parser()`` (parents=[`parent
   written atomically, so finished files are whole and unfinished ones absent; output folders it created
   and left empty are removed). Run as a program (``argv`` None), the process then ends at once
   (``os._exit``): a normal interpreter shutdown could wait forever for XLA work blocked on a kernel that a
-  background thread was still compiling, or crash inside that compilation;
+  background thread was still compiling, or crash inside that compilation. A Ctrl-C that lands where
+  Python would only print it (a garbage-collector callback) is delivered again; one after the command has
+  finished, during shutdown, says so and keeps the command's exit code;
 - argparse's usage errors -> one ``error: ...`` line, exit code 2 (not the whole usage block);
 - anything else is a bug: the traceback is kept. ``JAXDEPTH_TRACEBACK=1`` shows tracebacks for user
   errors too.
@@ -26,7 +28,9 @@ import contextlib
 import functools
 import gc
 import os
+import signal
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,10 +159,13 @@ def run(parser: argparse.ArgumentParser, body: Callable[..., Optional[int]],
     _created_dirs.clear()
     takes_done = len(inspect.signature(body).parameters) >= 2
     try:
-        with warnings.catch_warnings(), _fewer_gc_passes():
+        with warnings.catch_warnings(), _fewer_gc_passes(), _interrupts_not_swallowed():
             warnings.showwarning = _show_warning
             code = body(args, done) if takes_done else body(args)
-        return 0 if code is None else int(code)
+            code = 0 if code is None else int(code)
+            if argv is None:        # from here on a Ctrl-C cannot cost any work
+                _finished_on_ctrl_c(code)
+        return code
     except BrokenPipeError:             # the reader went away (``... | head``): stop quietly, as Unix tools do
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -189,6 +196,42 @@ def _interrupted(done: Done, argv: Optional[Sequence[str]]) -> int:
         _flush()
         os._exit(EXIT_INTERRUPTED)
     return EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def _interrupts_not_swallowed():
+    """A Ctrl-C that lands where Python can only print an exception (a garbage-collector callback such as
+    JAX's, a ``__del__``: "Exception ignored in ...") is delivered to the main thread again a moment later,
+    instead of being lost while the command runs on."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            # not from inside the hook: the signal would be handled there and be swallowed again
+            timer = threading.Timer(0.01, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+            timer.daemon = True
+            timer.start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+def _finished_on_ctrl_c(code: int) -> None:
+    """After a program's work is done (every output written), a Ctrl-C during the interpreter's shutdown
+    says so and leaves with the command's own exit code, instead of a bare 130."""
+    def finished(signum: int, frame: Any) -> None:
+        _flush()
+        print("\ninterrupted while shutting down: the command had finished", file=sys.stderr)
+        _flush()
+        os._exit(code)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, finished)
 
 
 def _wraps_interrupt(e: BaseException) -> bool:

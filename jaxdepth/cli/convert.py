@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..models.family import families
 from ..models.presets import PRESETS, SETTINGS, PresetError, UnknownSettingError, check_setting
 from . import common
 from .common import CliError
@@ -63,6 +64,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
                            f"{', '.join(sorted(SETTINGS))}") from None
         except PresetError as e:
             raise CliError(f"--set {e}") from None
+        if key == "encoder" and out[key] not in families():
+            raise CliError(f"--set {item}: unknown encoder family; known: {', '.join(sorted(families()))}")
     return out
 
 
