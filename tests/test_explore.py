@@ -57,7 +57,7 @@ def test_multiplier_selection_terms_and_errors(tmp_path):
             select_multipliers([bad])
     layers = ["encoder.conv0", "encoder.block1.conv", "decoder.up1.convA", "decoder.conv3"]
     assert select_layers(["decoder.*"], layers) == ["decoder.up1.convA", "decoder.conv3"]
-    with pytest.raises(SelectionError, match="matches no layer"):
+    with pytest.raises(SelectionError, match="match no layer"):
         select_layers(["decoder.up9*"], layers)
     assert layer_groups(layers, "blocks") == {"encoder.conv0": ["encoder.conv0"],
                                               "encoder.block1": ["encoder.block1.conv"],
@@ -262,15 +262,15 @@ def test_a_killed_sweep_resumes_without_reevaluating_or_losing(tiny_ckpt, tmp_pa
 @pytest.mark.parametrize("argv, message, reads_data", [
     (["sweep", "--multipliers", "mul8u_NOPE"], "unknown multiplier", False),
     (["sweep", "--multipliers", "mul9*"], "matches no circuit", False),
-    (["sweep", "--multipliers", "mul8u_2AC", "--layers", "decoder.up9*"], "matches no layer", False),
+    (["sweep", "--multipliers", "mul8u_2AC", "--layers", "decoder.up9*"], "match no layer", False),
     (["sweep", "--multipliers", "mul8u_2AC", "--metric", "speed"], "--metric", False),
     (["sweep", "--multipliers", "mul8u_2AC", "--ray", "bogus"], "--ray bogus: not a Ray address", False),
     (["sweep", "--multipliers", "mul8u_2AC", "--ray", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1",
      False),
     (["sweep", "--multipliers", "mul8u_2AC", "--data", "BAD.npz"], "BAD.npz", True),
     (["sweep", "--multipliers", "mul8u_2AC", "--format", "nosuchformat"], "nosuchformat", True),
-    (["sensitivity", "--multiplier", "mul8u_2AC", "--layers", "nomatch*"], "matches no layer", False),
-    (["propagate", "--multiplier", "mul8u_2AC", "--layers", "nomatch*"], "matches no layer", False),
+    (["sensitivity", "--multiplier", "mul8u_2AC", "--layers", "nomatch*"], "match no layer", False),
+    (["propagate", "--multiplier", "mul8u_2AC", "--layers", "nomatch*"], "match no layer", False),
     (["propagate", "--multiplier", "mul8u_2AC", "--layers", "decoder.*", "--ray", "auto"],
      "propagate does not use --ray", False),
     (["search", "--multipliers", "mul8u_2AC", "--population", "1"], "--population 1", False),

@@ -156,7 +156,7 @@ def test_densenet_layers_pass_make_check(tmp_path):
 # ---- bad input: one-line errors, exit 2, before any work ----------------------------------------------------
 @pytest.mark.parametrize("argv,message", [
     (["--multiplier", "int8", "--select", "decoder.nothing*"], "match no layer"),
-    (["--multiplier", "int8", "--layers", "nomatch*"], "--layers nomatch* matches no layer"),
+    (["--multiplier", "int8", "--layers", "nomatch*"], "--layers: pattern(s) 'nomatch*' match no layer"),
     (["--multiplier", "int8", "--layers", "decoder.*", "--select", "encoder.stem"], "run in float"),
     (["--multiplier", "no_such_circuit"], "no_such_circuit"),
     (["--multiplier", "int8", "--plan", "{}"], "either --plan or --multiplier"),

@@ -212,7 +212,9 @@ def _no_raise():
 
 @pytest.mark.skipif(not (common.DEFAULT_MODEL / "jaxdepth.json").exists(), reason="bundled model absent")
 def test_layers_matching_nothing_lists_the_layers(tmp_path, capsys):
-    """The bundled model: 'decodr.*' is an error naming the layer groups, before anything is computed."""
+    """The bundled model: 'decodr.*' is an error with a "did you mean" and the model's layers, before anything
+    is computed."""
     assert predict.main(["--multiplier", "mul8s_1KV8", "--layers", "decodr.*", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "decodr.*" in err and "decoder.up1.* (2)" in err and "encoder.stem" in err
+    assert err.startswith("error: --layers: pattern(s) 'decodr.*' match no layer (did you mean 'decoder.*'")
+    assert "the model's 66 layers: encoder.stem" in err and "(encoder.*: 52, decoder.*: 14)" in err

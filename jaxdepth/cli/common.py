@@ -518,23 +518,12 @@ def stored_signedness(spec: str) -> Optional[bool]:
 
 
 def check_layers(model: Any, patterns: Optional[Sequence[str]], size: Optional[Sequence[int]]) -> None:
-    """CliError when a --layers pattern matches no multiplying layer of ``model`` (listing the names).
-
-    Models without a plan (stand-ins that cannot take one) are not checked."""
-    if not patterns or not hasattr(model, "plan"):
-        return
-    from fnmatch import fnmatchcase
-
-    from ..models import layer_names
-    names = layer_names(model, size)
-    unused = [p for p in patterns if not any(fnmatchcase(n, p) for n in names)]
-    if unused:
-        raise CliError(f"--layers {' '.join(unused)} matches no layer of the model; its layers: "
-                       f"{layer_summary(names)}")
+    """CliError when a --layers pattern matches no multiplying layer of ``model`` (`check_plan_layers`)."""
+    check_plan_layers(model, patterns, size, option="--layers")
 
 
 def check_plan_layers(model: Any, plan: Any, size: Optional[Sequence[int]], option: str = "--plan") -> None:
-    """CliError when a pattern of ``plan`` (a dict or `Plan`) matches no multiplying layer of ``model``: a
+    """CliError when a pattern of ``plan`` (a dict, a `Plan` or a list of globs) matches no multiplying layer of ``model``: a
     mistyped glob would otherwise leave its layers float without a word. Models without a plan are not checked."""
     if plan is None or not hasattr(model, "plan"):
         return
@@ -543,16 +532,3 @@ def check_plan_layers(model: Any, plan: Any, size: Optional[Sequence[int]], opti
     problem = unmatched_patterns(plan, layer_names(model, size))
     if problem:
         raise CliError(f"{option}: {problem}")
-
-
-def layer_summary(names: Sequence[str], limit: int = 24) -> str:
-    """The layer names, or for long lists the groups ``a.b.*`` (with counts) they fall into."""
-    if len(names) <= limit:
-        return ", ".join(names)
-    groups: dict[str, int] = {}
-    for n in names:
-        parts = n.split(".")
-        key = ".".join(parts[:2]) + ".*" if len(parts) > 2 else n
-        groups[key] = groups.get(key, 0) + 1
-    return ", ".join(f"{g} ({c})" if c > 1 else g for g, c in groups.items()) + \
-        f" ({len(names)} layers; python -m jaxdepth.models PRESET prints them all)"

@@ -29,6 +29,7 @@ import os
 import re
 from typing import Iterable, Optional, Sequence
 
+from ..models.plan import unmatched_patterns
 from ..multipliers import Multiplier
 
 FILTER_KEYS = {"power": "power_mW", "power_mw": "power_mW", "area": "area_um2", "area_um2": "area_um2",
@@ -155,10 +156,9 @@ def select_multipliers(terms: Sequence[str], signed: Optional[bool] = None) -> l
 def select_layers(patterns: Iterable[str], layer_names: Sequence[str]) -> list[str]:
     """The layers (in model order) matching any of ``patterns``; a pattern matching none raises."""
     patterns = list(patterns) or ["*"]
-    for p in patterns:
-        if not any(fnmatch.fnmatchcase(n, p) for n in layer_names):
-            close = sorted({n.rsplit(".", 1)[0] + ".*" for n in layer_names})[:8]
-            raise SelectionError(f"layer pattern {p!r} matches no layer of the model (e.g. {', '.join(close)})")
+    problem = unmatched_patterns(patterns, layer_names)
+    if problem:
+        raise SelectionError(problem)
     return [n for n in layer_names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 

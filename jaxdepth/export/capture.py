@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from ..models import Plan, calibrate, describe
-from ..models.plan import Arithmetic, LayerInfo
+from ..models.plan import Arithmetic, LayerInfo, unmatched_patterns
 from ..multipliers import Multiplier
 
 
@@ -62,11 +62,9 @@ def select_layers(infos: Sequence[LayerInfo], patterns: Optional[Sequence[str]] 
         if not chosen:
             raise ExportError("nothing to export: the plan runs every layer in float")
         return chosen
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(i.name, p) for i in infos)]
-    if unmatched:
-        names = ", ".join(i.name for i in infos[:6])
-        raise ExportError(f"layer glob(s) {', '.join(map(repr, unmatched))} match no layer (layers are named "
-                          f"like {names}, ...; `python -m jaxdepth.models <preset>` lists them)")
+    problem = unmatched_patterns(patterns, [i.name for i in infos])
+    if problem:
+        raise ExportError(problem)
     chosen = [i for i in infos if any(fnmatch.fnmatchcase(i.name, p) for p in patterns)]
     dense = [i.name for i in chosen if i.kind == "dense"]
     if dense:

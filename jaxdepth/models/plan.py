@@ -265,10 +265,14 @@ def layer_names(model: Any, size: Optional[Sequence[int]] = None) -> list[str]:
     return [i.name for i in describe(model, (1, h, w, 3))]
 
 
-def unmatched_patterns(plan: Any, names: Sequence[str], where: str = "") -> Optional[str]:
-    """``"pattern(s) 'a', 'b' match no layer<where><hint>"`` for the patterns of ``plan`` (a `Plan` or its
-    dict) that match none of the layer ``names`` (hint: `_unmatched_hint`); None when every pattern matches."""
-    unused = Plan.make(plan).unused_patterns(names)
+def unmatched_patterns(patterns: Any, names: Sequence[str], where: str = "") -> Optional[str]:
+    """``"pattern(s) 'a', 'b' match no layer<where><hint>"`` for the layer globs in ``patterns`` (a `Plan`, its
+    dict, or a list of globs, e.g. ``--layers``) that match none of the layer ``names`` (hint:
+    `_unmatched_hint`); None when every pattern matches. The one wording for every tool that takes globs."""
+    if isinstance(patterns, (Plan, Mapping)):
+        unused = Plan.make(patterns).unused_patterns(names)
+    else:
+        unused = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if not unused:
         return None
     return f"pattern(s) {', '.join(repr(u) for u in unused)} match no layer{where}{_unmatched_hint(unused, names)}"
