@@ -105,32 +105,16 @@ def quantized(model: Any, variables: dict, plan: Any, calib_images: np.ndarray, 
               stored_plan: bool = False) -> tuple[Any, dict]:
     """The model with ``plan`` and variables carrying input quantization for it.
 
-    The checkpoint's stored ``quant`` collection is reused when it covers every planned layer and either all
-    planned multipliers are signed (it was calibrated for signed int8) or ``stored_plan`` says ``plan`` is the
-    checkpoint's own (a checkpoint fine-tuned for its plan: its ranges, learned ones too, belong to it);
-    otherwise the model is calibrated on ``calib_images`` (N, H, W, 3) in [0, 1].
+    The stored ``quant`` collection is reused when it serves the plan: every layer the plan quantizes (by a
+    rule or by its default) has a calibration for its table's signedness (`jaxdepth.models.
+    uncalibrated_layers`; a checkpoint fine-tuned for its plan keeps its ranges, learned ones too);
+    otherwise the model is calibrated on ``calib_images`` (N, H, W, 3) in [0, 1]. ``stored_plan`` is
+    accepted for compatibility: the calibration's keys now say which tables it serves.
     """
-    from .models import Plan, calibrate
-    p = Plan.make(plan)
-    qmodel = model.clone(plan=p)
-    signed = all(a.multiplier is None or a.multiplier.signed for _, a in p.rules)
-    if "quant" in variables and (signed or stored_plan):
-        import jax
-
-        from .exec_cache import remembered
-        x = np.zeros((1, *calib_images.shape[1:]), np.float32)
-
-        def covers() -> bool:  # a whole (abstract) trace of the model: remembered across runs
-            try:
-                jax.eval_shape(lambda v, xx: qmodel.apply(v, xx), variables, x)
-                return True
-            except Exception:  # noqa: BLE001 - the stored calibration does not cover this plan: calibrate anew
-                return False
-
-        shapes = jax.tree_util.tree_map(lambda a: (tuple(np.shape(a)), str(getattr(a, "dtype", type(a).__name__))),
-                                        variables)
-        if remembered("stored-calibration-covers", (qmodel, shapes, x.shape), covers):
-            return qmodel, variables
+    from .models import Plan, calibrate, uncalibrated_layers
+    qmodel = model.clone(plan=Plan.make(plan))
+    if "quant" in variables and not uncalibrated_layers(qmodel, variables, np.shape(calib_images)[1:3]):
+        return qmodel, variables
     base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     return qmodel, calibrate(qmodel, base, np.asarray(calib_images, np.float32))
 

@@ -79,8 +79,8 @@ def test_finetuning_lowers_the_loss_and_stays_bit_exact(tiny_lut, rooms):
                                   learn_ranges=True, range_lr=0.02, warmup=1, progress=False)
     assert log["loss"][-1] < 0.9 * log["loss"][0]
     assert log["config"]["update_bn_stats"] is False and log["config"]["plan"] == {"rules": PLAN, "default": "float"}
-    s_x = float(trained["quant"]["conv1"]["x_scale"])
-    assert s_x != float(svars["quant"]["conv1"]["x_scale"])          # the range was learned
+    s_x = float(trained["quant"]["conv1"]["x_scale_int8"])
+    assert s_x != float(svars["quant"]["conv1"]["x_scale_int8"])          # the range was learned
     # conv1 of the trained model against an independent integer reference: sum of lut[w & 255, x & 255]
     x = rooms.images[:2].astype(np.float32) / 255
     _, inter = student.apply(trained, jnp.asarray(x), capture_intermediates=True, mutable=["intermediates"])
@@ -199,3 +199,17 @@ def test_cli_finetuned_checkpoint_records_and_loads_its_plan(tmp_path, capsys):
     x = np.zeros((1, 32, 32, 3), np.float32)
     qm, qv = inference.quantized(exact, v, stored, x, stored_plan=True)
     assert qv["quant"] is v["quant"] and qm.plan is m.plan   # the fine-tuned (unsigned, learned) ranges as they are
+
+
+def test_kept_ranges_must_be_calibrated_for_the_signedness_of_the_plans_tables(tiny_lut, rooms):
+    """ranges="keep" takes the stored calibration only when it has parameters of each planned table's
+    signedness (plan rules and default alike), even for the checkpoint's own plan."""
+    model, variables, student, svars = tiny_lut               # svars: calibrated for the signed PLAN
+    x = rooms.images[:2].astype(np.float32) / 255
+    unsigned = {"*": "mul8u_2AC"}
+    for plan in (unsigned, Plan.make({}, default="mul8u_2AC")):
+        with pytest.raises(training.FinetuneError, match=r"ranges='keep'.* signedness of their table: conv1, head"):
+            training.prepare_student(model, svars, plan, x, "keep", stored_plan=plan)
+    assert training.prepare_student(model, svars, {"*": "int8"}, x, "keep")[1]["quant"] is svars["quant"]
+    both = models.calibrate(student, variables, x, layers="all")
+    assert training.prepare_student(model, both, unsigned, x, "keep")[1]["quant"] is both["quant"]

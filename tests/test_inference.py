@@ -1,4 +1,4 @@
-"""jaxdepth.inference helpers that need no model: the degenerate-depth check and the run-size rule."""
+"""jaxdepth.inference helpers: the degenerate-depth check, the run-size rule, reusing a stored calibration."""
 import numpy as np
 
 from jaxdepth import inference
@@ -54,3 +54,26 @@ def test_compile_kernels_ahead_registers_the_handlers_a_plan_needs(monkeypatch):
     inference.compile_kernels_ahead({"*": "mul8s_1KV8"}, dense)   # an int8 plan: lowrank
     inference.compile_kernels_ahead({"*": "float"}, dense)
     assert asked == []
+
+
+def test_quantized_reuses_a_stored_calibration_only_for_its_signedness():
+    """The plan's default counts like its rules: the bundled model's signed calibration is reused for a signed
+    default, and an unsigned default is calibrated anew (as the same plan written as a "*" rule)."""
+    from pathlib import Path
+
+    from jaxdepth import models
+    from jaxdepth.io import checkpoint, images
+    folder = Path(inference.__file__).parent / "assets"
+    fm, v, _ = checkpoint.load(folder / "default_model" / "checkpoint")
+    x = images.read_rgb(str(folder / "samples" / "synthetic_0.png"))[None, :120, :160].astype(np.float32) / 255
+    assert inference.quantized(fm, v, models.Plan.make({}, default="int8"), x)[1] is v
+    qm, qv = inference.quantized(fm, v, models.Plan.make({}, default="exact_u8"), x)
+    assert qv is not v and qm.plan.default.label == "exact_u8"
+    _, rule = inference.quantized(fm, v, {"*": "exact_u8"}, x)
+    assert jax_equal(qv["quant"], rule["quant"]) and "x_scale_uint8" in qv["quant"]["decoder"]["conv2"]
+
+
+def jax_equal(a, b) -> bool:
+    import jax
+    return jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and all(
+        np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))

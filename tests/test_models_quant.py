@@ -1,5 +1,7 @@
 """Quantized arithmetic of the Flax models: int8 / LUT layers against independent integer references,
 BatchNorm folding, calibration, the plan table, straight-through gradients and EvoApprox circuits."""
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,7 +72,8 @@ def test_qconv_matches_integer_reference(features, k, stride, padding, groups, b
         w_lo, w_hi = np.minimum(w.min(axis=(0, 1, 2)), 0), np.maximum(w.max(axis=(0, 1, 2)), 0)
         s_w = (w_hi - w_lo) / 255
         z_w = np.clip(np.round(-w_lo / s_w), 0, 255)
-    v["quant"] = {"x_scale": jnp.float32(s_x), "x_zero_point": jnp.int32(z_x)}
+    v["quant"] = {f"x_scale_{'int8' if signed else 'uint8'}": jnp.float32(s_x),
+                  f"x_zero_point_{'int8' if signed else 'uint8'}": jnp.int32(z_x)}
     xc = _codes(x, s_x, signed, z_x) - z_x                        # integer values the codes stand for
     wc = _codes(w, s_w, signed, z_w) - z_w
     acc = _torch_conv_f64(xc, wc, stride, padding, groups)       # exact integers (pads hold real 0)
@@ -96,7 +99,7 @@ def test_qdense_float_and_int8():
         ref = lin(torch.from_numpy(x.astype(np.float64))).numpy()
     np.testing.assert_allclose(QDense(7).apply(v, x), ref, rtol=1e-5, atol=1e-5)
     s_x, s_w = np.abs(x).max() / 127, np.abs(w).max(axis=0) / 127
-    v["quant"] = {"x_scale": jnp.float32(s_x), "x_zero_point": jnp.int32(0)}
+    v["quant"] = {"x_scale_int8": jnp.float32(s_x), "x_zero_point_int8": jnp.int32(0)}
     ref_q = (_codes(x, s_x) @ _codes(w, s_w)) * (s_x * s_w) + b
     np.testing.assert_allclose(layer.apply(v, x), ref_q, rtol=1e-5, atol=1e-5)
 
@@ -109,7 +112,8 @@ def test_ste_gradient_is_the_exact_layer_gradient():
     lut_layer = QConv(5, 3, padding=1, use_bias=True, plan=Plan.make({"*": "mul8s_1L2J"}))
     float_layer = QConv(5, 3, padding=1, use_bias=True)
     v = models.init_variables(float_layer, 0, x.shape)
-    vq = {**v, "quant": {"x_scale": jnp.float32(float(jnp.abs(x).max()) / 127), "x_zero_point": jnp.int32(0)}}
+    vq = {**v, "quant": {"x_scale_int8": jnp.float32(float(jnp.abs(x).max()) / 127),
+                        "x_zero_point_int8": jnp.int32(0)}}
 
     def loss(params, x, layer, variables):
         return jnp.sum(layer.apply({**variables, "params": params}, x) * g)
@@ -201,8 +205,8 @@ def test_calibration_methods_and_quantized_checkpoint(lite, tmp_path):
     scales = {}
     for method in ("percentile",):
         vm = models.calibrate(model, variables, x, method=method, fast_compile=True)
-        scales[method] = float(vm["quant"]["decoder"]["up2"]["convA"]["x_scale"])
-    minmax = float(calibrated["quant"]["decoder"]["up2"]["convA"]["x_scale"])
+        scales[method] = float(vm["quant"]["decoder"]["up2"]["convA"]["x_scale_int8"])
+    minmax = float(calibrated["quant"]["decoder"]["up2"]["convA"]["x_scale_int8"])
     assert scales["percentile"] <= minmax
     checkpoint.save(tmp_path / "q", preset, calibrated, plan=plan)
     model2, v2, info = checkpoint.load(tmp_path / "q")
@@ -246,7 +250,7 @@ def test_densenet161_decoder_conv2_exact_table_and_evoapprox():
     qp = quant.Observer("minmax")
     qp.update(bottleneck)                                                  # = calibrate(), for this one layer
     qp = qp.qparams(signed=True)
-    v = {**variables, "quant": {"decoder": {"conv2": {"x_scale": qp.scale, "x_zero_point": qp.zero_point}}}}
+    v = {**variables, "quant": {"decoder": {"conv2": {"x_scale_int8": qp.scale, "x_zero_point_int8": qp.zero_point}}}}
     float_out = _decode(preset, None, v, feats)
     int8 = _decode(preset, {"decoder.conv2": "int8"}, v, feats)
     table = _decode(preset, {"decoder.conv2": {"multiplier": "exact_s8", "impl": "gather"}}, v, feats)
@@ -263,7 +267,7 @@ def test_densenet161_decoder_conv2_exact_table_and_evoapprox():
         outs[name] = np.asarray(jax.jit(layer.apply)(conv_vars, bottleneck), np.float64)
     layer_scale = np.abs(outs["float"]).max()
     assert 0 < np.abs(outs["int8"] - outs["float"]).max() <= 0.02 * layer_scale
-    x_qp = quant.QParams(conv_vars["quant"]["x_scale"], conv_vars["quant"]["x_zero_point"], True)
+    x_qp = quant.QParams(conv_vars["quant"]["x_scale_int8"], conv_vars["quant"]["x_zero_point_int8"], True)
     w = conv_vars["params"]["kernel"][0, 0]                             # (2208, 1104)
     w_qp = quant.weight_qparams(w, True)
     w_bytes = np.asarray(quant.quantize(w, w_qp), np.int64) & 0xFF          # the codes of jaxdepth.quant
@@ -297,3 +301,99 @@ def test_plan_impl_list_restricts_auto_and_keeps_the_output(lite):
     np.testing.assert_array_equal(out_restricted, out_auto)
     with pytest.raises(ValueError, match="among"):
         _run(preset, {"*": {"multiplier": "mul8u_2AC", "impl": ["dwrows"]}}, variables, x, calibrated)  # depthwise only
+
+
+# ---- calibration: signedness in the keys, refused inputs, the bundled (legacy-key) checkpoint ------------------
+BUNDLED = str(Path(models.__file__).parent.parent / "assets" / "default_model" / "checkpoint")
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    """The bundled model (calibrated signed int8 for every layer), one 120x160 sample in [0, 1], and a
+    decoder-unsigned model calibrated for its own plan (the reference a reusable calibration must match)."""
+    from jaxdepth.io import images
+    fm, v, _ = checkpoint.load(BUNDLED)
+    x = images.read_rgb(str(Path(BUNDLED).parent.parent / "samples" / "synthetic_0.png"))[None, :120, :160]
+    x = x.astype(np.float32) / 255
+    mu = fm.clone(plan=Plan.make({"decoder.*": "exact_u8"}))
+    return fm, v, x, mu, models.calibrate(mu, v, x)
+
+
+def _apply(model, variables, x):
+    return np.asarray(jax.jit(model.apply)(variables, x))
+
+
+def test_calibration_for_all_layers_serves_signed_and_unsigned_plans(bundled):
+    fm, v, x, mu, vu = bundled
+    vall = models.calibrate(fm, v, x, layers="all")
+    assert sorted(vall["quant"]["decoder"]["conv2"]) == sorted(
+        f"{side}_{part}_{codes}" for side in "xy" for part in ("scale", "zero_point") for codes in ("int8", "uint8"))
+    # the plan changed after calibrating every layer: the same output as calibrating for that plan
+    run = jax.jit(mu.apply)
+    np.testing.assert_array_equal(np.asarray(run(vall, x)), np.asarray(run(vu, x)))
+    signed = Plan.make({"*": "int8"})
+    assert models.calibrate(fm.clone(plan=signed), v, x)["quant"]["decoder"]["conv2"] == {
+        k: a for k, a in vall["quant"]["decoder"]["conv2"].items() if k.startswith("x_") and k.endswith("_int8")}
+
+
+def test_a_calibration_for_the_other_signedness_raises_at_trace_time(bundled):
+    fm, v, x, mu, vu = bundled
+    ms = fm.clone(plan=Plan.make({"decoder.*": "mul8s_1KV8"}))
+    with pytest.raises(ValueError, match=r"decoder\.\S+: its table is signed .* made for unsigned \(uint8\) tables "
+                                         r"only; recalibrate .*models\.calibrate"):
+        jax.eval_shape(ms.apply, vu, x)                      # abstract trace: no value is read
+    m2, v2, _ = checkpoint.load(BUNDLED, plan={"decoder.*": "mul8u_2AC"})   # stored: signed int8
+    with pytest.raises(ValueError, match=r"its table is unsigned .* made for signed \(int8\) tables only"):
+        jax.eval_shape(m2.apply, v2, x)
+    legacy = {**v, "quant": {"decoder": {"conv2": {"x_scale": 0.1, "x_zero_point": 0}}}}  # in memory, old keys
+    with pytest.raises(ValueError, match=r"decoder\.conv2: .*unknown signedness .*checkpoint\.load"):
+        jax.eval_shape(fm.clone(plan=Plan.make({"decoder.conv2": "int8"})).apply, legacy, x)
+
+
+def test_checkpoints_with_unnamed_signedness_are_read_after_their_plan(bundled, tmp_path):
+    """Calibrations saved before the keys named their signedness: the bundled one (signed int8 for every layer,
+    saved with the float plan) keeps its values as int8 parameters; one saved with an unsigned plan is uint8."""
+    fm, v, x, mu, vu = bundled
+    import orbax.checkpoint as ocp
+    raw = ocp.PyTreeCheckpointer().restore(Path(BUNDLED) / "variables")["quant"]
+    assert raw["decoder"]["conv2"].keys() == {"x_scale", "x_zero_point"}
+    flat = dict(jax.tree_util.tree_flatten_with_path(v["quant"])[0])
+    for path, leaf in jax.tree_util.tree_flatten_with_path(raw)[0]:
+        key = jax.tree_util.DictKey(path[-1].key + "_int8")
+        np.testing.assert_array_equal(flat[(*path[:-1], key)], leaf)
+
+    def legacy(tree):
+        return {k: legacy(a) if isinstance(a, dict) else a for k, a in
+                ((k.replace("_uint8", "").replace("_int8", ""), a) for k, a in tree.items())}
+    checkpoint.save(tmp_path / "u", fm.preset, {**vu, "quant": legacy(vu["quant"])}, plan=mu.plan)
+    m3, v3, _ = checkpoint.load(tmp_path / "u")
+    assert "x_scale_uint8" in v3["quant"]["decoder"]["conv2"]
+    np.testing.assert_array_equal(_apply(m3, v3, x), _apply(mu, vu, x))
+
+
+def test_calibrate_refuses_bad_images_and_options_before_running(bundled, monkeypatch):
+    import importlib
+    calibration = importlib.import_module("jaxdepth.models.calibrate")
+    fm, v, x, mu, _ = bundled
+    monkeypatch.setattr(calibration, "_calibrate", lambda *a: pytest.fail("calibration ran"))
+    with pytest.raises(ValueError, match=r"dtype uint8: .*\[0, 1\].*/ 255"):
+        models.calibrate(mu, v, (x * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match=r"reach 255: .*divide them by 255"):
+        models.calibrate(mu, v, x * 255)
+    with pytest.raises(ValueError, match=r"empty batch \(shape \(0, 120, 160, 3\)\)"):
+        models.calibrate(mu, v, x[:0])
+    with pytest.raises(ValueError, match=r"percentile must be in \(50, 100\].*got 150"):
+        models.calibrate(mu, v, x, method="percentile", percentile=150)
+    with pytest.raises(ValueError, match=r"layers must be one of 'plan', 'all', got 'al'"):
+        models.calibrate(mu, v, x, layers="al")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"reach 255: .*divide them by 255"):   # a batch of an iterable
+        models.calibrate(mu, v, [x, x * 255])
+
+
+def test_calibrate_warns_about_plan_patterns_that_match_no_layer(bundled):
+    fm, v, x, _, _ = bundled
+    m = fm.clone(plan=Plan.make({"decoder.up1.conva": "mul8s_1L2J"}))
+    with pytest.warns(UserWarning, match=r"'decoder\.up1\.conva' match no layer \(did you mean .*'decoder\.up1\."
+                                         r"convA'"):
+        models.calibrate(m, v, x)

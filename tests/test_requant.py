@@ -170,7 +170,8 @@ def _layer_pair(features, k, stride, padding, groups, c_in, mult, activation, se
 def test_integer_layer_within_one_code_of_float_rescale(layer):
     x, f_layer, i_layer, v = _layer_pair(*layer)
     signed = multipliers.get(layer[6]).signed
-    y_qp = quant.QParams(v["quant"]["y_scale"], v["quant"]["y_zero_point"], signed)
+    codes = "int8" if signed else "uint8"
+    y_qp = quant.QParams(v["quant"][f"y_scale_{codes}"], v["quant"][f"y_zero_point_{codes}"], signed)
     y_float = np.asarray(jax.jit(f_layer.apply)(v, x))                    # float rescale + float activation
     y_int, state = jax.jit(lambda v, x: i_layer.apply(v, x, mutable=["export"]))(v, x)
     d = state["export"]["details"][0]
@@ -200,7 +201,7 @@ def test_integer_layer_straight_through_gradient():
 
 def test_integer_mode_needs_output_calibration():
     x, _, i_layer, v = _layer_pair(*LAYERS[2])
-    stale = {**v, "quant": {"x_scale": v["quant"]["x_scale"], "x_zero_point": v["quant"]["x_zero_point"]}}
+    stale = {**v, "quant": {k: a for k, a in v["quant"].items() if k.startswith("x_")}}
     with pytest.raises(ValueError, match="output calibration"):
         i_layer.apply(stale, x)
     with pytest.raises(ValueError, match="requant"):

@@ -240,12 +240,13 @@ class Evaluator:
         ``calib_frames`` frames (per layer, for the layer's signedness; observers see the float model, so
         one calibration per signedness serves every configuration)."""
         from ..models import Plan, calibrate
+        from ..models.calibrate import qparam_keys
         used = [n for n in self.layer_names if assignment[n] is not None]
         stored = self.variables.get("quant")
         path = {i.name: i.path for i in self.infos}
         own = all(n in self._own_tables and np.array_equal(self._own_tables[n], assignment[n].table) for n in used)
         if stored is not None and (own or all(assignment[n].signed for n in used)) and all(
-                _get(stored, path[n]) is not None for n in used):
+                qparam_keys("x", assignment[n].signed)[0] in (_get(stored, path[n]) or {}) for n in used):
             return stored
         entries = {}
         for n in used:

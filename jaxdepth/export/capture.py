@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from ..models import Plan, calibrate, describe
+from ..models.calibrate import qparam_keys
 from ..models.plan import Arithmetic, LayerInfo, unmatched_patterns
 from ..multipliers import Multiplier
 
@@ -104,15 +105,16 @@ def capture(model: Any, variables: dict, image: np.ndarray, selected: Sequence[L
         n_out = info.w_shape[-1]
         per_channel = lambda a: np.broadcast_to(np.asarray(a, np.int32), (n_out,)).copy()  # noqa: E731
         x_codes = np.asarray(d["x_codes"])[0]
+        multiplier = imodel.plan.resolve(info.name).multiplier
         out[info.name] = LayerCodes(
-            info=info, multiplier=imodel.plan.resolve(info.name).multiplier,
+            info=info, multiplier=multiplier,
             x_codes=x_codes, w_codes=np.asarray(d["w_codes"]).reshape(info.w_shape),
             y_codes=np.asarray(d["codes"])[0].reshape(*info.out_hw, n_out),
             x_zero_point=int(d["x_zero_point"]), w_zero_point=per_channel(d["w_zero_point"]),
             bias=per_channel(rp.bias), multiplier_pos=per_channel(rp.multiplier), shift_pos=per_channel(rp.shift),
             multiplier_neg=per_channel(rp.neg_multiplier), shift_neg=per_channel(rp.neg_shift),
             y_zero_point=int(rp.out_zero_point), act_min=int(rp.act_min), act_max=int(rp.act_max),
-            x_scale=float(_node(qvars["quant"], info.path)["x_scale"]),
+            x_scale=float(_node(qvars["quant"], info.path)[qparam_keys("x", multiplier.signed)[0]]),
             y_scale=float(rp.out_scale))
     return out
 

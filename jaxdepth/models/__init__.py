@@ -12,11 +12,11 @@ then ``variables = calibrate(model, variables, images)``; ``print(plan_table(mod
 from .densedepth import (DenseDepth, build, compile_apply, count_params, depth_range, init_variables,
                          make_encoder, to_metres)
 from .layers import BatchNorm, QConv, QDense
-from .calibrate import calibrate
+from .calibrate import calibrate, uncalibrated_layers
 from .family import EncoderFamily, families, get_family, register
 from .plan import FLOAT_PLAN, Arithmetic, LayerInfo, Plan, describe, format_table, layer_names, plan_table
 from .presets import PRESETS, Preset, UpBlock, get_preset, list_presets
 
 __all__ = ["EncoderFamily", "families", "get_family", "register", "Arithmetic", "BatchNorm", "DenseDepth", "FLOAT_PLAN", "LayerInfo", "PRESETS", "Plan", "Preset",
            "QConv", "QDense", "UpBlock", "build", "calibrate", "compile_apply", "count_params", "depth_range", "describe", "format_table", "layer_names", "get_preset",
-           "init_variables", "list_presets", "make_encoder", "plan_table", "to_metres"]
+           "init_variables", "list_presets", "make_encoder", "plan_table", "to_metres", "uncalibrated_layers"]

@@ -5,15 +5,20 @@
 
 For each layer the plan quantizes, an `jaxdepth.quant.Observer` (``method`` = "minmax", "percentile" or
 "mse") sees the layer's input in the FLOAT model (every layer exact), and gives per-tensor ``QParams``
-(symmetric int8 for signed tables, affine uint8 for unsigned ones). They are stored as
-``variables["quant"][<layer path>] = {"x_scale", "x_zero_point"}`` and saved with checkpoints. Layers with
-integer requantization (plan ``"requant": "integer"``; every layer with ``layers="all"``) also get their
-OUTPUT range (after the layer's fused activation, same observer method) as ``y_scale``, ``y_zero_point``.
+(symmetric int8 codes for signed tables, affine uint8 codes for unsigned ones). They are stored as
+``variables["quant"][<layer path>] = {"x_scale_int8", "x_zero_point_int8"}`` (signed tables) or
+``{"x_scale_uint8", "x_zero_point_uint8"}`` (unsigned tables) and saved with checkpoints; ``layers="all"``
+stores both. The key names the signedness because key names are static under ``jax.jit`` (values are
+traced): a layer whose table needs the other signedness finds no key and raises at trace time, instead of
+reading codes of the wrong kind. Layers with integer requantization (plan ``"requant": "integer"``; every
+layer with ``layers="all"``) also get their OUTPUT range (after the layer's fused activation, same observer
+method) as ``y_scale_<int8|uint8>``, ``y_zero_point_<int8|uint8>``.
 """
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +28,80 @@ from .. import exec_cache
 from ..exec_cache import cached_jit, remembered
 from ..quant import Observer
 from ..quant.params import count_non_finite
-from .plan import FLOAT_PLAN, recording
+from .plan import FLOAT_PLAN, Plan, describe, recording, unmatched_patterns
+
+LAYERS = ("plan", "all")
+#: the quant collection's keys before they named the signedness (`upgrade_legacy_keys` renames them)
+LEGACY_KEYS = ("x_scale", "x_zero_point", "y_scale", "y_zero_point")
+
+
+def qparam_keys(side: str, signed: bool) -> tuple[str, str]:
+    """The (scale, zero point) keys of a layer's ``variables["quant"]`` entry: ``side`` "x" (input) or "y"
+    (output, integer requantization), for tables of that signedness, e.g. ("x_scale_int8", "x_zero_point_int8")."""
+    codes = "int8" if signed else "uint8"
+    return f"{side}_scale_{codes}", f"{side}_zero_point_{codes}"
+
+
+#: the input scale keys of both signednesses (learned ranges train them: `jaxdepth.training`)
+INPUT_SCALE_KEYS = (qparam_keys("x", True)[0], qparam_keys("x", False)[0])
+
+
+def uncalibrated_layers(model: Any, variables: dict, size: Sequence[int] = (64, 64)) -> list[str]:
+    """The layers ``model``'s plan quantizes for which ``variables["quant"]`` holds no calibration of the
+    signedness of the layer's table (and, with integer requantization, no output range): [] when the
+    calibration serves the plan. The one answer to "can this calibration be reused for this plan"
+    (`jaxdepth.inference.quantized`, `jaxdepth.training.prepare_student`). ``size``: (H, W) the layers
+    are listed at (traced once, remembered with a compilation cache)."""
+    from flax import traverse_util
+    stored = set(traverse_util.flatten_dict(dict(variables.get("quant") or {})))
+    missing = []
+    for path, name in _layer_paths(model, tuple(int(v) for v in size)):
+        arith = model.plan.resolve(name)
+        if arith.is_float:
+            continue
+        signed = arith.multiplier.signed
+        needed = qparam_keys("x", signed) + (qparam_keys("y", signed) if arith.requant == "integer" else ())
+        if any((*path, k) not in stored for k in needed):
+            missing.append(name)
+    return missing
+
+
+def _layer_paths(model: Any, size: tuple[int, int]) -> list:
+    """[(module path, name)] of ``model``'s multiplying layers (traced under the float plan, remembered)."""
+    float_model = model.clone(plan=FLOAT_PLAN)
+
+    def trace() -> list:
+        return [[list(i.path), i.name] for i in describe(float_model, (1, *size, 3))]
+    return [(tuple(path), name) for path, name in remembered("layer-paths", (float_model, size), trace)]
+
+
+def upgrade_legacy_keys(quant: dict, plan: Plan) -> dict:
+    """``quant`` with the keys of a calibration saved before they named the signedness (``x_scale``, ...)
+    renamed to those of the signedness it was made for, read from ``plan``, the plan saved with it: every
+    writer of jaxdepth saved a calibration made for the plan it stored (training: the student's plan; the
+    bundled model: int8 for every layer, with the float plan), and `calibrate` gives layers its plan leaves
+    float signed parameters. So: the table's signedness where ``plan`` quantizes the layer, signed elsewhere."""
+    def walk(node: Mapping, path: tuple[str, ...]) -> dict:
+        out: dict = {}
+        legacy = [k for k in LEGACY_KEYS if k in node and not isinstance(node[k], Mapping)]
+        if legacy:
+            arith = plan.resolve(".".join(path))
+            signed = arith.is_float or arith.multiplier.signed
+        for k, v in node.items():
+            if isinstance(v, Mapping):
+                out[k] = walk(v, (*path, k))
+            elif k in legacy:
+                side, part = k[0], k[2:]
+                out[qparam_keys(side, signed)[0 if part == "scale" else 1]] = v
+            else:
+                out[k] = v
+        return out
+    return walk(quant, ())
+
+
+def has_legacy_keys(quant: Mapping) -> bool:
+    """Whether ``quant`` holds keys of a calibration saved before they named the signedness."""
+    return any(k in LEGACY_KEYS or (isinstance(v, Mapping) and has_legacy_keys(v)) for k, v in quant.items())
 
 
 def _batches(images: Union[np.ndarray, jax.Array, Iterable[Any]]) -> Iterable[Any]:
@@ -35,6 +113,48 @@ def _batches(images: Union[np.ndarray, jax.Array, Iterable[Any]]) -> Iterable[An
                              f"shape {images.shape}")
         return [images]
     return images
+
+
+#: a float image above this is taken for 0..255 values (the model's input is [0, 1])
+_MAX_UNIT_IMAGE = 1.5
+
+
+def _check_image_batch(batch: Any, images_in: bool) -> None:
+    """Refuse a batch the model was not made for: empty, integer-valued (uint8 frames as
+    `jaxdepth.io.images.read_rgb` returns them) or NaN / infinite (`_check_finite_images`); for a model
+    taking images (``images_in``: a DenseDepth model, not a layer on its own) also float values in 0..255,
+    instead of calibrating ranges 255x too wide."""
+    shape, dtype = tuple(np.shape(batch)), np.dtype(getattr(batch, "dtype", np.asarray(batch).dtype))
+    if not shape or shape[0] == 0:
+        raise ValueError(f"calibration images: got an empty batch (shape {shape}); give at least one image")
+    if dtype.kind in "biu":
+        raise ValueError(f"calibration images have dtype {dtype}: the model takes float RGB in [0, 1]; pass "
+                         f"images.astype(np.float32) / 255")
+    _check_finite_images(batch)
+    hi = float(np.max(batch))
+    if images_in and hi > _MAX_UNIT_IMAGE:
+        raise ValueError(f"calibration images reach {hi:g}: the model takes float RGB in [0, 1], these look like "
+                         f"0..255 values; divide them by 255")
+
+
+def _takes_images(model: Any) -> bool:
+    from .densedepth import DenseDepth
+    return isinstance(model, DenseDepth)
+
+
+def _check_options(method: str, layers: str, observer_kwargs: dict) -> None:
+    """Refuse bad options before any image is run (not after the whole calibration)."""
+    if layers not in LAYERS:
+        raise ValueError(f"calibrate: layers must be one of {', '.join(map(repr, LAYERS))}, got {layers!r}")
+    try:
+        Observer(method, **observer_kwargs)
+    except TypeError as e:
+        raise TypeError(f"calibrate: bad observer option ({e}); Observer takes percentile= and seed=") from None
+    if "percentile" in observer_kwargs:
+        p = observer_kwargs["percentile"]
+        if not isinstance(p, (int, float, np.number)) or not 50 < float(p) <= 100:
+            raise ValueError(f"calibrate: percentile must be in (50, 100] (the share of |values| the range keeps, "
+                             f"e.g. 99.99), got {p!r}")
 
 
 def _flatten(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], dict]:
@@ -85,24 +205,39 @@ def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", 
               fast_compile: bool = False, **observer_kwargs: Any) -> dict:
     """``variables`` plus a ``"quant"`` collection of input QParams for the model's quantized layers.
 
-    ``images``: an (N, H, W, 3) array in [0, 1] or an iterable of such batches (one shape per call is best:
-    each new shape compiles once). ``layers="all"`` calibrates every layer, so the plan can be changed later
-    (``model.clone(plan=...)``) without calibrating again. ``fast_compile``: see `compile_apply`.
-    ``observer_kwargs`` go to `jaxdepth.quant.Observer` (e.g. ``percentile=99.9``).
+    ``images``: an (N, H, W, 3) float array in [0, 1] or an iterable of such batches (one shape per call is
+    best: each new shape compiles once); integer (uint8) frames or 0..255 floats are refused. ``layers``:
+    "plan" calibrates the layers the plan quantizes, for their tables' signedness; "all" calibrates every
+    layer for signed and unsigned tables alike, so the plan can be changed later (``model.clone(plan=...)``)
+    without calibrating again. A layer run with a table of a signedness it was not calibrated for raises
+    (trace time). ``fast_compile``: see `compile_apply`. ``observer_kwargs`` go to `jaxdepth.quant.Observer`
+    (e.g. ``percentile=99.9``). Warns (UserWarning) when a pattern of the model's plan matches no layer.
 
     With JAX's compilation cache on (the CLIs) and ``images`` one array, the result is stored beside the
     cache (`jaxdepth.exec_cache.remembered`, keyed by the model with its plan, the weights, the images and
     every option by value): a later process calibrating the same model on the same images reads it back
     instead of running the float model again.
     """
+    _check_options(method, layers, observer_kwargs)
     base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    if isinstance(images, (np.ndarray, jax.Array)):
+        _check_image_batch(_batches(images)[0], _takes_images(model))
     if isinstance(images, (np.ndarray, jax.Array)) and exec_cache.folder() is not None:
         key = (model, base, np.asarray(images), method, layers, fast_compile,  # (XLA's fast compile: other bits)
                sorted(observer_kwargs.items()))
-        stored = remembered("calibration", key, lambda: _to_json(
-            _calibrate(model, base, images, method, layers, fast_compile, observer_kwargs)))
-        return {**base, "quant": _from_json(stored)}
-    return {**base, "quant": _calibrate(model, base, images, method, layers, fast_compile, observer_kwargs)}
+
+        def compute() -> dict:
+            quant, names = _calibrate(model, base, images, method, layers, fast_compile, observer_kwargs)
+            return {"quant": _to_json(quant), "layers": names}
+        stored = remembered("calibration", key, compute)
+        quant, names = _from_json(stored["quant"]), stored["layers"]
+    else:
+        quant, names = _calibrate(model, base, images, method, layers, fast_compile, observer_kwargs)
+    problem = unmatched_patterns(model.plan, names)
+    if problem:
+        warnings.warn(f"calibrate: the model's plan {problem}: the layers it meant stay float", UserWarning,
+                      stacklevel=2)
+    return {**base, "quant": quant}
 
 
 def _to_json(quant: dict) -> list:
@@ -125,8 +260,9 @@ def _from_json(stored: list) -> dict:
 
 
 def _calibrate(model: Any, base: dict, images: Any, method: str, layers: str, fast_compile: bool,
-               observer_kwargs: dict) -> dict:
-    """The ``quant`` collection of `calibrate` (input, and for integer requant output, QParams)."""
+               observer_kwargs: dict) -> tuple[dict, list[str]]:
+    """(the ``quant`` collection of `calibrate` (input, and for integer requant output, QParams), the names of
+    every multiplying layer)."""
     from .densedepth import FAST_COMPILE_OPTIONS
 
     float_model = model.clone(plan=FLOAT_PLAN)
@@ -155,8 +291,9 @@ def _calibrate(model: Any, base: dict, images: Any, method: str, layers: str, fa
     observers: dict[tuple[str, ...], Observer] = {}
     out_observers: dict[tuple[str, ...], Observer] = {}
     seen_any = False
+    images_in = _takes_images(model)
     for batch in _batches(images):
-        _check_finite_images(batch)
+        _check_image_batch(batch, images_in)
         batch = jnp.asarray(batch, jnp.float32)
         seen_any = True
         state = jax.device_get(observe(base, batch))
@@ -178,20 +315,23 @@ def _calibrate(model: Any, base: dict, images: Any, method: str, layers: str, fa
         path, arith = info.path, model.plan.resolve(info.name)
         if layers != "all" and arith.is_float:
             continue
-        signed = True if arith.is_float else arith.multiplier.signed
         if path not in observers:
             raise RuntimeError(f"layer {info.name} was not observed during calibration")
-        qp = observers[path].qparams(signed)
+        entry = {}
+        for signed in ((True, False) if layers == "all" else (arith.multiplier.signed,)):
+            entry.update(_qparam_entry("x", observers[path].qparams(signed), signed))
+            if (layers == "all" or arith.requant == "integer") and path in out_observers:
+                entry.update(_qparam_entry("y", out_observers[path].qparams(signed), signed))
         node = quant
         for p in path[:-1]:
             node = node.setdefault(p, {})
-        entry = {"x_scale": jnp.asarray(qp.scale, jnp.float32), "x_zero_point": jnp.asarray(qp.zero_point, jnp.int32)}
-        if (layers == "all" or arith.requant == "integer") and path in out_observers:
-            y_qp = out_observers[path].qparams(signed)
-            entry.update(y_scale=jnp.asarray(y_qp.scale, jnp.float32),
-                         y_zero_point=jnp.asarray(y_qp.zero_point, jnp.int32))
         if path:
             node[path[-1]] = entry
         else:                                   # a layer applied on its own
             quant.update(entry)
-    return quant
+    return quant, [info.name for info in layer_infos]
+
+
+def _qparam_entry(side: str, qp: Any, signed: bool) -> dict:
+    scale_key, zero_key = qparam_keys(side, signed)
+    return {scale_key: jnp.asarray(qp.scale, jnp.float32), zero_key: jnp.asarray(qp.zero_point, jnp.int32)}

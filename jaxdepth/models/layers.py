@@ -14,13 +14,15 @@ folded into the convolution, as accelerators do: ``w' = w * g / sqrt(v + eps)`` 
 quantized per output channel. (BatchNorms that do not follow a convolution -- DenseNet's pre-activation
 ``norm1`` / ``transition.norm`` / ``norm5`` -- stay float per-channel affine ops.)
 
-Quantized layers read their input quantization (per-tensor ``x_scale``, ``x_zero_point``) from the
-``"quant"`` variable collection, which `jaxdepth.models.calibrate` fills. A plan rule with
-``"requant": "integer"`` makes the layer requantize its accumulators in integer arithmetic
-(`jaxdepth.quant.requant`) to output codes with the calibrated output parameters (``y_scale``,
-``y_zero_point``), the layer's ``activation`` fused; its output is the dequantised value of those codes. Gradients of quantized layers use
-the straight-through estimator: the forward value is the table result, bit for bit; the backward pass is
-the exact float layer's (so approximation-aware fine-tuning works).
+Quantized layers read their input quantization (per-tensor ``x_scale_int8``, ``x_zero_point_int8`` for a
+signed table, ``..._uint8`` for an unsigned one: `jaxdepth.models.calibrate.qparam_keys`) from the
+``"quant"`` variable collection, which `jaxdepth.models.calibrate` fills; a calibration made only for the
+other signedness raises. A plan rule with ``"requant": "integer"`` makes the layer requantize its
+accumulators in integer arithmetic (`jaxdepth.quant.requant`) to output codes with the calibrated output
+parameters (``y_scale_<int8|uint8>``, ``y_zero_point_<int8|uint8>``), the layer's ``activation`` fused;
+its output is the dequantised value of those codes. Gradients of quantized layers use the straight-through
+estimator: the forward value is the table result, bit for bit; the backward pass is the exact float layer's
+(so approximation-aware fine-tuning works).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from .. import quant
 from ..quant import requant
+from .calibrate import LEGACY_KEYS, qparam_keys
 from .plan import FLOAT_PLAN, LayerInfo, Plan, record
 
 BN_EPS = 1e-5
@@ -153,21 +156,45 @@ class _Quantized:
                 self.sow("calib_sample", "y_values", flat[::step])
 
     def _output_qparams(self, signed: bool) -> quant.QParams:
-        if not self.has_variable("quant", "y_scale"):
-            raise ValueError(
-                f"layer {layer_name(self)} uses integer requantization but the variables have no output "
-                f"calibration (quant y_scale) for it: run jaxdepth.models.calibrate(model, variables, images) "
-                f"with this plan (or layers='all')")
-        return quant.QParams(self.get_variable("quant", "y_scale"), self.get_variable("quant", "y_zero_point"),
-                             signed)
+        scale, zero = self._calibration(
+            "y", signed, f"layer {layer_name(self)} uses integer requantization but the variables have no output "
+                         f"calibration (quant {qparam_keys('y', signed)[0]}) for it: run jaxdepth.models.calibrate("
+                         f"model, variables, images) with this plan (or layers='all')")
+        return quant.QParams(scale, zero, signed)
 
-    def _input_qparams(self) -> tuple[jax.Array, jax.Array]:
-        if not self.has_variable("quant", "x_scale"):
-            raise ValueError(
-                f"layer {layer_name(self)} is quantized by the plan but the variables have no 'quant' entry for "
-                f"it: run jaxdepth.models.calibrate(model, variables, images) first (or load a calibrated "
-                f"checkpoint)")
-        return (self.get_variable("quant", "x_scale"), self.get_variable("quant", "x_zero_point"))
+    def _input_qparams(self, signed: bool) -> tuple[jax.Array, jax.Array]:
+        return self._calibration(
+            "x", signed, f"layer {layer_name(self)} is quantized by the plan but the variables have no 'quant' entry "
+                         f"for it: run jaxdepth.models.calibrate(model, variables, images) first (or load a "
+                         f"calibrated checkpoint)")
+
+    def _calibration(self, side: str, signed: bool, missing: str) -> tuple[jax.Array, jax.Array]:
+        """(scale, zero point) of the layer's input (``side`` "x") or output ("y") for a table of signedness
+        ``signed``; raises ValueError (``missing`` when the entry holds no other calibration)."""
+        scale_key, zero_key = qparam_keys(side, signed)
+        if not self.has_variable("quant", scale_key):
+            raise ValueError(self._calibration_missing(side, signed) or missing)
+        return self.get_variable("quant", scale_key), self.get_variable("quant", zero_key)
+
+    def _is_calibrated(self, signed: bool) -> bool:
+        return self.has_variable("quant", qparam_keys("x", signed)[0])
+
+    def _calibration_missing(self, side: str, signed: bool) -> str:
+        """Why the layer's calibration for a table of signedness ``signed`` is missing when the ``quant``
+        entry holds another one ('' when it holds none)."""
+        what = "input" if side == "x" else "output"
+        kind, other = (("signed (int8 codes)", "unsigned (uint8)") if signed
+                       else ("unsigned (uint8 codes)", "signed (int8)"))
+        fix = ("recalibrate for this plan: jaxdepth.models.calibrate(model, variables, images) (layers='all' "
+               "calibrates every layer for both kinds of table)")
+        if self.has_variable("quant", qparam_keys(side, not signed)[0]):
+            return (f"layer {layer_name(self)}: its table is {kind} but its {what} calibration (variables['quant']) "
+                    f"was made for {other} tables only; {fix}")
+        if any(self.has_variable("quant", k) for k in LEGACY_KEYS if k[0] == side):
+            return (f"layer {layer_name(self)}: variables['quant'] holds an {what} calibration of unknown signedness "
+                    f"(keys {side}_scale, {side}_zero_point, from an older jaxdepth); load the checkpoint with "
+                    f"jaxdepth.io.checkpoint.load (it reads the signedness from the checkpoint's plan) or {fix}")
+        return ""
 
     def _runtime_table(self, arith):
         """The layer's table from ``variables["lut"]`` when the plan makes it a runtime operand, else None."""
@@ -215,7 +242,7 @@ class QConv(_Quantized, nn.Module):
                          arith, self.norm, self.weight_init, self.use_bias, self.activation))
         self._observe(x)
         cfg = (arith.multiplier, arith.impl, self.stride, self.padding, self.groups)
-        if arith.is_float or (self.is_initializing() and not self.has_variable("quant", "x_scale")):
+        if arith.is_float or (self.is_initializing() and not self._is_calibrated(arith.multiplier.signed)):
             y = _exact_conv(x, kernel, bias, cfg)
             pre = y
             if bn is not None:
@@ -227,7 +254,7 @@ class QConv(_Quantized, nn.Module):
             mul, add = bn.fold()
             kernel = kernel * mul
             bias = bias * mul + add
-        x_scale, x_zero = self._input_qparams()
+        x_scale, x_zero = self._input_qparams(arith.multiplier.signed)
         table = self._runtime_table(arith)
         if arith.requant == "integer":
             y = self._integer_requant(x, kernel, bias, x_scale, x_zero, cfg, table)
@@ -274,11 +301,11 @@ class QDense(_Quantized, nn.Module):
                          self.use_bias))
         self._observe(x)
         cfg = (arith.multiplier, arith.impl, 1, 0, 1)
-        if arith.is_float or (self.is_initializing() and not self.has_variable("quant", "x_scale")):
+        if arith.is_float or (self.is_initializing() and not self._is_calibrated(arith.multiplier.signed)):
             y = x @ kernel + bias
             self._observe_output(y)
             return y
-        x_scale, x_zero = self._input_qparams()
+        x_scale, x_zero = self._input_qparams(arith.multiplier.signed)
         table = self._runtime_table(arith)
         if arith.requant == "integer":
             x_qp = quant.QParams(x_scale, x_zero, arith.multiplier.signed)

@@ -49,39 +49,26 @@ def check_teacher(student_preset: Any, teacher_preset: Any) -> None:
                             f"{student_preset.name!r} ({', '.join(diff)}): distill from the same architecture")
 
 
-def _covers(model: Any, variables: dict, input_shape: tuple[int, ...]) -> bool:
-    """True when ``variables['quant']`` has an entry for every quantised layer and all planned tables are signed
-    (a stored calibration is signed int8 unless it was made for this very plan)."""
-    import jax
-    if "quant" not in variables:
-        return False
-    try:
-        jax.eval_shape(lambda v, x: model.apply(v, x), variables, jax.ShapeDtypeStruct(input_shape, np.float32))
-        return True
-    except Exception:
-        return False
-
-
 def prepare_student(model: Any, variables: dict, plan: Any, calib_images: np.ndarray, ranges: str = "calibrate",
                     *, stored_plan: Any = None, method: str = "minmax") -> tuple[Any, dict]:
     """(the plan's model, variables with activation quantisation for it).
 
-    ``ranges``: "keep" the checkpoint's ``quant`` (it must cover the plan and, unless the checkpoint was
-    saved for this plan (``stored_plan``), every planned table must be signed: stored calibrations are
-    signed int8); "calibrate" or "learn": calibrate on ``calib_images`` (N, H, W, 3) in [0, 1] ("learn" then
-    trains the scales, see `jaxdepth.training.train`)."""
-    from ..models import Plan, calibrate
+    ``ranges``: "keep" the checkpoint's ``quant`` (it must serve the plan: a calibration for every quantized
+    layer, for its table's signedness, `jaxdepth.models.uncalibrated_layers`; ``stored_plan`` is
+    accepted for compatibility); "calibrate" or "learn": calibrate on ``calib_images`` (N, H, W, 3) in
+    [0, 1] ("learn" then trains the scales, see `jaxdepth.training.train`)."""
+    from ..models import Plan, calibrate, uncalibrated_layers
     if ranges not in RANGES:
         raise FinetuneError(f"ranges must be one of {', '.join(RANGES)}, got {ranges!r}")
     p = Plan.make(plan)
     student = model.clone(plan=p)
     base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     if ranges == "keep":
-        same = stored_plan is not None and Plan.make(stored_plan).source == p.source
-        signed = all(a.multiplier is None or a.multiplier.signed for _, a in p.rules) and \
-            (p.default.multiplier is None or p.default.multiplier.signed)
-        if not (same or signed) or not _covers(student, variables, (1, *calib_images.shape[1:])):
-            raise FinetuneError("ranges='keep': the checkpoint's activation calibration does not cover this plan "
-                                "(missing layers or unsigned tables); use ranges='calibrate' or 'learn'")
+        missing = uncalibrated_layers(student, variables, np.shape(calib_images)[1:3])
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise FinetuneError(f"ranges='keep': the checkpoint's activation calibration does not serve this plan "
+                                f"(no calibration for the signedness of their table: {shown}); use "
+                                f"ranges='calibrate' or 'learn'")
         return student, {**base, "quant": variables["quant"]}
     return student, calibrate(student, base, np.asarray(calib_images, np.float32), method)

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from ..models.calibrate import INPUT_SCALE_KEYS
 from .data import ArrayData, augment
 from .loss import clip_straight_through, depth_loss, depth_to_target, raw_range, teacher_target
 
@@ -54,7 +55,7 @@ def split_variables(variables: dict, keys: set[tuple[str, ...]], learn_ranges: b
         q = traverse_util.flatten_dict(variables["quant"])
         frozen["quant"] = q
         if learn_ranges:
-            trainable["ranges"] = {k: jnp.zeros_like(v) for k, v in q.items() if k[-1] == "x_scale"}
+            trainable["ranges"] = {k: jnp.zeros_like(v) for k, v in q.items() if k[-1] in INPUT_SCALE_KEYS}
     elif learn_ranges:
         raise ValueError("learn_ranges needs a calibrated model (variables['quant'])")
     return trainable, frozen
