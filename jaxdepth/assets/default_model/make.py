@@ -3,8 +3,8 @@
     python jaxdepth/assets/default_model/make.py RUN_DIR TRAIN_DATA HELDOUT_DATA [NYU_NPZ]
 
 RUN_DIR is a `python -m jaxdepth.train` output folder. Writes, next to this file: ``checkpoint/`` (float
-weights + a "quant" collection calibrated for every layer with signed int8 on 32 training frames, so
-``--multiplier int8`` or any signed table needs no calibration), ``log.json`` / ``loss.png`` (training),
+weights + a "quant" collection calibrated for every layer, for signed int8 and unsigned uint8 tables, on 32
+training frames, so ``--multiplier int8`` or any other table needs no calibration), ``log.json`` / ``loss.png`` (training),
 ``metrics.json`` (held-out synthetic exact + int8, and the two real NYU frames when given) and figures
 (example comparisons only for synthetic frames: NYU images are not redistributed in the package).
 """
@@ -33,7 +33,7 @@ def main(run: str, train_data: str, heldout: str, nyu: str = "") -> None:
     int8 = model.clone(plan=Plan.make({"*": "int8"}))
     qvars = calibrate(int8, variables, calib, layers="all")
     extra = dict(info.get("extra", {}))
-    extra["calibration"] = "minmax, all layers, signed int8, 32 training frames"
+    extra["calibration"] = "minmax, all layers, signed int8 and unsigned uint8, 32 training frames"
     checkpoint.save(HERE / "checkpoint", model.preset, qvars, extra=extra)
     for f in ("log.json", "loss.png"):
         shutil.copy(Path(run) / f, HERE / f)
