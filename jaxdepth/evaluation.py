@@ -25,7 +25,9 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import metrics as M
+from .data.loaders import check_batching
 from .inference import DepthCheck, Predictor, check_depth, upsample_depth
+from .io.images import as_uint8_rgb
 
 
 #: NYU's (min, max) metres: the depth range of a predictor that does not record one
@@ -37,6 +39,10 @@ def evaluate(predict: Predictor, dataset: Any, *, reference: Optional[Predictor]
              depth_range: Optional[tuple[float, float]] = None, progress: bool = False,
              keep: int = 0) -> dict[str, Any]:
     """Metrics of ``predict`` on ``dataset`` (a `jaxdepth.data.Dataset` or an iterable of (rgb, depth, crop)).
+
+    Batches: rgb uint8 (N, H, W, 3) (float images are refused with the conversion: `make_predictor` takes
+    0..255), ground truth metres (N, H', W') or (N, H', W', 1); ``predict(rgb)`` returns metres (N, h, w)
+    (or (N, h, w, 1)). ``batch_size`` >= 1 frames a batch (a `Dataset`'s); ``limit`` None or >= 1 frames.
 
     ``depth_range`` = the model's (min, max) output metres (`jaxdepth.models.depth_range`); default
     ``predict.depth_range`` (`jaxdepth.inference.make_predictor` records the preset's), else NYU's (0.1, 10).
@@ -54,6 +60,7 @@ def evaluate(predict: Predictor, dataset: Any, *, reference: Optional[Predictor]
     ``keep`` (rgb, gt, pred, ref) frames under ``"examples"`` for figures.
     """
     from tqdm import tqdm
+    check_batching(batch_size, limit)      # also for plain iterables, which ignore both
     it = dataset.batches(batch_size, limit) if hasattr(dataset, "batches") else dataset
     total = (min(limit, len(dataset)) if limit else len(dataset)) if hasattr(dataset, "__len__") else None
     if depth_range is None:
@@ -72,17 +79,18 @@ def evaluate(predict: Predictor, dataset: Any, *, reference: Optional[Predictor]
     t0 = time.time()
     bar = tqdm(total=total, desc="evaluating", unit="img", disable=not progress, dynamic_ncols=True)
     for rgb, gt, crop in it:
-        gt = np.asarray(gt, np.float32)
+        rgb = as_uint8_rgb(rgb, "evaluate: the dataset's rgb batch")
+        gt = _frames("ground truth", gt, len(rgb), "the dataset's depth batch")
         cmask = M.crop_mask(gt.shape, crop)
         valid = M.valid_mask(gt, acc.min_depth, max_depth) & cmask
         no_gt += int(np.count_nonzero(~valid.reshape(len(gt), -1).any(axis=1)))
-        raw = predict(rgb)
+        raw = _frames("prediction", predict(rgb), len(rgb), "predict(rgb)")
         _add_check(checks, "prediction", raw, (lo, hi))
         pred = upsample_depth(raw, gt.shape[1:])
         acc.add(pred, gt, cmask)
         ref = None
         if reference is not None:
-            raw_ref = reference(rgb)
+            raw_ref = _frames("prediction", reference(rgb), len(rgb), "reference(rgb)")
             _add_check(checks, "reference", raw_ref, (lo, hi))
             ref = upsample_depth(raw_ref, gt.shape[1:])
             ref_acc.add(ref, gt, cmask)
@@ -108,6 +116,18 @@ def evaluate(predict: Predictor, dataset: Any, *, reference: Optional[Predictor]
     if keep:
         out["examples"] = examples
     return out
+
+
+def _frames(kind: str, depth: Any, n: int, source: str) -> np.ndarray:
+    """``depth`` as float32 (N, H, W) metres for ``n`` frames: a trailing channel of 1 is dropped; another shape
+    raises a ValueError naming ``source`` and both shapes."""
+    d = np.asarray(depth, np.float32)
+    if d.ndim == 4 and d.shape[-1] == 1:
+        d = d[..., 0]
+    if d.ndim != 3 or len(d) != n:
+        raise ValueError(f"{source}: {kind} of shape {np.shape(depth)} for {n} rgb frame(s); evaluate needs "
+                         f"metres ({n}, H, W) (or ({n}, H, W, 1))")
+    return d
 
 
 def _with_frames(acc: M.Accumulator) -> dict[str, Any]:

@@ -52,6 +52,9 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
                    input_size: Optional[Sequence[int]] = None) -> Predictor:
     """``predict(images uint8 (N, H, W, 3)) -> metres float32 (N, h, w)`` at the model's output resolution.
 
+    ``images`` are RGB in 0..255: uint8 (or another integer type with values in 0..255); float images (e.g.
+    in [0, 1]) are refused with `jaxdepth.io.images.ImageConventionError` (a ValueError) saying how to
+    convert, as is any other layout (a single (H, W, 3) image, channels first, grayscale, an empty batch).
     Inputs are resized to ``input_size`` (when given), scaled to [0, 1] and run with ``flip`` averaging;
     metres follow the model's preset depth range (``predict.depth_range`` = (min, max) m: NYU's (0.1, 10),
     densedepth_kitti's (1, 80); `jaxdepth.evaluation.evaluate` caps and checks with it).
@@ -87,8 +90,10 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
     fn = cached_jit(fn, "predict", (model, flip))  # a later process skips tracing (with a compilation cache)
     n_dev = len(devices)
 
+    from .io.images import as_uint8_rgb
+
     def predict(images: np.ndarray) -> np.ndarray:
-        images = resize_batch(np.asarray(images, np.uint8), input_size)
+        images = resize_batch(as_uint8_rgb(images, "predict (from make_predictor)"), input_size)
         n = len(images)
         pad = (-n) % n_dev
         if pad:

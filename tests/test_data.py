@@ -212,6 +212,27 @@ def test_batches_split_on_size_change(tmp_path):
         np.save(flat / f"{name}_depth.npy", np.ones((h, w), np.float32))
     shapes = [b[0].shape for b in load(str(flat)).batches(4)]
     assert shapes == [(2, 8, 8, 3), (1, 6, 9, 3)]
+    assert [b[0].shape for b in load(str(flat)).batches(1, limit=2)] == [(1, 8, 8, 3)] * 2
+
+
+@pytest.mark.parametrize("kw", [{"batch_size": 0}, {"batch_size": -2}, {"limit": 0}])
+def test_batches_refuse_non_positive_sizes(kw):
+    """batch_size 0 (or negative) never split: every frame in one batch; refused when batches() is called."""
+    with pytest.raises(ValueError, match=f"{next(iter(kw))} must be"):
+        load("synthetic:2:1:32x32").batches(**kw)
+
+
+def test_write_rgb_takes_uint8_and_refuses_float(tmp_path):
+    """A float image in [0, 1] was cast to uint8 and written black; now refused with the conversion."""
+    from jaxdepth.io.images import ImageConventionError, write_rgb
+    img = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(read_rgb(write_rgb(tmp_path / "a.png", img)), img)
+    with pytest.raises(ImageConventionError, match=r"write_rgb takes uint8 RGB \(0..255\); got float64 in \[0, 1\]: "
+                                                   r"pass \(x \* 255\).round\(\).astype\(np.uint8\)"):
+        write_rgb(tmp_path / "b.png", img / 255.0)
+    with pytest.raises(ImageConventionError, match=r"batch of one; pass image\[0\]"):
+        write_rgb(tmp_path / "c.png", img[None])
+    assert not (tmp_path / "b.png").exists() and not (tmp_path / "c.png").exists()
 
 
 def test_errors(tmp_path):

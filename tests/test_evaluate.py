@@ -65,6 +65,36 @@ def test_fidelity_against_reference():
     assert 0 < diff["fidelity"]["psnr"] < 200 and diff["fidelity"]["rmse"] > 0
 
 
+def test_batch_size_and_limit_must_be_positive():
+    """batch_size 0 or negative put the whole dataset into one batch (654 NYU frames at once); now refused."""
+    model, variables = tiny()
+    predict = make_predictor(model, variables)
+    ds = load("synthetic:2:1:32x32")
+    for kw in ({"batch_size": 0}, {"batch_size": -1}, {"batch_size": 2.0}, {"limit": 0}, {"limit": -3}):
+        with pytest.raises(ValueError, match=f"{next(iter(kw))} must be"):
+            evaluate(predict, ds, **kw)
+
+
+def test_float_rgb_refused_and_channel_axes_accepted_or_named():
+    """Float rgb frames were cast to uint8 by the predictor (delta1 0.35 instead of 0.97); now refused with the
+    conversion. Ground truth / predictions with a trailing channel of 1 score as without it; other shapes
+    name the source and the shape expected."""
+    from jaxdepth.io.images import ImageConventionError
+    model, variables = tiny()
+    rgb, gt = _data(3)
+    predict = make_predictor(model, variables)
+    with pytest.raises(ImageConventionError, match=r"dataset's rgb batch takes uint8 RGB .*\(x \* 255\)"):
+        evaluate(predict, [(rgb / 255.0, gt, None)])
+    want = evaluate(predict, [(rgb, gt, None)])["accuracy"]
+    assert evaluate(predict, [(rgb, gt[..., None], None)])["accuracy"] == want
+    assert evaluate(lambda x: predict(x)[..., None], [(rgb, gt, None)])["accuracy"] == want
+    with pytest.raises(ValueError, match=r"depth batch: ground truth of shape \(2, 16, 24\) for 3 rgb frame"):
+        evaluate(predict, [(rgb, gt[:2], None)])
+    with pytest.raises(ValueError, match=r"predict\(rgb\): prediction of shape \(3, 8, 12, 2\) .* needs metres "
+                                         r"\(3, H, W\)"):
+        evaluate(lambda x: np.repeat(predict(x)[..., None], 2, -1), [(rgb, gt, None)])
+
+
 def test_upsample_constant_and_linear():
     d = np.full((1, 3, 4), 2.5, np.float32)
     np.testing.assert_allclose(upsample_depth(d, (6, 8)), 2.5)

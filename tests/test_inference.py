@@ -77,3 +77,25 @@ def jax_equal(a, b) -> bool:
     import jax
     return jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and all(
         np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_predictor_takes_uint8_rgb_batches_and_names_other_inputs():
+    """Float images in [0, 1] were cast to uint8 (all 0 / 1: a wrong depth map, no error); now every input that
+    is not a uint8 (N, H, W, 3) batch is refused with the mix-up named and the conversion to use."""
+    import pytest
+
+    from jaxdepth.io.images import ImageConventionError
+    from standin import tiny
+    model, variables = tiny()
+    predict = inference.make_predictor(model, variables)
+    u8 = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    want = predict(u8)
+    np.testing.assert_array_equal(predict(u8.astype(np.int64)), want)      # integers in 0..255: lossless
+    cases = {"(x * 255).round().astype(np.uint8)": u8 / 255.0, "got float32 in [0, 255]": u8.astype(np.float32),
+             "add a batch axis, image[None]": u8[0], "images.transpose(0, 2, 3, 1)": u8.transpose(0, 3, 1, 2),
+             "np.repeat(x[..., None], 3, axis=-1)": u8[..., 0], "the batch is empty": u8[:0],
+             "got int64 in [256, 511]": u8.astype(np.int64) + 256}
+    for expect, bad in cases.items():
+        with pytest.raises(ImageConventionError, match=r"predict \(from make_predictor\)") as e:
+            predict(bad)
+        assert expect in str(e.value), (expect, str(e.value))

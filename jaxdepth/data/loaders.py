@@ -82,8 +82,13 @@ class Dataset:
 
     def batches(self, batch_size: int = 8, limit: Optional[int] = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray, Optional[tuple[int, int, int, int]]]]:
-        """(rgb, depth, crop) batches in order; a batch ends early where the frame size changes."""
-        n = self.length if limit is None else min(limit, self.length)
+        """(rgb, depth, crop) batches of ``batch_size`` (>= 1) frames in order, the first ``limit`` (None: all,
+        else >= 1) frames; a batch ends early where the frame size changes."""
+        check_batching(batch_size, limit)       # now, not at the first next()
+        return self._batches(batch_size, self.length if limit is None else min(limit, self.length))
+
+    def _batches(self, batch_size: int, n: int
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, Optional[tuple[int, int, int, int]]]]:
         rgb: list[np.ndarray] = []
         dep: list[np.ndarray] = []
         for i in range(n):
@@ -95,6 +100,17 @@ class Dataset:
             dep.append(d)
         if rgb:
             yield np.stack(rgb), np.stack(dep), self.crop
+
+
+def check_batching(batch_size: int, limit: Optional[int] = None) -> None:
+    """Raise ValueError unless ``batch_size`` is a positive integer and ``limit`` None or a positive integer (a
+    batch size of 0 would otherwise put every frame into one batch)."""
+    def count(v: object) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+    if not count(batch_size):
+        raise ValueError(f"batch_size must be a positive integer (frames per batch), got {batch_size!r}")
+    if limit is not None and not count(limit):
+        raise ValueError(f"limit must be None (every frame) or a positive integer, got {limit!r}")
 
 
 def batches(spec: str, batch_size: int = 8, fmt: str = "auto", limit: Optional[int] = None):
