@@ -218,3 +218,22 @@ def test_cli_missing_image_creates_no_folders(tmp_path, capsys):
     assert code == 2 and "nonexistent.png: no such file" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x").exists()
     assert export.check_output_dir(out) == out and not (tmp_path / "x").exists()   # the check creates nothing
+
+
+def test_export_layers_takes_float_images_in_0_1(tmp_path):
+    """A uint8 image (0..255) was taken as float values up to 255 (activation codes of a 255x brighter image);
+    now it, and uint8 calib_images, are refused before any work, with the conversion."""
+    from jaxdepth.io.images import ImageConventionError
+    model, variables, _ = checkpoint.load(DEFAULT_MODEL)
+    model = model.clone(plan=models.Plan.make({"*": "int8"}))
+    frame = (_image((32, 48)) * 255).round().astype(np.uint8)
+    out = tmp_path / "o"
+    with pytest.raises(ImageConventionError, match=r"export_layers' image takes float RGB in \[0, 1\]; got uint8 .*"
+                                                   r"pass x.astype\(np.float32\) / 255"):
+        export.export_layers(model, variables, frame, out)
+    with pytest.raises(ImageConventionError, match=r"export_layers' calib_images takes float RGB in \[0, 1\]; got "
+                                                   r"float32 in \[0, 255\]"):
+        export.export_layers(model, variables, _image((32, 48)), out, calib_images=frame[None].astype(np.float32))
+    with pytest.raises(ImageConventionError, match=r"batch of one; pass image\[0\]"):
+        export.export_layers(model, variables, _image((32, 48))[None], out)
+    assert not out.exists()

@@ -119,13 +119,16 @@ def export_layers(model: Any, variables: dict, image: np.ndarray, out_dir: Any, 
     """Export the layers matching the globs ``layers`` (default: every layer the plan quantizes) for
     ``image`` (H, W, 3) in [0, 1] into ``out_dir``.
 
-    Checks first (globs match, no float layer selected, folder writable), then calibrates (on
-    ``calib_images`` if given, else the image), captures the integer data and writes the folder atomically
-    (temporary sibling folder, then rename). ``source``: extra facts for ``manifest.json`` (checkpoint...).
+    Checks first (image and ``calib_images`` (N, H, W, 3) float RGB in [0, 1]: a uint8 image raises
+    `jaxdepth.io.images.ImageConventionError` saying to divide by 255; globs match, no float layer selected,
+    folder writable), then calibrates (on ``calib_images`` if given, else the image), captures the integer
+    data and writes the folder atomically (temporary sibling folder, then rename). ``source``: extra facts
+    for ``manifest.json`` (checkpoint...).
     """
-    image = np.asarray(image, np.float32)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ExportError(f"the image must be (H, W, 3), got shape {image.shape}")
+    from ..io.images import as_unit_rgb
+    image = as_unit_rgb(image, "export_layers' image")
+    if calib_images is not None:
+        calib_images = as_unit_rgb(calib_images, "export_layers' calib_images", batch=True)
     out = check_output_dir(out_dir, overwrite)
     selected = select_layers(layer_infos(model, image.shape[:2]), layers)
     codes = capture(model, variables, image, selected, calib_images=calib_images, fast_compile=fast_compile)
