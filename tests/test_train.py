@@ -171,3 +171,136 @@ def test_cli_ctrl_c_saves_the_finished_steps_and_exits_130(tmp_path, capsys, ctr
     log = json.loads((out / "log.json").read_text())
     assert log["config"]["interrupted"] and log["config"]["steps_done"] == 1
     assert checkpoint.load(out / "checkpoint")[2]["extra"]["steps"] == 1
+
+
+# ---- depth holes (0 / NaN = no measurement), data and argument checks -----------------------------------------
+def _numpy_masked_loss(pred, target, val_range):
+    """DenseDepth's loss written out in numpy (float64) over the finite target pixels: L1 over them, gradients
+    whose both pixels are measured (per measured pixel), SSIM averaged over the 11x11 windows without a hole
+    (explicit loops)."""
+    p, t = np.asarray(pred, np.float64)[..., 0], np.asarray(target, np.float64)[..., 0]
+    m = np.isfinite(t)
+    l1 = np.abs(p - t)[m].sum() / m.sum()
+    both_y, both_x = m[:, 1:] & m[:, :-1], m[:, :, 1:] & m[:, :, :-1]
+    grad = (np.abs(np.diff(p, axis=1) - np.diff(t, axis=1))[both_y].sum()
+            + np.abs(np.diff(p, axis=2) - np.diff(t, axis=2))[both_x].sum()) / m.sum()
+    g = np.exp(-(np.arange(11) - 5.0) ** 2 / (2 * 1.5 ** 2))
+    w = np.outer(g, g) / g.sum() ** 2
+    c1, c2 = (0.01 * val_range) ** 2, (0.03 * val_range) ** 2
+    values = []
+    for n in range(p.shape[0]):
+        for i in range(p.shape[1] - 10):
+            for j in range(p.shape[2] - 10):
+                if not m[n, i:i + 11, j:j + 11].all():
+                    continue
+                a, b = p[n, i:i + 11, j:j + 11], t[n, i:i + 11, j:j + 11]
+                ma, mb = (w * a).sum(), (w * b).sum()
+                va, vb, cov = (w * a * a).sum() - ma ** 2, (w * b * b).sum() - mb ** 2, (w * a * b).sum() - ma * mb
+                values.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+    l_ssim = min(max((1 - np.mean(values)) / 2, 0.0), 1.0)
+    return 0.1 * l1 + l_ssim + grad, {"l1": l1, "ssim": l_ssim, "grad": grad}
+
+
+def test_loss_leaves_out_target_pixels_without_measurement():
+    """NaN targets (holes) made the loss NaN ("loss became nan": read as divergence); now the loss is DenseDepth's
+    over the measured pixels, checked against a numpy reference with and without holes, and a hole pixel gets
+    no gradient."""
+    import jax
+    rng = np.random.default_rng(0)
+    pred = rng.uniform(1, 30, (2, 13, 14, 1)).astype(np.float32)
+    target = (pred + rng.normal(0, 3, pred.shape)).astype(np.float32)
+    for holes in ([], [(0, 0, 0), (0, 12, 7), (1, 6, 6)]):
+        t = target.copy()
+        for hole in holes:
+            t[hole] = np.nan
+        total, parts = training.depth_loss(jnp.asarray(pred), jnp.asarray(t))
+        want_total, want = _numpy_masked_loss(pred, t, 100.0)
+        assert float(total) == pytest.approx(want_total, rel=1e-5)
+        for k in want:
+            assert float(parts[k]) == pytest.approx(want[k], rel=1e-5), k
+    grad = jax.grad(lambda p: training.depth_loss(p, jnp.asarray(t))[0])(jnp.asarray(pred))
+    assert np.isfinite(np.asarray(grad)).all() and float(grad[0, 0, 0, 0]) == 0.0 and float(grad[0, 1, 1, 0]) != 0
+
+
+def test_targets_of_depth_with_holes():
+    """Zero depth (a hole) was clipped to 0.1 m, i.e. target 100 (train towards 0.1 m); now holes, 0 or NaN,
+    stay out of the block means / the bilinear resize, and a target pixel over holes only is NaN."""
+    d = np.full((1, 4, 6), 2.0, np.float32)
+    d[0, :2, :2] = 0.0                       # a whole 2x2 block without measurement
+    d[0, 0, 2], d[0, 1, 3] = np.nan, 4.0     # the next block: 2, 4 and 2 measured
+    t = training.depth_to_target(d, (2, 3))[..., 0]
+    assert np.isnan(t[0, 0, 0]) and t[0, 0, 1] == pytest.approx(10 / (8 / 3)) and t[0, 1, 0] == pytest.approx(5.0)
+    flat = np.full((1, 6, 9), 2.0, np.float32)
+    flat[0, :3, :3] = 0.0
+    t = training.depth_to_target(flat, (4, 4))[..., 0]       # not a multiple: bilinear over measured pixels
+    assert np.all(t[np.isfinite(t)] == pytest.approx(5.0))      # no measured neighbour dragged towards 0.1 m
+    assert [tuple(i) for i in np.argwhere(np.isnan(t[0]))] == [(0, 0), (1, 0)]   # all 4 neighbours holes
+
+
+def test_training_on_depth_with_holes(tiny_model):
+    """train() on depth maps with holes: finite loss (was FloatingPointError 'loss became nan'), 0 and NaN holes
+    give the same loss, and a batch without any measured pixel is warned about."""
+    from jaxdepth.data import synthetic
+    images, depths = synthetic.generate(2, seed=1, height=32, width=32)
+    model, variables = tiny_model(0, (1, 32, 32, 3), scale=19.0, features=4, head=(3, 3))
+    losses = []
+    for fill in (np.nan, 0.0):
+        holed = depths.copy()
+        holed[:, :12, :12] = fill
+        _, log = training.train(model, variables, training.ArrayData(images, holed), steps=1, batch_size=2,
+                                log_every=1, progress=False)
+        losses.append(log["loss"][0])
+    assert np.isfinite(losses[0]) and losses[0] == pytest.approx(losses[1], rel=1e-6)
+    with pytest.warns(UserWarning, match="1 of 1 batches had no measured depth pixel"):
+        training.train(model, variables, training.ArrayData(images, np.zeros_like(depths)), steps=1, batch_size=2,
+                       progress=False)
+
+
+def test_array_data_checks_images_and_depth_maps():
+    """Float images were divided by 255 again (near-black frames) and depth maps of another width block-averaged;
+    both are refused now, with what to pass; a trailing depth channel of 1 is accepted."""
+    images = np.zeros((2, 8, 12, 3), np.uint8)
+    depths = np.ones((2, 8, 12), np.float32)
+    assert training.ArrayData(images, depths[..., None]).depths.shape == (2, 8, 12)
+    for args, message in [((images / 255.0, depths), r"takes uint8 RGB \(0..255\); got float64 in \[0, 1\]: pass "
+                                                     r"\(x \* 255\).round\(\).astype\(np.uint8\)"),
+                          ((images, depths[:, :, :6]), r"depth maps of shape \(2, 8, 6\) do not match images "
+                                                       r"\(2, 8, 12, 3\): need depths \(N, H, W\) = \(2, 8, 12\)"),
+                          ((images, depths[:1]), "2 images but 1 depth maps"),
+                          ((images, depths.astype(np.uint16)), "must be float metres, got uint16"),
+                          ((images[0], None), r"single image; add a batch axis")]:
+        with pytest.raises(training.TrainingDataError, match=message):
+            training.ArrayData(*args)
+    with pytest.raises(ValueError, match="augment takes uint8 RGB"):
+        training.augment(images / 255.0, None, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"batch_size": -2}, "batch_size must be an integer >= 1, got -2"),
+    ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+    ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
+    ({"lr": 0.0}, "lr must be a finite number > 0, got 0.0"),
+    ({"log_every": 0}, "log_every must be an integer >= 1"),
+    ({"save_every": 0}, "save_every must be an integer >= 1"),
+    ({"minutes": -1.0}, "minutes must be a finite number > 0"),
+    ({"learn_ranges": True, "range_lr": float("inf")}, "range_lr must be a finite number > 0"),
+    ({"warmup": -1}, "warmup must be an integer >= 0"),
+    ({"val_every": 1, "val": "no depth"}, "has no depth maps: validation needs ground truth"),
+])
+def test_train_rejects_bad_numbers_up_front(kw, message, tiny_model):
+    """batch_size 0 ended in 'loss became nan' (an empty batch), lr nan / 0 / negative trained nothing or the
+    wrong way, log_every 0 raised ZeroDivisionError mid-run; now each is refused before any work, by name."""
+    images, depths = np.zeros((2, 8, 8, 3), np.uint8), np.ones((2, 8, 8), np.float32)
+    if kw.get("val") == "no depth":
+        kw = {**kw, "val": training.ArrayData(images)}
+    model, variables = tiny_model(0, (1, 8, 8, 3))
+    with pytest.raises(ValueError, match=message):
+        training.train(model, variables, training.ArrayData(images, depths), **{"steps": 1, **kw}, progress=False)
+
+
+def test_train_warns_when_the_batch_is_larger_than_the_data(tiny_model):
+    images, depths = np.zeros((2, 8, 8, 3), np.uint8), np.ones((2, 8, 8), np.float32)
+    model, variables = tiny_model(0, (1, 8, 8, 3))
+    with pytest.warns(UserWarning, match="batch_size 4 is more than the 2 training frames"):
+        training.train(model, variables, training.ArrayData(images, depths), steps=1, batch_size=4, progress=False)

@@ -38,6 +38,21 @@ def resize_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (top[..., c0] * (1 - fc) + top[..., c1] * fc).astype(np.float32)
 
 
+def resize_measured_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`resize_depth` of depth with holes (0 / NaN / inf: no measurement, `jaxdepth.metrics.valid_mask`): each
+    output pixel is the bilinear mean of the measured pixels among its neighbours (weights renormalised), NaN
+    where none is measured. Without holes: `resize_depth` exactly."""
+    from ..metrics import valid_mask
+    d = np.asarray(depth, np.float32)
+    measured = valid_mask(d)
+    if measured.all():
+        return resize_depth(d, size)
+    weight = resize_depth(measured.astype(np.float32), size)
+    total = resize_depth(np.where(measured, d, 0.0), size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 1e-6, total / weight, np.nan).astype(np.float32)
+
+
 def nearest_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of (..., H, W) (keeps invalid values invalid)."""
     d = np.asarray(depth)

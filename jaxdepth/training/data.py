@@ -21,9 +21,11 @@ def augment(images: np.ndarray, depths: Optional[np.ndarray], rng: np.random.Gen
             ) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Random horizontal flip (p 0.5), channel permutation (p 0.25), brightness/contrast jitter (p 0.5).
 
-    ``images`` uint8 (N, H, W, 3) -> float32 in [0, 1]; ``depths`` (N, H, W) flipped alongside (or None).
+    ``images`` uint8 (N, H, W, 3) -> float32 in [0, 1] (float images are refused, not divided again);
+    ``depths`` (N, H, W) flipped alongside (or None).
     """
-    x = images.astype(np.float32) / 255.0
+    from ..io.images import as_uint8_rgb
+    x = as_uint8_rgb(images, "augment").astype(np.float32) / 255.0
     d = None if depths is None else np.array(depths, np.float32, copy=True)
     for i in range(len(x)):
         if rng.random() < 0.5:
@@ -39,14 +41,23 @@ def augment(images: np.ndarray, depths: Optional[np.ndarray], rng: np.random.Gen
 
 
 class ArrayData:
-    """Random batches from arrays (memory-mapped ``.npy`` is fine): images uint8 (N, H, W, 3) and depths
-    (N, H, W) metres, or ``depths=None`` for images only (distillation from a teacher)."""
+    """Random batches from arrays (memory-mapped ``.npy`` is fine): images uint8 RGB (N, H, W, 3) in 0..255 and
+    depths float metres (N, H, W) (or (N, H, W, 1)) of the same H, W, 0 / NaN = no measurement (left out of the
+    loss), or ``depths=None`` for images only (distillation from a teacher).
+
+    Float images (e.g. in [0, 1]) and depth maps of another size or an integer type (millimetres?) raise
+    `TrainingDataError` saying what to pass: nothing is rescaled or resized silently."""
 
     def __init__(self, images: np.ndarray, depths: Optional[np.ndarray] = None, name: str = "arrays"):
-        if depths is not None and len(images) != len(depths):
-            raise TrainingDataError(f"{name}: {len(images)} images but {len(depths)} depth maps")
+        from ..io.images import ImageConventionError, as_uint8_rgb
         if len(images) == 0:
             raise TrainingDataError(f"{name}: no frames")
+        try:
+            images = as_uint8_rgb(images, f"{name}: ArrayData's images")
+        except ImageConventionError as e:
+            raise TrainingDataError(str(e)) from None
+        if depths is not None:
+            depths = _check_depths(depths, images.shape, name)
         self.images, self.depths, self.name = images, depths, name
 
     def __len__(self) -> int:
@@ -68,10 +79,30 @@ class ArrayData:
         """The frames at ``size`` (H, W) (PIL bilinear for images, bilinear depth); self when already there."""
         if self.size == tuple(size):
             return self
-        from ..data.transforms import resize_depth, resize_image
+        from ..data.transforms import resize_image, resize_measured_depth
         images = np.stack([resize_image(np.asarray(im), tuple(size)) for im in self.images])
-        depths = None if self.depths is None else resize_depth(np.asarray(self.depths, np.float32), tuple(size))
+        depths = None if self.depths is None else resize_measured_depth(self.depths, tuple(size))
         return ArrayData(images, depths, self.name)
+
+
+def _check_depths(depths: np.ndarray, image_shape: tuple[int, ...], name: str) -> np.ndarray:
+    """``depths`` as (N, H, W) for images of ``image_shape`` (a trailing channel of 1 dropped, a view), else
+    `TrainingDataError` naming the shapes or the dtype."""
+    if not hasattr(depths, "dtype"):
+        depths = np.asarray(depths)
+    if depths.ndim == 4 and depths.shape[-1] == 1:
+        depths = depths[..., 0]
+    want = tuple(image_shape[:3])
+    if tuple(depths.shape) != want:
+        if depths.ndim == 3 and len(depths) != want[0]:
+            raise TrainingDataError(f"{name}: {want[0]} images but {len(depths)} depth maps")
+        raise TrainingDataError(f"{name}: depth maps of shape {tuple(depths.shape)} do not match images "
+                                f"{tuple(image_shape)}: need depths (N, H, W) = {want}, one per image pixel (resize "
+                                f"depth maps with jaxdepth.data.transforms.resize_measured_depth)")
+    if depths.dtype.kind != "f":
+        raise TrainingDataError(f"{name}: depth maps must be float metres, got {depths.dtype} (millimetres? pass "
+                                f"depths / 1000.0; metres already: depths.astype(np.float32))")
+    return depths
 
 
 def _image_folder(folder: Path, size: tuple[int, int]) -> ArrayData:
@@ -127,10 +158,10 @@ def open_data(spec: str, size: tuple[int, int], *, limit: Optional[int] = None) 
         images, depths = ds.arrays()
         images, depths = images[:n], depths[:n]
     except DataError:  # frames of different sizes: resize one by one
-        from ..data.transforms import resize_depth, resize_image
+        from ..data.transforms import resize_image, resize_measured_depth
         frames = [ds.get(i) for i in range(n)]
         images = np.stack([resize_image(f[0], tuple(size)) for f in frames])
-        depths = np.stack([resize_depth(f[1][None], tuple(size))[0] for f in frames])
+        depths = np.stack([resize_measured_depth(f[1][None], tuple(size))[0] for f in frames])
     return ArrayData(images, depths, spec).resized(size)
 
 

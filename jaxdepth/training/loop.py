@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -162,6 +163,17 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
     from tqdm import tqdm
 
     from ..models import depth_range
+    _check_counts(steps=steps, batch_size=batch_size, log_every=log_every, save_every=save_every)
+    _check_counts(0, val_every=val_every, warmup=warmup)
+    _check_rates(lr=lr, **({"range_lr": range_lr} if learn_ranges else {}),
+                 **({"minutes": minutes} if minutes is not None else {}))
+    if target == "both":
+        _check_rates(0.0, teacher_weight=teacher_weight)
+    if val is not None and val_every and not val.has_depth:
+        raise ValueError(f"val ({val.name}) has no depth maps: validation needs ground truth (or val_every=0)")
+    if batch_size > len(data):
+        warnings.warn(f"batch_size {batch_size} is more than the {len(data)} training frames: every step uses "
+                      f"those {len(data)}", UserWarning, stacklevel=2)
     plan = getattr(model, "plan", None)
     d_range = depth_range(model)     # targets max / depth in the preset's range (NYU 0.1-10 m, KITTI 1-80 m)
     if update_bn_stats is None:
@@ -196,6 +208,7 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
     pos = 0
     step = 0
     completed = 0       # steps whose update is in ``state`` (an interrupt may land inside the next one)
+    unmeasured = 0      # steps whose batch had no measured depth pixel
     interrupted = False
     try:
         for step in range(1, steps + 1):
@@ -205,7 +218,10 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
             pos += batch_size
             imgs, deps = data.batch(idx)
             x, d = augment(imgs, deps if target != "teacher" else None, rng)
-            y = None if d is None else jnp.asarray(depth_to_target(d, out_hw, d_range))
+            y = None if d is None else depth_to_target(d, out_hw, d_range)
+            if y is not None and not np.isfinite(y).any():
+                unmeasured += 1             # no depth pixel in the batch: its gt loss is 0
+            y = None if y is None else jnp.asarray(y)
             state, frozen, opt_state, loss, parts = step_fn(state, frozen, opt_state, jnp.asarray(x), y,
                                                             teacher_variables)
             completed = step
@@ -235,6 +251,9 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
         interrupted = True
         bar.write(f"interrupted after step {completed}: saving what was trained")
     bar.close()
+    if unmeasured:
+        warnings.warn(f"{unmeasured} of {step} batches had no measured depth pixel (all 0 / NaN): their ground-truth "
+                      f"loss was 0", UserWarning, stacklevel=2)
     if n_acc:
         _log_mean(log, completed, acc, n_acc, t0)
     log["config"]["steps_done"] = completed
@@ -245,6 +264,21 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
     if out is not None:
         save_run(out, model, preset, variables, log)
     return variables, log
+
+
+def _check_counts(low: int = 1, **counts: Any) -> None:
+    """Raise ValueError unless every value is an integer >= ``low``, naming the argument."""
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+
+
+def _check_rates(low: Optional[float] = None, **rates: Any) -> None:
+    """Raise ValueError unless every value is a finite number > 0 (>= ``low`` when given), naming the argument."""
+    for name, v in rates.items():
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or (v < low if low is not None else v <= 0):
+            raise ValueError(f"{name} must be a finite number {'> 0' if low is None else f'>= {low:g}'}, got {v!r}")
 
 
 def _log_mean(log: dict, step: int, acc: dict[str, float], n: int, t0: float) -> None:

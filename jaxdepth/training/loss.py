@@ -8,8 +8,14 @@ the output resolution:
 
 with SSIM over an 11x11 Gaussian window (sigma 1.5) and ``L`` = the target range ``max_depth / min_depth``
 (100 for NYU, as in the reference code's ``maxDepthVal = 1000 / 10``; 80 for densedepth_kitti's 1-80 m). The same loss serves distillation: the target is then the exact (teacher) model's raw output.
+
+Depth maps with holes (0 / NaN: no measurement, as the data loaders mark them) give NaN targets there
+(`depth_to_target`); `depth_loss` leaves those pixels out (the means run over measured pixels, a gradient
+needs both its pixels, SSIM takes the windows without a hole) instead of training towards a made-up depth.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +47,11 @@ def _blur(x: jax.Array, g: np.ndarray) -> jax.Array:
     return jax.lax.conv_general_dilated(x, kw, (1, 1), "VALID", dimension_numbers=dn)
 
 
-def ssim(a: jax.Array, b: jax.Array, val_range: float = 100.0) -> jax.Array:
-    """Mean SSIM of two (N, H, W, 1) maps (11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03)."""
+def ssim(a: jax.Array, b: jax.Array, val_range: float = 100.0, mask: Optional[jax.Array] = None) -> jax.Array:
+    """Mean SSIM of two (N, H, W, 1) maps (11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03).
+
+    ``mask`` (N, H, W, 1), 1 = valid: the mean runs over the windows whose every pixel is valid (1.0 when no
+    window is); values under the mask's zeros must be finite (they only enter windows that are left out)."""
     g = _gaussian()
     c1, c2 = (0.01 * val_range) ** 2, (0.03 * val_range) ** 2
     mu_a, mu_b = _blur(a, g), _blur(b, g)
@@ -50,7 +59,12 @@ def ssim(a: jax.Array, b: jax.Array, val_range: float = 100.0) -> jax.Array:
     sbb = _blur(b * b, g) - mu_b ** 2
     sab = _blur(a * b, g) - mu_a * mu_b
     s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
-    return s.mean()
+    if mask is None:
+        return s.mean()
+    box = np.ones(len(g), np.float32)
+    whole = (_blur(mask.astype(jnp.float32), box) > box.size ** 2 - 0.5).astype(s.dtype)   # every pixel valid
+    n = whole.sum()
+    return jnp.where(n > 0, (s * whole).sum() / jnp.maximum(n, 1.0), 1.0)
 
 
 def image_gradients(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -62,12 +76,23 @@ def image_gradients(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def depth_loss(pred: jax.Array, target: jax.Array, w_l1: float = 0.1, w_ssim: float = 1.0,
                w_grad: float = 1.0, val_range: float = 100.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """DenseDepth loss of raw predictions vs depth-norm targets, both (N, h, w, 1): (total, parts)."""
-    l1 = jnp.abs(pred - target).mean()
-    l_ssim = jnp.clip((1.0 - ssim(pred, target, val_range)) * 0.5, 0.0, 1.0)
+    """DenseDepth loss of raw predictions vs depth-norm targets, both (N, h, w, 1): (total, parts).
+
+    Target pixels that are not finite (NaN: no measurement, see `depth_to_target`) are left out: L1 and the
+    gradient term are summed over measured pixels (a gradient only where both of its pixels are measured) and
+    divided by their number, SSIM is averaged over the windows without such a pixel. With every pixel
+    measured this is DenseDepth's loss exactly; with none it is 0."""
+    measured = jnp.isfinite(target)
+    target = jnp.where(measured, target, 0.0)        # finite everywhere: no NaN reaches a gradient
+    m = measured.astype(pred.dtype)
+    count = jnp.maximum(m.sum(), 1.0)
+    l1 = (jnp.abs(pred - target) * m).sum() / count
+    l_ssim = jnp.clip((1.0 - ssim(pred, target, val_range, mask=m)) * 0.5, 0.0, 1.0)
     pdy, pdx = image_gradients(pred)
     tdy, tdx = image_gradients(target)
-    l_grad = (jnp.abs(pdy - tdy) + jnp.abs(pdx - tdx)).mean()
+    mdy = jnp.pad(m[:, 1:] * m[:, :-1], ((0, 0), (0, 1), (0, 0), (0, 0)))    # both pixels of the difference
+    mdx = jnp.pad(m[:, :, 1:] * m[:, :, :-1], ((0, 0), (0, 0), (0, 1), (0, 0)))
+    l_grad = (jnp.abs(pdy - tdy) * mdy + jnp.abs(pdx - tdx) * mdx).sum() / count
     total = w_l1 * l1 + w_ssim * l_ssim + w_grad * l_grad
     return total, {"l1": l1, "ssim": l_ssim, "grad": l_grad}
 
@@ -75,18 +100,35 @@ def depth_loss(pred: jax.Array, target: jax.Array, w_l1: float = 0.1, w_ssim: fl
 def depth_to_target(depth_m: np.ndarray, out_hw: tuple[int, int],
                     depth_range: tuple[float, float] = NYU_RANGE) -> np.ndarray:
     """Metres (N, H, W) -> depth-norm targets ``max / depth`` (N, h, w, 1) at the output size (block mean in
-    metres), depths clipped to ``depth_range`` = the preset's (min, max) metres (`jaxdepth.models.depth_range`)."""
+    metres; bilinear when the sizes are not multiples), depths clipped to ``depth_range`` = the preset's
+    (min, max) metres (`jaxdepth.models.depth_range`).
+
+    Pixels without a measurement (0 / NaN / inf, <= 1e-3 m: `jaxdepth.metrics.valid_mask`, as evaluation
+    scores ground truth) stay out of the means; a target pixel with no measured pixel under it is NaN, which
+    `depth_loss` leaves out (a hole is not the 0.1 m a clipped 0 would say)."""
+    from ..metrics import valid_mask
     lo, hi = (float(v) for v in depth_range)
-    d = np.clip(np.asarray(depth_m, np.float32), lo, hi)
+    d = np.asarray(depth_m, np.float32)
+    if d.ndim != 3:
+        raise ValueError(f"depth_m must be metres (N, H, W), got shape {d.shape}")
+    measured = valid_mask(d)
+    d = np.where(measured, np.clip(d, lo, hi), np.nan).astype(np.float32)
     n, h, w = d.shape
     oh, ow = out_hw
     if (h, w) != (oh, ow):
         if h % oh == 0 and w % ow == 0:
-            d = d.reshape(n, oh, h // oh, ow, w // ow).mean(axis=(2, 4))
+            blocks = d.reshape(n, oh, h // oh, ow, w // ow)
+            if measured.all():
+                d = blocks.mean(axis=(2, 4))
+            else:
+                count = measured.reshape(blocks.shape).sum(axis=(2, 4))
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    d = np.where(count > 0, np.nansum(blocks, axis=(2, 4)) / count, np.nan)
         else:
-            from ..data.transforms import resize_depth
-            d = resize_depth(d, (oh, ow))
-    return (hi / d)[..., None].astype(np.float32)
+            from ..data.transforms import resize_measured_depth
+            d = resize_measured_depth(d, (oh, ow))
+    with np.errstate(divide="ignore"):
+        return (hi / d)[..., None].astype(np.float32)
 
 
 def clip_straight_through(raw: jax.Array, raw_range: tuple[float, float] = RAW_RANGE) -> jax.Array:
