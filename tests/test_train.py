@@ -235,6 +235,9 @@ def test_targets_of_depth_with_holes():
     t = training.depth_to_target(flat, (4, 4))[..., 0]       # not a multiple: bilinear over measured pixels
     assert np.all(t[np.isfinite(t)] == pytest.approx(5.0))      # no measured neighbour dragged towards 0.1 m
     assert [tuple(i) for i in np.argwhere(np.isnan(t[0]))] == [(0, 0), (1, 0)]   # all 4 neighbours holes
+    resized = training.ArrayData(np.zeros((1, 6, 9, 3), np.uint8), flat).resized((4, 4)).depths
+    assert np.all(resized[np.isfinite(resized)] == pytest.approx(2.0))  # was bilinear with the 0s: 0.5..1.5 m
+    assert [tuple(i) for i in np.argwhere(np.isnan(resized[0]))] == [(0, 0), (1, 0)]
 
 
 def test_training_on_depth_with_holes(tiny_model):
