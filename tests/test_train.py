@@ -307,3 +307,12 @@ def test_train_warns_when_the_batch_is_larger_than_the_data(tiny_model):
     model, variables = tiny_model(0, (1, 8, 8, 3))
     with pytest.warns(UserWarning, match="batch_size 4 is more than the 2 training frames"):
         training.train(model, variables, training.ArrayData(images, depths), steps=1, batch_size=4, progress=False)
+
+
+def test_validate_checks_its_batch_size_and_ground_truth(tiny_model):
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    model, variables = tiny_model(0, (1, 8, 8, 3))
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):     # was range() step 0
+        training.validate(model, variables, training.ArrayData(images, np.ones((2, 8, 8), np.float32)), batch_size=0)
+    with pytest.raises(ValueError, match="has no depth maps"):
+        training.validate(model, variables, training.ArrayData(images))

@@ -296,6 +296,9 @@ def validate(model: Any, variables: dict, val: ArrayData, batch_size: int = 8) -
     gt size, no flip; metres and the ground-truth cap / PSNR peak in the preset's depth range) on ``val``."""
     from .. import metrics
     from ..inference import resize_batch, upsample_depth
+    _check_counts(batch_size=batch_size)
+    if not val.has_depth:
+        raise ValueError(f"val ({val.name}) has no depth maps: validation needs ground truth")
     from ..models import depth_range, to_metres
     preset = getattr(model, "preset", None)
     size = getattr(preset, "input_size", None)
