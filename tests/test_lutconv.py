@@ -632,6 +632,17 @@ def _ok():
     (lambda x, w, t: (x, w, t, {"impl": "nope"}), ValueError, "unknown"),
     (lambda x, w, t: (x, w, t, {"stride": 0}), ValueError, "positive"),
     (lambda x, w, t: (x, w, t, {"padding": "FULL"}), ValueError, "SAME"),
+    (lambda x, w, t: (x, w, t, {"padding": 1.5}), ValueError, "padding must be an int, a pair .* got 1.5"),
+    (lambda x, w, t: (x, w, t, {"padding": None}), ValueError, "padding must be .* got None"),
+    (lambda x, w, t: (x, w, t, {"padding": ((1.5, 1), (1, 1))}), ValueError, r"padding .*\(integers only\)"),
+    (lambda x, w, t: (x, w, t, {"stride": (1.5, 1)}), ValueError, "stride must be an int or a pair of ints"),
+    (lambda x, w, t: (x, w, t, {"pad_code": 1.9}), ValueError, "pad_code must be one integer code, got 1.9"),
+    (lambda x, w, t: (x, w, t, {"pad_code": np.array([0, 1])}), ValueError, "pad_code must be one integer code"),
+    (lambda x, w, t: (x, w, t, {"signed": True, "pad_code": 128}), ValueError, "pad_code 128 outside"),
+    (lambda x, w, t: (x, w, "exact_s8", {}), TypeError, r"pass multipliers.get\('exact_s8'\)"),
+    (lambda x, w, t: (x, w, t, {"impl": ["auto"]}), ValueError, "impl must be a string"),
+    (lambda x, w, t: (x, w, t, {"impl": []}), ValueError, "non-empty list of kernel names"),
+    (lambda x, w, t: (x, w, t + 0.5, {}), ValueError, "non-integer entries"),
 ])
 def test_bad_input_raises_clear_errors(mutate, error, match):
     x, w = _ok()
@@ -649,6 +660,33 @@ def test_signedness_contradiction_and_lowrank_on_full_rank_table_raise():
     with pytest.raises(ValueError, match="not with dilation"):  # strided: phases of stride 1, undilated
         lutconv.conv2d(np.zeros((1, 9, 9, 4), np.int32), w, multipliers.get("mul8u_2AC"), stride=2, dilation=2,
                        impl="wstat")
+
+
+def test_traced_float_table_or_pad_code_is_rejected_inside_jit():
+    """Inside jit the values cannot be checked, but a float dtype (silently truncated before) can."""
+    x, w = _ok()
+    table = multipliers.exact(True).table
+    with pytest.raises(ValueError, match="traced product table must have an integer dtype"):
+        jax.jit(lambda t: lutconv.conv2d(x, w, t, signed=True))(table + 0.5)
+    with pytest.raises(ValueError, match="pad_code must be one integer code"):
+        jax.jit(lambda p: lutconv.conv2d(x, w, table, padding=1, pad_code=p))(jnp.float32(1.0))
+    traced = jax.jit(lambda t, p: lutconv.conv2d(x + 1, w + 1, t, signed=True, padding=1, pad_code=p))(
+        table, jnp.int32(2))
+    want = lutconv.conv2d(x + 1, w + 1, table, signed=True, padding=1, pad_code=2)
+    np.testing.assert_array_equal(np.asarray(traced), np.asarray(want))
+
+
+def test_window_sums_groups_must_divide_the_channels():
+    values = jnp.ones((1, 4, 4, 3), jnp.int32)
+    with pytest.raises(ValueError, match="groups must be a positive int dividing the 3 channels"):
+        lutconv.window_sums(values, (3, 3), 2)
+    np.testing.assert_array_equal(np.asarray(lutconv.window_sums(values, (3, 3), 3)), np.full((1, 2, 2, 3), 9))
+
+
+def test_dense_accepts_nested_lists():
+    x, w = [[1, -2, 3], [0, 5, -7]], [[1, 2], [3, -4], [5, 6]]
+    got = lutconv.dense(x, w, multipliers.exact(True))
+    np.testing.assert_array_equal(np.asarray(got), np.array(x) @ np.array(w))
 
 
 def test_dense_matches_reference():

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..multipliers import Multiplier, validate_table
-from .registry import Choice, Kernel, Problem, choose, get_kernel
-from .spec import (ConvSpec, Pair, PaddingArg, as_pair, check_code_range, check_integer_codes, is_traced,
-                   normalize_padding)
+from .registry import Choice, Kernel, Problem, choose, get_kernel, implementations
+from .spec import (ConvSpec, Pair, PaddingArg, as_pair, check_code_range, check_integer_codes, check_pad_code,
+                   is_traced, normalize_padding)
 
 TableLike = Union[Multiplier, np.ndarray, jax.Array]
 ImplArg = Union[str, Sequence[str]]  # "auto", one kernel name, or the kernels "auto" may choose among
@@ -22,6 +22,9 @@ def window_sums(values: jax.Array, kernel_hw: tuple[int, int], groups: int, stri
     (N, Ho, Wo, groups) int32. ``pads`` (((top, bottom), (left, right))) add positions holding ``pad_value``
     in every channel. The zero-point corrections of unsigned layers and `lowrank`'s ``v[x]`` term use it."""
     n, h, w, c = values.shape
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups:
+        raise ValueError(f"window_sums: groups must be a positive int dividing the {c} channels of values "
+                         f"{tuple(values.shape)}, got {groups!r}")
     per_group = values.reshape(n, h, w, groups, c // groups).sum(axis=-1, dtype=jnp.int32)
     per_group = jnp.pad(per_group, ((0, 0), *pads, (0, 0)),
                         constant_values=jnp.asarray(pad_value, jnp.int32) * (c // groups))
@@ -30,28 +33,45 @@ def window_sums(values: jax.Array, kernel_hw: tuple[int, int], groups: int, stri
                                  window_dilation=(1, *as_pair(dilation, "dilation"), 1))
 
 
+def check_table(lut: Any, what: str = "lut") -> Any:
+    """A product table given as an array -> the table kernels use: a concrete one validated as
+    `multipliers.validate_table` does (int32 (256, 256), integer entries within +-2^17), a traced one (a
+    runtime operand inside jit) checked statically (shape, integer dtype)."""
+    if isinstance(lut, str):
+        raise TypeError(f"{what} must be a Multiplier or a (256, 256) table, got the string {lut!r}: pass "
+                        f"multipliers.get({lut!r})")
+    if is_traced(lut):
+        if tuple(lut.shape) != (256, 256):
+            raise ValueError(f"{what}: a product table must have shape (256, 256), got {tuple(lut.shape)}")
+        if not jnp.issubdtype(lut.dtype, jnp.integer):
+            raise ValueError(f"{what}: a traced product table must have an integer dtype (its entries cannot "
+                             f"be checked inside jit), got {lut.dtype}; cast it with .astype(jnp.int32)")
+        return lut
+    return validate_table(np.asarray(lut), what)
+
+
 def _resolve_table(lut: TableLike, signed: Optional[bool]) -> tuple[Any, Optional[np.ndarray], Optional[bool]]:
     """(table usable by kernels, concrete numpy table or None, signedness or None)."""
     if isinstance(lut, Multiplier):
         if signed is not None and signed != lut.signed:
             raise ValueError(f"signed={signed} contradicts multiplier {lut.name} (signed={lut.signed})")
         return lut.table, lut.table, lut.signed
-    if is_traced(lut):
-        if tuple(lut.shape) != (256, 256):
-            raise ValueError(f"a product table must have shape (256, 256), got {tuple(lut.shape)}")
-        return lut, None, signed
-    table = validate_table(np.asarray(lut), "lut")
-    return table, table, signed
+    table = check_table(lut)
+    return table, (None if is_traced(table) else table), signed
 
 
 def _allowed(impl: ImplArg) -> Optional[frozenset[str]]:
     """None for "auto"; for a sequence of kernel names, those names (each checked)."""
     if isinstance(impl, str):
         return None
-    names = frozenset(get_kernel(name).name for name in impl)
-    if not names:
-        raise ValueError("impl must be 'auto', a kernel name or a non-empty list of kernel names")
-    return names
+    try:
+        names = list(impl)
+    except TypeError:
+        names = None
+    if not names or not all(isinstance(name, str) and name != "auto" for name in names):
+        raise ValueError(f"impl must be a string ('auto' or one kernel name) or a non-empty list of kernel names "
+                         f"for 'auto' to choose among ({', '.join(implementations())}); got {impl!r}")
+    return frozenset(get_kernel(name).name for name in names)
 
 
 def _problem(x_shape: Any, w_shape: Any, table: Optional[np.ndarray], stride: Any, padding: PaddingArg,
@@ -106,9 +126,7 @@ def _prepare(x: Any, w: Any, lut: TableLike, stride: Any, padding: PaddingArg, d
     problem, pads = _problem(np.shape(x), np.shape(w), concrete, stride, padding, dilation, groups, traced)
     check_code_range(x, signed, "x")
     check_code_range(w, signed, "w")
-    lo, hi = (-128, 127) if signed else (0, 255)
-    if not is_traced(pad_code) and not lo <= int(pad_code) <= hi:
-        raise ValueError(f"pad_code {pad_code} outside [{lo}, {hi}]")
+    check_pad_code(pad_code, signed)
     kernel, _ = _select(problem, impl)
     return kernel, problem, table, pads
 
@@ -168,7 +186,8 @@ def conv2d(x: Any, w: Any, lut: TableLike, *, stride: Any = 1, padding: PaddingA
 
 
 def dense(x: Any, w: Any, lut: TableLike, *, signed: Optional[bool] = None, impl: ImplArg = "auto") -> jax.Array:
-    """LUT matrix product of integer codes: x (N, I), w (I, O) -> int32 (N, O)."""
+    """LUT matrix product of integer codes: x (N, I), w (I, O) -> int32 (N, O) (arrays or nested lists)."""
+    x, w = (v if hasattr(v, "shape") else np.asarray(v) for v in (x, w))
     if len(np.shape(x)) != 2 or len(np.shape(w)) != 2:
         raise ValueError(f"dense expects x (N, I) and w (I, O), got {np.shape(x)} and {np.shape(w)}")
     if np.shape(x)[1] != np.shape(w)[0]:
@@ -185,6 +204,8 @@ def explain(x_shape: tuple[int, ...], w_shape: tuple[int, ...], lut: TableLike, 
     ``.format()`` gives the one-line explanation). Raises as `conv2d` would on inconsistent shapes or when
     a forced kernel cannot run it. An empty call (N, C or O = 0, or no output position) runs no kernel
     (``kernel`` None, text "none: ...")."""
-    table = lut.table if isinstance(lut, Multiplier) else validate_table(np.asarray(lut))
+    table = lut.table if isinstance(lut, Multiplier) else check_table(lut)
+    if is_traced(table):
+        table, traced = None, True
     problem, _ = _problem(x_shape, w_shape, table, stride, padding, dilation, groups, traced)
     return _select(problem, impl)[1]

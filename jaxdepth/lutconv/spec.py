@@ -8,6 +8,7 @@ registered with ``pads_inside`` (`registry.Kernel`), which get the unpadded code
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any, Sequence, Union
 
 import jax
@@ -40,16 +41,27 @@ def is_traced(*arrays: Any) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
+def _is_int(value: Any) -> bool:
+    """True for Python / NumPy integers and concrete integer scalars (not floats, even integral ones)."""
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
 def as_pair(value: Any, what: str) -> Pair:
     """An int or a pair of positive ints -> (int, int)."""
-    if isinstance(value, (int, np.integer)):
+    if _is_int(value):
         pair = (int(value), int(value))
     else:
         try:
             a, b = value
-            pair = (int(a), int(b))
         except (TypeError, ValueError):
-            raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}") from None
+            a = b = None
+        if not (_is_int(a) and _is_int(b)):
+            raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}")
+        pair = (int(a), int(b))
     if min(pair) < 1:
         raise ValueError(f"{what} must be positive, got {value!r}")
     return pair
@@ -74,24 +86,34 @@ def normalize_padding(padding: PaddingArg, in_hw: Pair, kernel_hw: Pair, stride:
             total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
             pads.append((total // 2, total - total // 2))
         return pads[0], pads[1]
-    if isinstance(padding, (int, np.integer)):
+    forms = "an int, a pair (ph, pw), ((top, bottom), (left, right)), 'SAME' or 'VALID'"
+    if _is_int(padding):
         p = int(padding)
         result = ((p, p), (p, p))
     else:
-        items = list(padding)
+        try:
+            items = list(padding)
+        except TypeError:
+            raise ValueError(f"padding must be {forms}; got {padding!r}") from None
         if len(items) != 2:
-            raise ValueError(f"padding must be int, pair, ((top, bottom), (left, right)), 'SAME' or "
-                             f"'VALID'; got {padding!r}")
-        if all(isinstance(v, (int, np.integer)) for v in items):
+            raise ValueError(f"padding must be {forms}; got {padding!r}")
+        if all(_is_int(v) for v in items):
             result = ((int(items[0]),) * 2, (int(items[1]),) * 2)
         else:
             try:
-                result = tuple((int(a), int(b)) for a, b in items)
+                result = tuple(_int_pair(item) for item in items)
             except (TypeError, ValueError):
-                raise ValueError(f"cannot read padding {padding!r}") from None
+                raise ValueError(f"padding must be {forms} (integers only); got {padding!r}") from None
     if min(min(p) for p in result) < 0:
         raise ValueError(f"padding must be non-negative, got {padding!r}")
     return result  # type: ignore[return-value]
+
+
+def _int_pair(item: Any) -> Pair:
+    a, b = item
+    if not (_is_int(a) and _is_int(b)):
+        raise ValueError(f"not a pair of ints: {item!r}")
+    return int(a), int(b)
 
 
 def check_integer_codes(arr: Any, what: str) -> None:
@@ -115,3 +137,18 @@ def check_code_range(arr: Any, signed: bool, what: str) -> None:
     if amin < lo or amax > hi:
         kind = "signed" if signed else "unsigned"
         raise ValueError(f"{what} codes span [{amin}, {amax}], outside [{lo}, {hi}] of a {kind} table")
+
+
+def check_pad_code(pad_code: Any, signed: bool) -> None:
+    """``pad_code`` must be one integer code of the table's range (the range only when concrete; a traced
+    pad code must still have an integer dtype and be a scalar, both static)."""
+    dtype = np.dtype(pad_code.dtype if hasattr(pad_code, "dtype") else np.asarray(pad_code).dtype)
+    if np.ndim(pad_code) != 0 or dtype.kind not in "iu":
+        raise ValueError(f"pad_code must be one integer code, got {pad_code!r} (dtype {dtype}, shape "
+                         f"{np.shape(pad_code)}); quantize the padding value first (e.g. the zero point)")
+    if is_traced(pad_code):
+        return
+    lo, hi = (-128, 127) if signed else (0, 255)
+    if not lo <= int(pad_code) <= hi:
+        kind = "signed" if signed else "unsigned"
+        raise ValueError(f"pad_code {pad_code} outside [{lo}, {hi}] of a {kind} table")
