@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxdepth import multipliers, quant
+from jaxdepth import lutconv, multipliers, quant
 
 
 def _codes(v, scale, zero, lo, hi):
@@ -141,3 +141,96 @@ def test_observers_ranges():
     assert 0 < int(qp.zero_point) < 255
     codes = quant.quantize(np.array([data.min(), 0.0, 50.0]), qp)
     assert list(np.asarray(codes))[1] == int(qp.zero_point) and int(codes[0]) == 0 and int(codes[2]) == 255
+
+
+# ---- argument checking of the table layers ---------------------------------------------------------------------
+def _small_layer():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 7, 4)).astype(np.float32)
+    w = (rng.normal(size=(3, 3, 4, 4)) * 0.1).astype(np.float32)
+    m = multipliers.get("exact_s8")
+    return x, w, m, quant.activation_qparams(x.min(), x.max(), True)
+
+
+def test_activation_and_output_qparams_must_be_per_tensor():
+    """Per-channel activation parameters were used as if per output channel (a silently wrong result)."""
+    x, w, m, qp = _small_layer()
+    per_channel = quant.activation_qparams(x.min(axis=(0, 1, 2)), x.max(axis=(0, 1, 2)), True)
+    calls = [lambda q: quant.lut_conv2d(x, w, None, m, q, padding=1),
+             lambda q: quant.lut_conv2d(x, np.concatenate([w, w], -1), None, m, q, padding=1),
+             lambda q: quant.lut_dense(x[:, 0, 0], w[0, 0], None, m, q),
+             lambda q: quant.lut_conv2d_requant(x, w, None, m, q, qp, padding=1),
+             lambda q: jax.jit(lambda s, z: quant.lut_conv2d(x, w, None, m, quant.QParams(s, z, True)))(
+                 q.scale, q.zero_point)]
+    for bad in (per_channel, quant.weight_qparams(w, True)):
+        for call in calls:
+            with pytest.raises(ValueError, match=r"activation qparams must be per tensor .* shape \(4,\)"):
+                call(bad)
+    with pytest.raises(ValueError, match="output qparams must be per tensor"):
+        quant.lut_conv2d_requant(x, w, None, m, qp, per_channel, padding=1)
+
+
+def test_concrete_runtime_table_is_validated_as_lutconv_does():
+    x, w, m, qp = _small_layer()
+    for bad, match in ((m.table + 0.7, "non-integer entries"),
+                       (m.table.astype(np.int64) + 2 ** 32, r"within \+-2\^17")):
+        with pytest.raises(ValueError, match=match):
+            quant.lut_conv2d(x, w, None, m, qp, padding=1, table=bad)
+        with pytest.raises(ValueError, match=match):
+            quant.lut_conv2d_requant(x, w, None, m, qp, qp, padding=1, table=bad)
+        with pytest.raises(ValueError, match=match):
+            lutconv.conv2d(np.zeros((1, 3, 3, 4), np.int8), np.zeros((1, 1, 4, 2), np.int8), bad)
+    want = np.asarray(quant.lut_conv2d(x, w, None, m, qp, padding=1))
+    traced = jax.jit(lambda t: quant.lut_conv2d(x, w, None, m, qp, padding=1, table=t))(m.table)
+    np.testing.assert_array_equal(np.asarray(traced), want)        # traced integer tables keep working
+    with pytest.raises(ValueError, match="traced product table must have an integer dtype"):
+        jax.jit(lambda t: quant.lut_conv2d(x, w, None, m, qp, padding=1, table=t))(m.table + 0.5)
+
+
+def test_requant_output_qparams_are_validated():
+    x, w, m, qp = _small_layer()
+
+    def y_qp(scale, zero=0, signed=True):
+        return quant.QParams(jnp.float32(scale), jnp.int32(zero), signed)
+    for scale in (0.0, -0.01, np.nan, np.inf):
+        with pytest.raises(ValueError, match=r"output qparams scale .* must be finite and positive"):
+            quant.lut_conv2d_requant(x, w, None, m, qp, y_qp(scale), padding=1)
+    with pytest.raises(ValueError, match=r"output qparams zero point 300 must be an integer in the code range"):
+        quant.lut_conv2d_requant(x, w, None, m, qp, y_qp(0.01, 300), padding=1)
+    u8 = multipliers.get("exact_u8")
+    uqp = quant.activation_qparams(x.min(), x.max(), False)
+    with pytest.raises(ValueError, match=r"zero point -1 must be an integer in the code range \[0, 255\]"):
+        quant.lut_conv2d_requant(x, w, None, u8, uqp, y_qp(0.01, -1, False), padding=1)
+    # a valid output quantization: the requantized result is the float layer's, rounded to the output codes
+    out = y_qp(0.02)
+    got = np.asarray(quant.lut_conv2d_requant(x, w, None, m, qp, out, padding=1))
+    want = np.asarray(quant.lut_conv2d(x, w, None, m, qp, padding=1))
+    np.testing.assert_allclose(got, np.clip(want, -128 * 0.02, 127 * 0.02), atol=0.02 / 2 + 1e-6)
+
+
+def test_signed_activation_zero_point_must_be_zero():
+    """Signed layers apply no zero-point correction: a non-zero activation zero point gave a wrong result."""
+    x, w, m, qp = _small_layer()
+    with pytest.raises(ValueError, match="activation qparams zero point 5 must be 0"):
+        quant.lut_conv2d(x, w, None, m, quant.QParams(qp.scale, jnp.int32(5), True), padding=1)
+
+
+def test_layer_argument_errors_name_the_argument():
+    x, w, m, qp = _small_layer()
+    with pytest.raises(ValueError, match=r"bias must have one value per output channel \(4,\) .* got shape \(3,\)"):
+        quant.lut_conv2d(x, w, np.zeros(3, np.float32), m, qp, padding=1)
+    with pytest.raises(ValueError, match=r"bias must have one value per output channel \(4,\)"):
+        quant.lut_dense(x[:, 0, 0], w[0, 0], np.zeros(5, np.float32), m, qp)
+    with pytest.raises(ValueError, match=r"w_qp \(weight qparams\) scale must be a scalar or one per output channel"):
+        quant.lut_conv2d(x, w, None, m, qp, padding=1, w_qp=quant.weight_qparams(w[..., :3], True))
+    with pytest.raises(ValueError, match="w_qp .* are unsigned but multiplier exact_s8 is signed"):
+        quant.lut_conv2d(x, w, None, m, qp, padding=1, w_qp=quant.weight_qparams(w, False))
+    with pytest.raises(TypeError, match=r"got the name 'exact_s8': pass multipliers.get\('exact_s8'\)"):
+        quant.lut_conv2d(x, w, None, "exact_s8", qp, padding=1)
+    with pytest.raises(TypeError, match="got ndarray.* a bare .* table goes in table="):
+        quant.lut_dense(x[:, 0, 0], w[0, 0], None, m.table, qp)
+    with pytest.raises(ValueError, match="lut_dense: x has 4 features but w"):
+        quant.lut_dense(x[:, 0, 0], w[0, 0, :3], None, m, qp)
+    scalar_bias = quant.lut_conv2d(x, w, np.float32(0.5), m, qp, padding=1)       # a scalar bias broadcasts
+    np.testing.assert_array_equal(np.asarray(scalar_bias),
+                                  np.asarray(quant.lut_conv2d(x, w, np.full(4, 0.5, np.float32), m, qp, padding=1)))

@@ -20,6 +20,11 @@ input scale raise ValueError with a count; inside jit (where values cannot be in
 a sample whose input holds a NaN, and every output when a weight is non-finite, is NaN, as in the float
 layer. +-infinity in the input is meaningful (it saturates to the end codes, as on the accelerator):
 a RuntimeWarning with the count, and the saturated result.
+
+Parameters are checked against the layer (`_prepare`): activation and output QParams per tensor, weight
+QParams per tensor or per output channel, a bias per output channel (shapes: also under jit); concrete
+scales finite and positive, zero points integer codes of the range (0 for signed activations: the signed
+formula has no zero-point term); a concrete runtime table as `lutconv.conv2d` checks it.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import lutconv
-from ..lutconv.api import ImplArg
+from ..lutconv.api import ImplArg, check_table
 from ..lutconv.spec import as_pair, normalize_padding
 from ..multipliers import Multiplier
 from .params import QParams, check_finite, quantize, weight_qparams
@@ -80,20 +85,59 @@ def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], table, cfg) 
     return jnp.where(poisoned[:, None, None, None], jnp.nan, y)
 
 
+def _check_multiplier(multiplier: Any) -> None:
+    """``multiplier`` must be a `Multiplier` (it gives the signedness, and the table unless ``table=``)."""
+    if isinstance(multiplier, Multiplier):
+        return
+    if isinstance(multiplier, str):
+        raise TypeError(f"multiplier must be a jaxdepth.multipliers.Multiplier, got the name {multiplier!r}: pass "
+                        f"multipliers.get({multiplier!r})")
+    raise TypeError(f"multiplier must be a jaxdepth.multipliers.Multiplier (it gives the signedness), got "
+                    f"{type(multiplier).__name__}: pass multipliers.get(name); a bare (256, 256) table goes in "
+                    "table=, with a multiplier of its signedness (e.g. multipliers.get('exact_s8')) as multiplier")
+
+
+def _check_qparams(qp: Any, what: str, multiplier: Multiplier, n_out: Optional[int]) -> None:
+    """``qp`` against the layer: a `QParams` of the multiplier's signedness; per tensor (scalar scale and zero
+    point; ``n_out`` None) or per tensor / per output channel (``n_out`` entries). Concrete values also: a
+    finite positive scale, an integer zero point in the code range, 0 for signed (symmetric) activations.
+    Shapes are static, so that part holds under jit too."""
+    if not isinstance(qp, QParams):
+        raise TypeError(f"{what} must be a jaxdepth.quant.QParams, got {type(qp).__name__}")
+    if qp.signed != multiplier.signed:
+        raise ValueError(f"{what} are {'signed' if qp.signed else 'unsigned'} but multiplier "
+                         f"{multiplier.name} is {'signed' if multiplier.signed else 'unsigned'}")
+    allowed = [()] if n_out is None else [(), (n_out,)]
+    for field in ("scale", "zero_point"):
+        shape = tuple(jnp.shape(getattr(qp, field)))
+        if shape not in allowed:
+            if n_out is None:
+                raise ValueError(f"{what} must be per tensor (a scalar scale and zero point), got {field} of "
+                                 f"shape {shape}; compute them over the whole tensor, e.g. "
+                                 "quant.activation_qparams(x.min(), x.max(), signed) (per-channel parameters "
+                                 "are for weights: w_qp)")
+            raise ValueError(f"{what} {field} must be a scalar or one per output channel ({n_out},), got shape "
+                             f"{shape}; e.g. quant.weight_qparams(w, signed)")
+    if not isinstance(qp.scale, jax.core.Tracer):
+        scale = np.asarray(qp.scale, np.float64)
+        if not np.all(np.isfinite(scale) & (scale > 0)):
+            raise ValueError(f"{what} scale {scale} must be finite and positive")
+    if not isinstance(qp.zero_point, jax.core.Tracer):
+        lo, hi = qp.code_range
+        zero = np.asarray(qp.zero_point)
+        if np.any((zero < lo) | (zero > hi)) or not np.all(zero == np.round(zero)):
+            raise ValueError(f"{what} zero point {zero} must be an integer in the code range [{lo}, {hi}]")
+        if what.startswith("activation") and qp.signed and np.any(zero != 0):
+            raise ValueError(f"{what} zero point {zero} must be 0: signed tables use symmetric int8 activations "
+                             "(the layer applies no zero-point correction for them); use an unsigned multiplier "
+                             "for affine activations")
+
+
 def _check_inputs(x, w, bias, x_qp: QParams) -> None:
     """The concrete-value checks of the module docstring (nothing to check for traced values)."""
     check_finite(w, "lut_conv2d weights")
     if bias is not None:
         check_finite(bias, "lut_conv2d bias")
-    if not isinstance(x_qp.scale, jax.core.Tracer):
-        scale = np.asarray(x_qp.scale, np.float64)
-        if not np.all(np.isfinite(scale) & (scale > 0)):
-            raise ValueError(f"activation scale {scale} must be finite and positive")
-    if not isinstance(x_qp.zero_point, jax.core.Tracer):
-        lo, hi = x_qp.code_range
-        zero = np.asarray(x_qp.zero_point)
-        if np.any((zero < lo) | (zero > hi)):
-            raise ValueError(f"activation zero point {zero} outside the code range [{lo}, {hi}]")
     if isinstance(x, jax.core.Tracer):
         return
     a = np.asarray(x)
@@ -141,9 +185,7 @@ def _scale_cotangent(x, x_qp: QParams, dx):
     """LSQ gradient of a per-tensor activation scale: the layer sees ``fq(x) = s * (c - z)`` with
     ``c = clip(round(x / s) + z)``; with a straight-through round ``d fq / d s = (c - z) - x / s`` inside the
     code range and ``c - z`` (the clip bound) outside. Lets training learn activation ranges (PACT / LSQ)."""
-    s = jnp.asarray(x_qp.scale, jnp.float32)
-    if s.ndim:  # per-channel activation scales are not learned
-        return jnp.zeros_like(s)
+    s = jnp.asarray(x_qp.scale, jnp.float32)   # per tensor (`_check_qparams`)
     lo, hi = x_qp.code_range
     z = jnp.asarray(x_qp.zero_point, jnp.float32)
     v = x / s + z
@@ -164,23 +206,33 @@ def _ste_backward(cfg, residuals, g):
 _straight_through_conv.defvjp(_ste_forward, _ste_backward)
 
 
-def _prepare(x, w, bias, multiplier: Multiplier, qps: dict, stride, padding, dilation, groups, per_channel,
-             impl, table):
-    """What both table convolutions check and normalise first: the qparams' signedness against the
-    multiplier's (``qps``: role -> QParams, "activation" first), finite inputs, float32 operands, a zero bias
-    when none, the padding pairs, the static config tuple and an int32 runtime table."""
-    for what, qp in qps.items():
-        if qp.signed != multiplier.signed:
-            raise ValueError(f"{what} qparams are {'signed' if qp.signed else 'unsigned'} but multiplier "
-                             f"{multiplier.name} is {'signed' if multiplier.signed else 'unsigned'}")
-    _check_inputs(x, w, bias, qps["activation"])
+def _prepare(x, w, bias, multiplier: Multiplier, qps: dict, w_qp: Optional[QParams], stride, padding, dilation,
+             groups, per_channel, impl, table):
+    """What both table convolutions check and normalise first: the multiplier, the qparams against it (``qps``:
+    role -> per-tensor QParams, "activation" first; ``w_qp`` per tensor or channel), the bias length, finite
+    inputs, float32 operands, a zero bias when none, the padding pairs, the static config tuple and an int32
+    runtime table (a concrete one validated as `lutconv.conv2d` does)."""
+    _check_multiplier(multiplier)
     x = jnp.asarray(x, jnp.float32)
     w = jnp.asarray(w, jnp.float32)
-    bias = jnp.zeros((w.shape[-1],), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"lut_conv2d expects x NHWC and w HWIO (rank 4), got shapes {x.shape} and {w.shape}")
+    n_out = w.shape[-1]
+    for what, qp in qps.items():
+        _check_qparams(qp, f"{what} qparams", multiplier, None)
+    if w_qp is not None:
+        _check_qparams(w_qp, "w_qp (weight qparams)", multiplier, n_out)
+    if bias is not None and jnp.shape(bias) not in ((), (n_out,)):
+        raise ValueError(f"bias must have one value per output channel ({n_out},) (w.shape[-1]), got shape "
+                         f"{jnp.shape(bias)}")
+    _check_inputs(x, w, bias, qps["activation"])
+    bias = jnp.zeros((n_out,), jnp.float32) if bias is None else jnp.broadcast_to(jnp.asarray(bias, jnp.float32),
+                                                                                  (n_out,))
     stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     pads = normalize_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), stride_p, dilation_p)
     cfg = (multiplier, stride_p, tuple(pads), dilation_p, int(groups), bool(per_channel), impl)
-    return x, w, bias, (None if table is None else jnp.asarray(table, jnp.int32)), cfg
+    table = None if table is None else jnp.asarray(check_table(table, "table"), jnp.int32)
+    return x, w, bias, table, cfg
 
 
 def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
@@ -196,8 +248,8 @@ def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp
     the signedness.
     NaN / infinity: see the module docstring (concrete NaN raises; under jit it propagates).
     """
-    x, w, bias, table, cfg = _prepare(x, w, bias, multiplier, {"activation": x_qp}, stride, padding, dilation,
-                                      groups, per_channel, impl, table)
+    x, w, bias, table, cfg = _prepare(x, w, bias, multiplier, {"activation": x_qp}, w_qp, stride, padding,
+                                      dilation, groups, per_channel, impl, table)
     if straight_through:
         return _straight_through_conv(x, w, bias, x_qp, w_qp, table, cfg)
     return _table_conv(x, w, bias, x_qp, w_qp, table, cfg)
@@ -210,6 +262,8 @@ def lut_dense(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp:
     x = jnp.asarray(x)
     if x.ndim != 2 or jnp.ndim(w) != 2:
         raise ValueError(f"lut_dense expects x (N, I) and w (I, O), got {x.shape} and {jnp.shape(w)}")
+    if x.shape[1] != jnp.shape(w)[0]:
+        raise ValueError(f"lut_dense: x has {x.shape[1]} features but w (I, O) expects {jnp.shape(w)[0]}")
     y = lut_conv2d(x[:, None, None, :], jnp.asarray(w)[None, None], bias, multiplier, x_qp, w_qp=w_qp,
                    per_channel=per_channel, impl=impl, straight_through=straight_through)
     return y[:, 0, 0, :]
@@ -249,8 +303,8 @@ def lut_conv2d_requant(x: Any, w: Any, bias: Optional[Any], multiplier: Multipli
     ``table``: a runtime table, as in `lut_conv2d`. NaN / infinity: as `lut_conv2d`. The quantization
     parameters get no gradient here (activation ranges are learned with the float rescale).
     """
-    x, w, bias, table, cfg = _prepare(x, w, bias, multiplier, {"activation": x_qp, "output": y_qp}, stride,
-                                      padding, dilation, groups, per_channel, impl, table)
+    x, w, bias, table, cfg = _prepare(x, w, bias, multiplier, {"activation": x_qp, "output": y_qp}, w_qp,
+                                      stride, padding, dilation, groups, per_channel, impl, table)
     if return_details:
         return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)
     if straight_through:
