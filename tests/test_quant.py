@@ -229,6 +229,8 @@ def test_layer_argument_errors_name_the_argument():
         quant.lut_conv2d(x, w, None, "exact_s8", qp, padding=1)
     with pytest.raises(TypeError, match="got ndarray.* a bare .* table goes in table="):
         quant.lut_dense(x[:, 0, 0], w[0, 0], None, m.table, qp)
+    with pytest.raises(ValueError, match="groups must be a positive int, got 2.7"):   # was truncated to 2
+        quant.lut_conv2d(x, w[:, :, :2], None, m, qp, padding=1, groups=2.7)
     with pytest.raises(ValueError, match="lut_dense: x has 4 features but w"):
         quant.lut_dense(x[:, 0, 0], w[0, 0, :3], None, m, qp)
     scalar_bias = quant.lut_conv2d(x, w, np.float32(0.5), m, qp, padding=1)       # a scalar bias broadcasts

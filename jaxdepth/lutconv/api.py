@@ -9,8 +9,8 @@ import numpy as np
 
 from ..multipliers import Multiplier, validate_table
 from .registry import Choice, Kernel, Problem, choose, get_kernel, implementations
-from .spec import (ConvSpec, Pair, PaddingArg, as_pair, check_code_range, check_integer_codes, check_pad_code,
-                   is_traced, normalize_padding)
+from .spec import (ConvSpec, Pair, PaddingArg, as_pair, check_code_range, check_groups, check_integer_codes,
+                   check_pad_code, is_traced, normalize_padding)
 
 TableLike = Union[Multiplier, np.ndarray, jax.Array]
 ImplArg = Union[str, Sequence[str]]  # "auto", one kernel name, or the kernels "auto" may choose among
@@ -22,9 +22,10 @@ def window_sums(values: jax.Array, kernel_hw: tuple[int, int], groups: int, stri
     (N, Ho, Wo, groups) int32. ``pads`` (((top, bottom), (left, right))) add positions holding ``pad_value``
     in every channel. The zero-point corrections of unsigned layers and `lowrank`'s ``v[x]`` term use it."""
     n, h, w, c = values.shape
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups:
-        raise ValueError(f"window_sums: groups must be a positive int dividing the {c} channels of values "
-                         f"{tuple(values.shape)}, got {groups!r}")
+    groups = check_groups(groups)
+    if c % groups:
+        raise ValueError(f"window_sums: groups must divide the {c} channels of values {tuple(values.shape)}, "
+                         f"got {groups}")
     per_group = values.reshape(n, h, w, groups, c // groups).sum(axis=-1, dtype=jnp.int32)
     per_group = jnp.pad(per_group, ((0, 0), *pads, (0, 0)),
                         constant_values=jnp.asarray(pad_value, jnp.int32) * (c // groups))
@@ -91,8 +92,7 @@ def _problem(x_shape: Any, w_shape: Any, table: Optional[np.ndarray], stride: An
     (n, h, wd, c), (kh, kw, cg, o) = shapes
     if kh < 1 or kw < 1:
         raise ValueError(f"w (HWIO) {shapes[1]} has an empty kernel window {kh}x{kw}")
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    groups = check_groups(groups)
     if c % groups or o % groups:
         raise ValueError(f"in_channels {c} and out_channels {o} must both be divisible by groups {groups}")
     if cg * groups != c:

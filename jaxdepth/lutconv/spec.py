@@ -50,6 +50,13 @@ def _is_int(value: Any) -> bool:
     return True
 
 
+def check_groups(groups: Any) -> int:
+    """``groups`` as an int; raise unless it is a positive int (not a float, not a bool)."""
+    if isinstance(groups, bool) or not _is_int(groups) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    return int(groups)
+
+
 def as_pair(value: Any, what: str) -> Pair:
     """An int or a pair of positive ints -> (int, int)."""
     if _is_int(value):

@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import lutconv
 from ..lutconv.api import ImplArg, check_table
-from ..lutconv.spec import as_pair, normalize_padding
+from ..lutconv.spec import as_pair, check_groups, normalize_padding
 from ..multipliers import Multiplier
 from .params import QParams, check_finite, quantize, weight_qparams
 from .requant import apply_activation, dequantize_output, requant_params, requantize
@@ -230,7 +230,7 @@ def _prepare(x, w, bias, multiplier: Multiplier, qps: dict, w_qp: Optional[QPara
                                                                                   (n_out,))
     stride_p, dilation_p = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     pads = normalize_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), stride_p, dilation_p)
-    cfg = (multiplier, stride_p, tuple(pads), dilation_p, int(groups), bool(per_channel), impl)
+    cfg = (multiplier, stride_p, tuple(pads), dilation_p, check_groups(groups), bool(per_channel), impl)
     table = None if table is None else jnp.asarray(check_table(table, "table"), jnp.int32)
     return x, w, bias, table, cfg
 
