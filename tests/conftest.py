@@ -64,3 +64,10 @@ def ctrl_c_on_call(monkeypatch):
         monkeypatch.setattr(owner, name, wrapper)
         return calls
     return install
+
+
+@pytest.fixture(scope="session")
+def lite_vars():
+    """Freshly initialised variables of the small ``mobilenetv2_lite`` preset (what checkpoints must fit)."""
+    from jaxdepth import models
+    return models.init_variables(models.build("mobilenetv2_lite"), 0)

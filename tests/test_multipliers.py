@@ -85,6 +85,10 @@ def test_aliases_and_published():
         M.published("trunc_u8_k4")
 
 
+def test_published_takes_a_multiplier_too():
+    assert M.published(M.get("mul8s_1L2J")) == M.published("mul8s_1L2J")
+
+
 def test_transpose():
     m = M.get("mul8u_2NDH")
     t = M.get("mul8u_2NDH", transpose=True)
@@ -94,11 +98,16 @@ def test_transpose():
     assert M.metrics(t) == pytest.approx(M.metrics(m))
     f = M.get("drum_u8_k3", transpose=True)
     assert np.array_equal(f.table, M.get("drum_u8_k3").table.T)
+    # the name a transposed multiplier carries (saved plans) names it again
+    assert np.array_equal(M.get(t.name).table, t.table) and M.get(t.name).name == t.name == "mul8u_2NDH.T"
+    assert M.get("mul8u_2NDH.T", transpose=True).name == "mul8u_2NDH"
 
 
 def test_unknown_names_suggest():
     with pytest.raises(KeyError, match="Did you mean.*mul8s_1L2J"):
         M.get("mul8s_1L2K")
+    with pytest.raises(KeyError, match="Did you mean: mul8u_NLX,"):     # suggestions ignore case
+        M.get("mul8u_nlx")
     with pytest.raises(KeyError, match="trunc_s8_k4"):
         M.get("trunc_s8_k")
     with pytest.raises(KeyError, match="out of range"):

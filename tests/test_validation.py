@@ -199,12 +199,6 @@ def test_metrics_leave_out_spoilt_prediction_pixels_with_a_count():
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def lite_vars():
-    from jaxdepth import models
-    return models.init_variables(models.build("mobilenetv2_lite"), 0)
-
-
 def _perturbed(variables, delta):
     return jax.tree_util.tree_map(lambda a: np.asarray(a) + np.asarray(delta, np.asarray(a).dtype), variables)
 
@@ -284,6 +278,39 @@ def test_overwrite_swaps_in_a_complete_checkpoint_only(tmp_path, lite_vars, monk
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError, match="not a folder"):
         checkpoint.save(tmp_path / "file", "mobilenetv2_lite", lite_vars)
+
+
+def test_variables_of_another_preset_are_refused_before_saving(tmp_path, lite_vars):
+    with pytest.raises(ValueError, match=r"do not fit preset 'densenet121': .* missing, e.g. batch_stats/encoder/"):
+        checkpoint.save(tmp_path / "ck", "densenet121", lite_vars)
+    with pytest.raises(ValueError, match=r"do not fit preset 'mobilenetv2': \d+ of another shape"):
+        checkpoint.save(tmp_path / "ck", "mobilenetv2", lite_vars)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plan_tables_that_names_do_not_give_are_stored_with_the_checkpoint(tmp_path, lite_vars):
+    """A user's table named like a catalogue circuit, and a transposed circuit: loading gives back the
+    tables that were saved (not the catalogue's table of that name, not an unknown-name error)."""
+    table = multipliers.exact_table(True).copy()
+    table[3, 5] += 7
+    np.save(tmp_path / "mul8s_1L2J.npy", table)
+    mine = multipliers.load(tmp_path / "mul8s_1L2J.npy", signed=True)        # named after the file
+    flipped = multipliers.get("mul8u_NLX", transpose=True)                  # "mul8u_NLX.T"
+    plan = {"decoder.*": mine, "encoder.*": {"multiplier": flipped, "impl": "auto"}, "*": "mul8u_2AC"}
+    ck = checkpoint.save(tmp_path / "ck", "mobilenetv2_lite", lite_vars, plan=plan)
+    assert set(checkpoint.read_info(ck)["tables"]) == {"mul8s_1L2J"}         # the others go by name
+    model, _, _ = checkpoint.load(ck)
+    got = {n: model.plan.resolve(n).multiplier for n in ("decoder.conv3", "encoder.stem")}
+    np.testing.assert_array_equal(got["decoder.conv3"].table, table)
+    assert got["decoder.conv3"].signed and got["decoder.conv3"].name == "mul8s_1L2J"
+    np.testing.assert_array_equal(got["encoder.stem"].table, multipliers.get("mul8u_NLX").table.T)
+    assert model.plan.to_json() == checkpoint.load(ck)[0].plan.to_json()
+    with np.load(ck / "tables.npz") as npz:
+        spoilt = {k: npz[k] for k in npz.files}
+    spoilt["mul8s_1L2J"][0, 0] += 1
+    np.savez(ck / "tables.npz", **spoilt)
+    with pytest.raises(checkpoint.CheckpointError, match="table 'mul8s_1L2J' differs from the digest"):
+        checkpoint.load(ck)
 
 
 # ---- converter ---------------------------------------------------------------------------------------------

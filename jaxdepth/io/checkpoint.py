@@ -5,6 +5,9 @@ Layout of a checkpoint directory::
     <path>/jaxdepth.json     {"format": "jaxdepth-checkpoint", "version": 1, "preset": {...}, "plan": {...},
                               "collections": [...], "extra": {...}, "digests": {array name: sha256}}
     <path>/variables/        orbax StandardCheckpointer: {"params", "batch_stats"[, "quant"]}
+    <path>/tables.npz        the plan's product tables that its names alone do not give (a user's table,
+                             a table that differs from the catalogue's of its name), with "tables":
+                             {name: {"signed", "sha256"}} in jaxdepth.json; absent when there are none
 
     >>> from jaxdepth.io import checkpoint
     >>> checkpoint.save("ckpt/lite", "mobilenetv2_lite", variables, extra={"epochs": 3})
@@ -36,6 +39,7 @@ FORMAT = "jaxdepth-checkpoint"
 VERSION = 1
 META_FILE = "jaxdepth.json"
 VARIABLES_DIR = "variables"
+TABLES_FILE = "tables.npz"
 
 
 class CheckpointError(ValueError):
@@ -68,6 +72,78 @@ def _digests(state: dict) -> dict[str, str]:
         h.update(a.tobytes())
         out[key] = h.hexdigest()
     return out
+
+
+def _unnamed_tables(plan: Any) -> dict[str, Any]:
+    """{name: Multiplier} for the plan's multipliers that `jaxdepth.multipliers.get` of their name does not
+    give back (same table and signedness): a checkpoint must store those tables themselves."""
+    from ..multipliers import get
+    out: dict[str, Any] = {}
+    for m in plan.multipliers():
+        try:
+            known = get(m.name)
+            if known.signed == m.signed and np.array_equal(known.table, m.table):
+                continue
+        except KeyError:
+            pass
+        if m.name in out and not np.array_equal(out[m.name].table, m.table):
+            raise ValueError(f"the plan uses two different tables named {m.name!r}; give them different names "
+                             f"(multipliers.load(..., name=...)) to save it")
+        out[m.name] = m
+    return out
+
+
+def _check_fits(preset: Any, state: dict) -> None:
+    """ValueError when ``params`` / ``batch_stats`` are not the arrays the preset's model has (another
+    preset's variables would be saved, and fail only when loaded and applied)."""
+    import jax.numpy as jnp
+
+    from ..models.densedepth import DenseDepth
+    model = DenseDepth(preset)
+    expected = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    want = {k: tuple(v.shape) for k, v in _leaves({c: expected[c] for c in ("params", "batch_stats") if c in expected})}
+    have = {k: tuple(np.shape(v)) for k, v in _leaves({c: state[c] for c in ("params", "batch_stats") if c in state})}
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    wrong = [f"{k} {have[k]} (expected {want[k]})" for k in sorted(set(want) & set(have)) if want[k] != have[k]]
+    if missing or unexpected or wrong:
+        parts = ([f"{len(wrong)} of another shape, e.g. {wrong[0]}"] if wrong else []) + \
+                ([f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []) + \
+                ([f"{len(unexpected)} not in the model, e.g. {unexpected[0]}"] if unexpected else [])
+        raise ValueError(f"the variables do not fit preset {preset.name!r}: {'; '.join(parts)} (variables of "
+                         f"another preset?)")
+
+
+def _table_digest(table: np.ndarray) -> str:
+    return _digests({"t": np.asarray(table, np.int32)})["t"]
+
+
+def _plan_with_tables(plan_json: Any, path: Path, info: dict) -> Any:
+    """The stored plan JSON with every name of ``info["tables"]`` replaced by the `Multiplier` made from
+    ``tables.npz`` (digests checked)."""
+    from ..multipliers import Multiplier
+    stored = info.get("tables") or {}
+    if not stored:
+        return plan_json
+    try:
+        with np.load(path / TABLES_FILE) as npz:
+            arrays = {name: npz[name] for name in stored}
+    except (OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path / TABLES_FILE}: cannot read the plan's tables {sorted(stored)} ({e})") from None
+    tables = {}
+    for name, entry in stored.items():
+        if _table_digest(arrays[name]) != entry.get("sha256"):
+            raise CheckpointError(f"{path / TABLES_FILE}: table {name!r} differs from the digest recorded in "
+                                  f"{META_FILE} (corrupted or replaced file)")
+        tables[name] = Multiplier(name, arrays[name], bool(entry["signed"]), {"source": f"checkpoint {path}"})
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, str):
+            return tables.get(value.strip(), value)
+        if isinstance(value, dict):
+            return {k: swap(v) if k == "multiplier" else v for k, v in value.items()}
+        return value
+    return {"rules": {p: swap(v) for p, v in plan_json.get("rules", {}).items()},
+            "default": swap(plan_json.get("default", "float"))}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -114,9 +190,13 @@ def save(path: Union[str, Path], preset: Any, variables: dict, plan: Any = None,
     if nonfinite:
         raise ValueError(f"refusing to save {len(nonfinite)} array(s) holding NaN or infinite values "
                          f"(diverged training?), e.g. {', '.join(nonfinite[:3])}")
+    _check_fits(preset, state)
+    tables = _unnamed_tables(plan)
     meta = {"format": FORMAT, "version": VERSION, "preset_name": preset.name, "preset": preset.to_dict(),
             "plan": plan.to_json(), "collections": sorted(state), "extra": _jsonable(extra or {}),
             "digests": _digests(state)}
+    if tables:
+        meta["tables"] = {name: {"signed": m.signed, "sha256": _table_digest(m.table)} for name, m in tables.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_folder(path.parent, f".{path.name}.partial-")
     try:
@@ -130,6 +210,9 @@ def save(path: Union[str, Path], preset: Any, variables: dict, plan: Any = None,
                     ckptr.close()                   # waits for any background write still running
         if interrupted():
             raise KeyboardInterrupt
+        if tables:
+            with open(tmp / TABLES_FILE, "wb") as f:
+                np.savez(f, **{name: np.asarray(m.table, np.int32) for name, m in tables.items()})
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         _swap_in(tmp, path)
     except BaseException:
@@ -271,8 +354,8 @@ def load(path: Union[str, Path], plan: Any = None) -> tuple[Any, dict, dict]:
         model_plan = Plan.make(plan)
     else:
         try:
-            model_plan = Plan.from_json(info.get("plan"))
-        except KeyError as e:  # e.g. a table loaded from a file, saved by name only
+            model_plan = Plan.from_json(_plan_with_tables(info.get("plan"), path, info))
+        except KeyError as e:  # a table saved by name only (before tables.npz) or a circuit this version lacks
             raise ValueError(f"{path}: the stored plan {info.get('plan')} names a multiplier this installation "
                              f"does not know ({e}); pass load(path, plan=...) to choose one") from None
     try:

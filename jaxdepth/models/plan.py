@@ -147,6 +147,14 @@ class Plan:
             return cls.make(data["rules"], data.get("default", FLOAT))
         return cls.make(data)
 
+    def multipliers(self) -> list[Multiplier]:
+        """The multipliers the plan uses (rules, then the default), each once."""
+        out: list[Multiplier] = []
+        for arith in [a for _, a in self.rules] + [self.default]:
+            if arith.multiplier is not None and not any(arith.multiplier is m for m in out):
+                out.append(arith.multiplier)
+        return out
+
     def unused_patterns(self, layers: Iterable[str]) -> list[str]:
         layers = list(layers)
         return [p for p, _ in self.rules if not any(fnmatch.fnmatchcase(n, p) for n in layers)]

@@ -19,7 +19,7 @@ ME        mean ``e`` (the bias; also under the key ``bias``)
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable
+from typing import Any, Iterable, Union
 
 import numpy as np
 
@@ -72,8 +72,9 @@ def metrics(m: Multiplier) -> dict[str, float]:
     }
 
 
-def published(name: str) -> dict[str, Any]:
-    """The figures EvoApproxLib publishes for circuit ``name`` (v2022 name or alias ``name@release``).
+def published(name: Union[str, Multiplier]) -> dict[str, Any]:
+    """The figures EvoApproxLib publishes for circuit ``name`` (v2022 name or alias ``name@release``, or
+    the `Multiplier` `get` returns for one).
 
     Returns ``{"name", "signed", "release", "aliases", "MAE%", "MAE", "WCE%", "WCE", "WCRE%", "EP%",
     "MRE%", "MSE", "power_mW", "area_um2", "delay_ns"}``. Published metrics are rounded to about two
@@ -83,6 +84,8 @@ def published(name: str) -> dict[str, Any]:
     from .registry import get  # resolves aliases and suggests close names
 
     figures = evoapprox.published_figures()
+    if isinstance(name, Multiplier):
+        name = name.name
     key = name.strip() if isinstance(name, str) else name
     if key not in figures:
         m = get(key)

@@ -44,12 +44,15 @@ def get(name: str, *, transpose: bool = False) -> Multiplier:
 
     Accepts ``exact_s8`` / ``exact_u8`` (also ``exact``, ``int8`` = signed exact, ``uint8``), every
     EvoApprox circuit by v2022 name or by alias (``name@release``), and generated family names such as
-    ``trunc_s8_k4`` (see `jaxdepth.multipliers.families`). ``transpose=True`` swaps the operand roles.
+    ``trunc_s8_k4`` (see `jaxdepth.multipliers.families`). ``transpose=True`` (or a name ending in ``.T``,
+    as `Multiplier.transposed` names it) swaps the operand roles.
     Unknown names raise KeyError with the closest known names.
     """
     if not isinstance(name, str):
         raise TypeError(f"multiplier name must be a string, got {type(name).__name__}")
     key = name.strip()
+    if key.endswith(".T"):                  # the name `Multiplier.transposed` gives, e.g. a saved plan's
+        return get(key[:-2], transpose=not transpose)
     base = {"exact": "exact_s8", "int8": "exact_s8", "exact_s8": "exact_s8",
             "uint8": "exact_u8", "exact_u8": "exact_u8"}.get(key)
     mult: Multiplier | None = None
@@ -66,8 +69,8 @@ def get(name: str, *, transpose: bool = False) -> Multiplier:
                 mult = factory(m)
                 break
     if mult is None:
-        known = names() + list(_alias_index())
-        close = difflib.get_close_matches(key, known, n=5, cutoff=0.5)
+        known = {k.lower(): k for k in names() + list(_alias_index())}     # suggestions ignore case
+        close = [known[k] for k in difflib.get_close_matches(key.lower(), list(known), n=5, cutoff=0.5)]
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown multiplier {name!r}.{hint} (jaxdepth.multipliers.names() lists all)")
     return mult.transposed() if transpose else mult
