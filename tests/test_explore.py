@@ -13,7 +13,7 @@ import pytest
 
 from jaxdepth import multipliers
 from jaxdepth.explore import (ResultStore, SelectionError, StoreError, flatten, layer_groups, pareto_front,
-                              relative_cost, select_layers, select_multipliers)
+                              relative_cost, select_layers, select_multipliers, sweep_configs)
 
 DATA = "synthetic:4:7:64x64"
 
@@ -59,6 +59,14 @@ def test_multiplier_selection_terms_and_errors(tmp_path):
     assert select_layers(["decoder.*"], layers) == ["decoder.up1.convA", "decoder.conv3"]
     with pytest.raises(SelectionError, match="match no layer"):
         select_layers(["decoder.up9*"], layers)
+    # one glob / one term as a plain string is that one item (not its characters: 'd', 'e', ..., '*')
+    assert select_layers("decoder.*", layers) == ["decoder.up1.convA", "decoder.conv3"]
+    assert [m.name for m in select_multipliers("mul8u_NLX")] == ["mul8u_NLX"]
+    nlx = multipliers.get("mul8u_NLX")
+    assert sweep_configs([nlx], "decoder.*")[-1].rules == (("decoder.*", nlx),)
+    # a configuration whose glob matches no layer is an error, not a float row labelled mul8u_NLX
+    with pytest.raises(ValueError, match=r"'decoder.up1.conva' match no layer .*did you mean 'decoder.up1.convA'"):
+        sweep_configs([nlx], ["decoder.up1.conva"])[-1].resolve(layers)
     assert layer_groups(layers, "blocks") == {"encoder.conv0": ["encoder.conv0"],
                                               "encoder.block1": ["encoder.block1.conv"],
                                               "decoder.up1": ["decoder.up1.convA"], "decoder.conv3": ["decoder.conv3"]}
@@ -126,6 +134,11 @@ def test_pareto_front_is_non_dominated():
     assert [f["power"] for f in front] == sorted(f["power"] for f in front)
     lower = pareto_front([dict(r, abs_rel=r["delta1"]) for r in rows], "abs_rel", "power")  # lower is better
     assert lower[0]["power"] == min(r["power"] for r in rows)
+    with pytest.raises(ValueError, match="no row has the metric 'delta_1'; numeric columns: delta1, power"):
+        pareto_front(rows, "delta_1", "power")
+    with pytest.raises(ValueError, match="no row has the cost 'pwr'"):
+        pareto_front(rows, "delta1", "pwr")
+    assert pareto_front([], "delta_1") == []
 
 
 # ---- with a tiny DenseDepth checkpoint (22 QConv layers, 64x64) -------------------------------------------

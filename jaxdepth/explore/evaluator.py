@@ -51,7 +51,14 @@ class Config:
     meta: tuple[tuple[str, Any], ...] = ()       # e.g. (("multiplier", name), ("layers", "decoder.*"))
 
     def resolve(self, layer_names: Sequence[str]) -> dict[str, Optional[Multiplier]]:
+        """The multiplier (None = float) of every layer; ValueError when a rule's glob matches no layer (its
+        layers would silently stay float)."""
         import fnmatch
+
+        from ..models.plan import unmatched_patterns
+        problem = unmatched_patterns([p for p, _ in self.rules], layer_names, where=f" (configuration {self.label!r})")
+        if problem:
+            raise ValueError(problem)
         out = {}
         for name in layer_names:
             out[name] = next((m for p, m in self.rules if fnmatch.fnmatchcase(name, p)), self.default)

@@ -68,7 +68,12 @@ def value(row: dict, metric: str) -> Optional[float]:
 def pareto_front(rows: Sequence[dict], metric: str = "delta1", cost: str = "power") -> list[dict]:
     """The rows no other row dominates (lower ``cost`` and better ``metric``, one strictly), by cost.
 
-    Rows without the metric or the cost are left out."""
+    Rows without the metric or the cost are left out; a ``metric`` or ``cost`` no row has is a ValueError
+    (a misspelt column would give an empty front)."""
+    for role, column in (("metric", metric), ("cost", cost)):
+        if rows and not any(column in r for r in rows):
+            known = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
+            raise ValueError(f"pareto_front: no row has the {role} {column!r}; numeric columns: {', '.join(known)}")
     sign = 1.0 if higher_is_better(metric) else -1.0
     pts = [(value(r, cost), sign * value(r, metric), r) for r in rows
            if value(r, cost) is not None and value(r, metric) is not None]

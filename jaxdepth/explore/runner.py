@@ -2,7 +2,7 @@
 single source of truth: stored keys are skipped, each finished configuration is written at once."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, Optional, Protocol as TypingProtocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol as TypingProtocol, Sequence, Union
 
 from ..multipliers import Multiplier, get
 from .evaluator import Config, Evaluator
@@ -37,11 +37,14 @@ def reference_configs(signedness: Iterable[bool] = (True,), layers: Sequence[str
     return out
 
 
-def sweep_configs(multipliers: Sequence[Multiplier], layers: Sequence[str] = ("*",), *,
+def sweep_configs(multipliers: Union[Multiplier, Sequence[Multiplier]], layers: Union[str, Sequence[str]] = ("*",), *,
                   references: bool = True) -> list[Config]:
     """One configuration per multiplier on the ``layers`` globs (the rest float, as ``evaluate --layers``),
-    preceded by the reference rows (float, and the exact table of each signedness used)."""
-    layers = tuple(layers) or ("*",)
+    preceded by the reference rows (float, and the exact table of each signedness used). ``layers``: a
+    list of globs, or one glob as a string."""
+    layers = (layers,) if isinstance(layers, str) else tuple(layers) or ("*",)
+    if isinstance(multipliers, Multiplier):
+        multipliers = [multipliers]
     configs = reference_configs({m.signed for m in multipliers}, layers) if references else []
     names = {c.label for c in configs}
     for m in multipliers:

@@ -27,7 +27,7 @@ import fnmatch
 import operator
 import os
 import re
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 from ..models.plan import unmatched_patterns
 from ..multipliers import Multiplier
@@ -106,9 +106,12 @@ def _is_file_term(term: str) -> bool:
     return base.lower().endswith(_TABLE_SUFFIXES) or os.sep in term and os.path.exists(base)
 
 
-def select_multipliers(terms: Sequence[str], signed: Optional[bool] = None) -> list[Multiplier]:
-    """The multipliers ``terms`` select, in first-mention order, without duplicates (see the module doc).
-    ``signed``: the signedness of the table files among the terms (else the one stored with them)."""
+def select_multipliers(terms: Union[str, Sequence[str]], signed: Optional[bool] = None) -> list[Multiplier]:
+    """The multipliers ``terms`` (a list, or one term as a string) select, in first-mention order, without
+    duplicates (see the module doc). ``signed``: the signedness of the table files among the terms (else
+    the one stored with them)."""
+    if isinstance(terms, str):
+        terms = [terms]
     from ..multipliers import get
     chosen: list[Multiplier] = []
     seen: set[str] = set()
@@ -153,9 +156,10 @@ def select_multipliers(terms: Sequence[str], signed: Optional[bool] = None) -> l
     return chosen
 
 
-def select_layers(patterns: Iterable[str], layer_names: Sequence[str]) -> list[str]:
-    """The layers (in model order) matching any of ``patterns``; a pattern matching none raises."""
-    patterns = list(patterns) or ["*"]
+def select_layers(patterns: Union[str, Iterable[str]], layer_names: Sequence[str]) -> list[str]:
+    """The layers (in model order) matching any of ``patterns`` (globs, or one glob as a string); a pattern
+    matching none raises."""
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns) or ["*"]
     problem = unmatched_patterns(patterns, layer_names)
     if problem:
         raise SelectionError(problem)
