@@ -1,4 +1,6 @@
 """Flax DenseDepth models: presets, shapes, training-mode BatchNorm, checkpoints (no PyTorch needed)."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,3 +121,21 @@ def test_models_cli_rejects_a_plan_glob_that_matches_no_layer(capsys):
     assert "decoder.up1.convA" in capsys.readouterr().out
     assert models_cli.main(["--size", "64", "64"]) == 2                  # options of one model, but no preset
     assert capsys.readouterr().err.startswith("error: --size describes one model: name a preset")
+
+
+def test_malformed_plans_are_precise_errors_when_made():
+    """A bare name, a non-object, a misspelt saved-plan key and an unknown kernel are refused by Plan.make /
+    from_json with the form a plan takes (not a JSONDecodeError, nor only when the model first runs)."""
+    from jaxdepth.models import Plan
+    cases = [(lambda: Plan.make("mul8u_NLX"), r"must be JSON, .* for every layer: \{\"\*\": \"mul8u_NLX\"\}"),
+             (lambda: Plan.from_json("mul8u_NLX"), "must be JSON"),
+             (lambda: Plan.make("[3"), "must be JSON"),
+             (lambda: Plan.make("3"), "must be a JSON object"),
+             (lambda: Plan.from_json({"rules": {}, "defualt": "float"}), r"'rules' and 'default', got also \['defualt'\]"),
+             (lambda: Plan.make({"*": {"multiplier": "mul8u_NLX", "impl": "wstatt"}}), "'wstatt' names no LUT kernel"),
+             (lambda: Plan.make({"*": {"multiplier": "mul8u_NLX", "impl": ["wstat", "nope"]}}), "'nope' names no")]
+    for make, match in cases:
+        with pytest.raises(ValueError, match=match):
+            make()
+    ok = Plan.make({"*": {"multiplier": "mul8u_NLX", "impl": ["wstat", "direct"]}})
+    assert Plan.from_json(json.dumps(ok.to_json())).resolve("x").impl == ("wstat", "direct")

@@ -77,6 +77,7 @@ def _arith(value: RuleValue) -> Arithmetic:
             return inner
         impl = value.get("impl", "auto")
         impl = str(impl) if isinstance(impl, str) else tuple(str(name) for name in impl)
+        _check_impl(impl)
         runtime = bool(value.get("runtime_table", False))
         label = f"runtime ({'signed' if inner.multiplier.signed else 'unsigned'})" if runtime else inner.label
         return dataclasses.replace(inner, impl=impl, runtime_table=runtime, label=label, requant=requant)
@@ -86,6 +87,28 @@ def _arith(value: RuleValue) -> Arithmetic:
     if key.lower() in ("float", "fp32", "none"):
         return FLOAT_ARITH
     return Arithmetic(_multiplier(key), "auto", key)
+
+
+def _parsed(text: str) -> Any:
+    """A plan's JSON text parsed, or a ValueError that shows the form a plan takes."""
+    try:
+        plan = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"a plan given as a string must be JSON, e.g. '{{\"decoder.*\": \"mul8u_NLX\"}}', got "
+                         f"{text!r}; for every layer: {{\"*\": {json.dumps(text.strip())}}}") from None
+    if not isinstance(plan, (Mapping, list)):
+        raise ValueError(f"a plan must be a JSON object {{layer glob: arithmetic}}, got {json.dumps(plan)}")
+    return plan
+
+
+def _check_impl(impl: Union[str, tuple[str, ...]]) -> None:
+    """ValueError now, not when the model is first applied, for a rule's ``impl`` that names no kernel."""
+    from ..lutconv import implementations
+    known = implementations()
+    bad = [name for name in ((impl,) if isinstance(impl, str) else impl) if name != "auto" and name not in known]
+    if bad or impl == ():
+        raise ValueError(f"plan rule 'impl' {bad[0] if bad else impl!r} names no LUT kernel; use 'auto', one of "
+                         f"{', '.join(known)}, or a list of them")
 
 
 def _jsonable(value: Any) -> Any:
@@ -113,7 +136,7 @@ class Plan:
         if plan is None:
             plan = {}
         if isinstance(plan, str):
-            plan = json.loads(plan)
+            plan = _parsed(plan)
         pairs = list(plan.items()) if isinstance(plan, Mapping) else [tuple(p) for p in plan]
         rules = []
         for pattern, value in pairs:
@@ -142,8 +165,11 @@ class Plan:
         if data is None:
             return FLOAT_PLAN
         if isinstance(data, str):
-            data = json.loads(data)
-        if "rules" in data and set(data) <= {"rules", "default"}:
+            data = _parsed(data)
+        if "rules" in data:
+            extra = set(data) - {"rules", "default"}
+            if extra:
+                raise ValueError(f"a saved plan has the keys 'rules' and 'default', got also {sorted(extra)}")
             return cls.make(data["rules"], data.get("default", FLOAT))
         return cls.make(data)
 
