@@ -245,6 +245,10 @@ def test_load_round_trips(tmp_path):
     assert not M.load(tmp_path / "u.npy").signed
     with pytest.warns(RuntimeWarning, match="declared signed"):
         assert M.load(tmp_path / "u.npy", signed=True).signed
+    # an 8-bit array cannot hold 8x8 products: most likely they were stored modulo 256
+    np.save(tmp_path / "u8.npy", M.exact_table(False).astype(np.uint8))
+    with pytest.warns(RuntimeWarning, match="stored as uint8 .* products modulo 256"):
+        M.load(tmp_path / "u8.npy", signed=False)
 
 
 def test_load_callable():

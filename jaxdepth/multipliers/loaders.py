@@ -121,6 +121,10 @@ def load(source: str | os.PathLike | Callable[[np.ndarray, np.ndarray], Any], *,
     if raw.dtype == object:
         raise ValueError(f"{label}: a product table must be numeric, got dtype object")
     table = validate_table(raw, label)
+    if raw.dtype.kind in "iu" and raw.dtype.itemsize == 1 and int(np.abs(table).max()) > 0:
+        warnings.warn(f"{label}: the table is stored as {raw.dtype} (8 bits), but 8x8-bit products need up to 16 "
+                      f"bits (255 * 255 = 65025): products modulo 256? Save the table as int32", RuntimeWarning,
+                      stacklevel=2)
     has_negative = bool((table < 0).any())
     if signed is None:
         signed = has_negative
