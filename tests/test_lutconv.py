@@ -492,6 +492,34 @@ def test_lut_model_on_two_devices():
                       "targets": ["jaxdepth_direct_u16", "jaxdepth_dwrows_u16", "jaxdepth_wstat_u16"]}
 
 
+_EXIT_SCRIPT = """
+import sys
+import jax
+import numpy as np
+from jaxdepth import lutconv, multipliers
+rng = np.random.default_rng(0)
+x = rng.integers(0, 256, (1, 60, 80, 64), dtype=np.uint8)
+w = rng.integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
+f = jax.jit(lambda x, w: lutconv.conv2d(x, w, multipliers.get("mul8u_197B"), padding=1, impl=sys.argv[1]))
+for _ in range(3):
+    acc = f(x, w)               # asynchronous: still running when the script ends
+print("end", flush=True)
+if sys.argv[2] == "raise":
+    raise SystemExit("an error right after the call")
+"""
+
+
+@pytest.mark.parametrize("impl, end", [("wstat", "return"), ("direct", "raise")])
+def test_a_script_ending_right_after_a_kernel_call_exits(impl, end):
+    """A script whose last line is an asynchronous jitted kernel call (the README's examples) used to hang
+    for good at exit: XLA's CPU client was destroyed with the call in flight."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, impl, end], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout == "end\n" and done.returncode == (0 if end == "return" else 1), done.stderr[-2000:]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signed", [True, False])
 def test_exact_tables_match_xla_integer_convolution(signed):

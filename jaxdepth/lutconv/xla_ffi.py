@@ -21,6 +21,7 @@ cores / devices threads, so the devices' kernels overlap instead of queueing; wi
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextlib
 import ctypes
@@ -367,6 +368,18 @@ def wait_compiled() -> None:
             entry.future.result()
 
 
+def _finish_running_calls() -> None:
+    """At interpreter exit, wait for every array still being computed. A script that ends right after an
+    asynchronous jitted call of a kernel (``acc = f(x, w, table)`` as its last line) otherwise never
+    exits: Python's final garbage collection destroys XLA's CPU client while the call is in flight, and
+    the client's thread-pool teardown waits forever. (Registered with the first handler, so it runs
+    before JAX's own exit handlers.)"""
+    import jax
+    for array in jax.live_arrays():
+        with contextlib.suppress(Exception):
+            array.block_until_ready()
+
+
 def register(name: str, handler_body: Callable) -> str:
     """Compile ``handler_body(frame_address) -> 0`` as a C function and register it with XLA's CPU
     backend as FFI target ``name`` (once per process). Returns the target name for `jax.ffi.ffi_call`.
@@ -377,6 +390,9 @@ def register(name: str, handler_body: Callable) -> str:
     if name not in _registered:
         import jax.ffi
         from numba.np.ufunc.parallel import _launch_threads
+
+        if not _registered:
+            atexit.register(_finish_running_calls)
 
         # numba starts its thread pool when a parallel function is first called from Python; a handler
         # loaded from numba's disk cache and first run by XLA would enter a pool that does not exist yet
