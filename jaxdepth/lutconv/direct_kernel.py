@@ -22,8 +22,8 @@ RATE_DIRECT = 2.5e9      # multiply-accumulates per second, direct column gather
 RATE_DEPTHWISE = 0.8e9   # multiply-accumulates per second, depthwise direct
 POSITION_COST = 2e-8     # seconds per output position (loop set-up, store)
 CALL_OVERHEAD = 1e-4     # seconds per call
-if not HAVE_AVX512:      # scalar table loads instead of 16-lane gathers; depthwise measured 1.5-2.0e9 on the
-    RATE_DIRECT, RATE_DEPTHWISE = 1.2e9, 1.7e9  # AVX2 host (MobileNetV2's 3x3 depthwise layers at 480x640)
+if not HAVE_AVX512:      # scalar table loads instead of 16-lane gathers; rates fitted on the project's AVX2 host
+    RATE_DIRECT, RATE_DEPTHWISE = 1.2e9, 1.7e9  # (depthwise: MobileNetV2's 3x3 layers at 480x640, bench/results/models_paired.md)
 
 
 # cache=False: called from cached jitted code (lutconv/README.md, "numba's disk cache")

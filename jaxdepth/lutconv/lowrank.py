@@ -11,8 +11,8 @@ exact integer arithmetic (row reduction over the integers: the basis rows genera
 integer coefficients; LLL then shortens the basis so the factors stay small) and verifies ``A @ B == lut``
 exactly before it is used.
 
-`int8_plan` rewrites it for XLA's int8 x int8 -> int32 convolution (on this CPU 4-8x the float32 rate:
-VNNI dot products through XLA's YNNPACK fusion), trying the table as it is and as the exact product plus
+`int8_plan` rewrites it for XLA's int8 x int8 -> int32 convolution (with VNNI, several times the float32
+rate: int8 dot products through XLA's YNNPACK fusion), trying the table as it is and as the exact product plus
 its error (whose factors are often small on both sides), with either side LLL-shortened: the table's first row and column are split off as
 ``u[w] + v[x]``; each factor is centred (the constant moves into u or v) and, when it still spans more
 than 256 values, written in signed base-256 digits; every (a digit, b digit) pair is one int8 term with a
@@ -287,13 +287,15 @@ def supports(table: Optional[np.ndarray]) -> Optional[str]:
     return None
 
 
-# Cost model of XLA's int8 convolution on CPU, fitted to 22 layer shapes measured on an AVX-512 VNNI host (1x1 and
-# 3x3, 16..2208 input channels, 32..1104 outputs; within a factor ~1.7): multiply-accumulates per second
+# Cost model of XLA's int8 convolution on CPU: multiply-accumulates per second
 # RATE_INT8 * C / (C + C_HALF) * O / (O + O_HALF) for C stacked input channels, plus the byte -> factor lookups of every input and weight
-# element per term, the int32 partial sums per convolution, and the window sums of v.
+# element per term, the int32 partial sums per convolution, and the window sums of v. The constants are fitted on this
+# project's hosts: with VNNI, over 1x1 and 3x3 layer shapes (16..2208 input channels, 32..1104 outputs) on the
+# AVX-512 host (see bench/results/compare.md); without, on conv2 and up1.convA on the AVX2 host (see
+# bench/results/paired.md and table_structure.md).
 RATE_INT8 = 3.6e11
-if not HAVE_VNNI:  # no int8 dot products: XLA's int8 convolution ran at ~1.4-1.7x its float32 one on an
-    RATE_INT8 = 7e10  # AVX2-only host (AMD EPYC Zen 3, conv2 and up1.convA shapes, 2026-12-02), not 4-8x
+if not HAVE_VNNI:  # no int8 dot products: XLA's int8 convolution gains little over its float32 one,
+    RATE_INT8 = 7e10  # far less than with VNNI (rate fitted on the AVX2-only host)
 RATE_INT8_C_HALF = 48
 RATE_INT8_O_HALF = 8
 RATE_INT8_GROUPED = 1.2e8  # grouped / depthwise int8 convolution: no fast path in XLA's CPU backend
@@ -357,10 +359,10 @@ def _stacked_weights(w_bytes: jax.Array, a: np.ndarray) -> jax.Array:
 
 def _int8_conv(xs: jax.Array, ws: jax.Array, spec: ConvSpec) -> jax.Array:
     """VALID int8 convolution with int32 results, in the form XLA's CPU backend runs fastest (measured here):
-    1x1 kernels without groups as one matrix product over the (strided) positions (conv2: 4.1 -> 2.5 ms);
-    spatial kernels with one zero column of padding whose extra output column is dropped (padded int8
-    convolutions run 2-3x faster than VALID ones: 3x3, 1488 channels, 157 -> 543 GMAC/s; the zero column
-    adds 1 / Wo of the work; a padded 1x1 convolution, by contrast, is 400x slower)."""
+    1x1 kernels without groups as one matrix product over the (strided) positions (faster than the
+    convolution); spatial kernels with one zero column of padding whose extra output column is dropped (XLA
+    runs padded int8 convolutions much faster than VALID ones, and the zero column adds only 1 / Wo of the
+    work; a padded 1x1 convolution, by contrast, is far slower, hence the matrix product)."""
     kh, kw, _, n_out = ws.shape
     ho, wo = spec.output_hw(tuple(xs.shape[1:3]), (kh, kw))
     if kh == kw == 1 and spec.groups == 1:

@@ -247,7 +247,7 @@ def _compact_pays(channels, n_blocks, n_compact, native, compact, halo_r, fh, fw
     per strip, ~1 per built position: ~3 cycles a line from L3, ~10 from memory past 4 MiB of strips).
     Making the strips: 4,096 entries per block.
     Compact wins on layers whose channels use few scattered bytes (1x1 projections to 16-24 channels), and
-    loses on wide 1x1 layers with narrow tiles (DenseNet's 720 -> 192: 2.5x slower when always used)."""
+    loses on wide 1x1 layers with narrow tiles (DenseNet's 720 -> 192 ran markedly slower with it always on)."""
     rows_n, cols_n, len_n, _ = native
     rows_c, cols_c, len_c, _ = compact
     tiles_n = n_batch * -(-fh // rows_n) * -(-fw // cols_n)

@@ -1,7 +1,7 @@
 """Numba kernels as XLA FFI custom calls: no Python, no copies between XLA and the kernel.
 
-`jax.pure_callback` re-enters Python on every call and copies every operand and result (measured here:
-~1.5 ms for a 2.8 MB depthwise layer, more than half its kernel time; 4-6 ms for 8 MB in and out). An
+`jax.pure_callback` re-enters Python on every call and copies every operand and result (an overhead that
+grows with the operands' size and, on a small depthwise layer, rivals the kernel's own time). An
 XLA FFI handler is a C function XLA calls with its own buffers. This module builds such handlers from
 numba code: a handler is a `numba.cfunc` taking the address of XLA's ``XLA_FFI_CallFrame`` (the typed
 FFI C ABI of ``xla/ffi/api/c_api.h``, API 0.x, shipped with jaxlib) and reading the argument and result
@@ -285,7 +285,7 @@ def _compile(handler_body: Callable):
 
 
 #: LLVM optimisation level for compiling the kernels. Their hot loops are explicit vector IR (`simd`), so
-#: -O1 runs them as fast as numba's default -O3 and compiles ~30% faster (bench/results/startup.md).
+#: -O1 runs them as fast as numba's default -O3 and compiles faster (figures: bench/results/startup.md).
 #: An explicit ``NUMBA_OPT`` in the environment wins.
 KERNEL_OPT_LEVEL = 1
 _opt_lock = threading.Lock()
