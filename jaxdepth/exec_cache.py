@@ -2,8 +2,8 @@
 
 JAX's persistent compilation cache (on in the CLIs) stores compiled executables, but finding one needs its
 key, which is computed from the lowered module: every process still traces and lowers the model first. For
-a LUT model that is most of a warm start (the bundled model with a multiplier: ~10 s of Python tracing,
-66 LUT layers, on this 2-core host under load, against ~4 s to load its executable). `cached_jit` stores
+a LUT model that is most of a warm start (Python tracing of every LUT layer takes longer than loading the
+compiled executable; figures in bench/results/startup.md). `cached_jit` stores
 the traced and lowered program itself (`jax.export`, StableHLO) beside the compilation cache, under a key
 made of everything the program is a function of when its arguments are not:
 

@@ -46,7 +46,8 @@ TRACEBACK_ENV = "JAXDEPTH_TRACEBACK"
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
 #: Allocations between the garbage collector's young-generation passes while a command runs (Python's
 #: default: 700). A command imports jax, flax, numba and matplotlib (millions of long-lived objects) and
-#: traces models; at the default, the full collections that walk all of them took ~0.3 s of a later predict.
+#: traces models; at the default, the full collections that walk all of them take a noticeable share of a
+#: later predict (bench/results/startup.md).
 GC_YOUNG_THRESHOLD = 50_000
 
 
@@ -339,7 +340,7 @@ def enable_compile_cache() -> Optional[Path]:
         import jax
         for key, value in settings.items():
             jax.config.update(key, value)
-    else:                                    # not yet: JAX reads these at import (no 2-4 s import for a usage error)
+    else:                                    # not yet: JAX reads these at import (no slow import for a usage error)
         for key, value in settings.items():
             os.environ.setdefault(key.upper(), str(value))
     return folder

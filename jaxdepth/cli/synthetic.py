@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=common.non_negative_int, default=0, help="random seed (a non-negative integer, default 0)")
     ap.add_argument("--height", type=_size, default=240, help="frame height (at least 8, default 240)")
     ap.add_argument("--width", type=_size, default=320, help="frame width (at least 8, default 320)")
-    ap.add_argument("--no-shadows", action="store_true", help="skip shadow rays (about 2x faster)")
+    ap.add_argument("--no-shadows", action="store_true", help="skip shadow rays (faster)")
     return ap
 
 

@@ -12,7 +12,7 @@ The camera is a pinhole with NYU Depth v2 (Kinect) intrinsics scaled to the requ
 along the optical axis, like NYU), clipped to [0.5, 10] m.
 
 Rendering is vectorised NumPy ray casting against analytic primitives: every primitive is
-intersected with all rays at once (~40 ms for a 240x320 frame on one core).
+intersected with all rays at once (no per-ray Python loop).
 
     >>> from jaxdepth.data import synthetic
     >>> images, depths = synthetic.generate(4, seed=0, height=240, width=320)

@@ -360,8 +360,7 @@ def load(path: Union[str, Path], plan: Any = None) -> tuple[Any, dict, dict]:
                              f"does not know ({e}); pass load(path, plan=...) to choose one") from None
     try:
         # the PyTree handler reads StandardCheckpointer's files into the same numpy arrays, without the
-        # standard handler's extra passes over the metadata (bundled model 0.22 vs 0.71 s, DenseNet-161
-        # 1.6 vs 2.2 s here; same arrays, dtypes and tree, checked)
+        # standard handler's extra passes over the metadata (faster; same arrays, dtypes and tree, checked)
         restored = ocp.PyTreeCheckpointer().restore(path / VARIABLES_DIR)
     except Exception as e:  # orbax / tensorstore errors on missing, truncated or corrupted array files
         _quiet_abandoned_reads()

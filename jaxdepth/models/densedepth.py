@@ -90,7 +90,7 @@ def compile_apply(model: nn.Module, variables: dict, input_shape: tuple[int, ...
                   fast_compile: bool = False, **kwargs: Any):
     """``model.apply(variables, images, **kwargs)`` compiled ahead of time for one NHWC input shape.
 
-    ``fast_compile=True`` compiles a DenseNet ~4x faster and runs ~2x slower (XLA backend optimisation off):
+    ``fast_compile=True`` compiles a DenseNet much faster and runs slower (XLA backend optimisation off):
     the right trade for one-off runs such as tests and conversions checks.
     """
     fn = jax.jit(lambda v, x: model.apply(v, x, method=method, **kwargs))
