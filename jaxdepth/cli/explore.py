@@ -41,10 +41,11 @@ def _data_options(ap: argparse.ArgumentParser) -> None:
                                                      "decoder_rel_rms (vs the exact model)")
 
 
-def _mult_options(ap: argparse.ArgumentParser, nargs: str = "+") -> None:
-    ap.add_argument("--multipliers", nargs=nargs, default=["evoapprox"], metavar="TERM",
-                    help="multiplier selection: names, globs, families, table files, filters (default: the 66 "
-                         "EvoApprox circuits)")
+def _mult_options(ap: argparse.ArgumentParser, nargs: str = "+", default: Sequence[str] = ("evoapprox",),
+                  default_help: str = "the 66 EvoApprox circuits") -> None:
+    ap.add_argument("--multipliers", nargs=nargs, default=list(default), metavar="TERM",
+                    help=f"multiplier selection: names, globs, families, table files, filters (default: "
+                         f"{default_help})")
     _sign_options(ap, "table files among the terms are")
 
 
@@ -98,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--metric and relative power, seeded from a sensitivity ranking (--ranking "
                                     "FILE from 'sensitivity', else computed first with the cheapest candidate); "
                                     "rerun the same command to resume.")
-    _mult_options(se)
-    se.set_defaults(multipliers=["unsigned", "MAE% < 1"])
+    _mult_options(se, default=("unsigned", "MAE% < 1"),
+                  default_help="unsigned 'MAE%% < 1', the unsigned EvoApprox circuits with MAE below 1 %%")
     se.add_argument("--granularity", choices=("layers", "blocks", "parts"), default="blocks")
     se.add_argument("--layers", nargs="+", default=["*"], metavar="PATTERN",
                     help="only these layers are searched (the others stay float)")
