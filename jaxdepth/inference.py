@@ -106,15 +106,13 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
     return predict
 
 
-def quantized(model: Any, variables: dict, plan: Any, calib_images: np.ndarray, *,
-              stored_plan: bool = False) -> tuple[Any, dict]:
+def quantized(model: Any, variables: dict, plan: Any, calib_images: np.ndarray) -> tuple[Any, dict]:
     """The model with ``plan`` and variables carrying input quantization for it.
 
     The stored ``quant`` collection is reused when it serves the plan: every layer the plan quantizes (by a
     rule or by its default) has a calibration for its table's signedness (`jaxdepth.models.
     uncalibrated_layers`; a checkpoint fine-tuned for its plan keeps its ranges, learned ones too);
-    otherwise the model is calibrated on ``calib_images`` (N, H, W, 3) in [0, 1]. ``stored_plan`` is
-    accepted for compatibility: the calibration's keys now say which tables it serves.
+    otherwise the model is calibrated on ``calib_images`` (N, H, W, 3) in [0, 1].
     """
     from .models import Plan, calibrate, uncalibrated_layers
     qmodel = model.clone(plan=Plan.make(plan))

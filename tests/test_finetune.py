@@ -197,7 +197,7 @@ def test_cli_finetuned_checkpoint_records_and_loads_its_plan(tmp_path, capsys):
     exact, stored = inference.exact_and_plan(m, None)
     assert stored is m.plan and exact.plan.is_float
     x = np.zeros((1, 32, 32, 3), np.float32)
-    qm, qv = inference.quantized(exact, v, stored, x, stored_plan=True)
+    qm, qv = inference.quantized(exact, v, stored, x)
     assert qv["quant"] is v["quant"] and qm.plan is m.plan   # the fine-tuned (unsigned, learned) ranges as they are
 
 
@@ -209,7 +209,7 @@ def test_kept_ranges_must_be_calibrated_for_the_signedness_of_the_plans_tables(t
     unsigned = {"*": "mul8u_2AC"}
     for plan in (unsigned, Plan.make({}, default="mul8u_2AC")):
         with pytest.raises(training.FinetuneError, match=r"ranges='keep'.* signedness of their table: conv1, head"):
-            training.prepare_student(model, svars, plan, x, "keep", stored_plan=plan)
+            training.prepare_student(model, svars, plan, x, "keep")
     assert training.prepare_student(model, svars, {"*": "int8"}, x, "keep")[1]["quant"] is svars["quant"]
     both = models.calibrate(student, variables, x, layers="all")
     assert training.prepare_student(model, both, unsigned, x, "keep")[1]["quant"] is both["quant"]

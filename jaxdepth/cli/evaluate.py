@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if plan is not None:
         calib = np.concatenate([b[0] for b in ds.batches(args.calib_frames, args.calib_frames)])
         calib = inference.resize_batch(calib, size).astype(np.float32) / 255.0
-        qmodel, qvars = inference.quantized(model, variables, plan, calib, stored_plan=not args.multiplier)
+        qmodel, qvars = inference.quantized(model, variables, plan, calib)
         predict = inference.make_predictor(qmodel, qvars, flip=not args.no_flip, input_size=size)
         reference = exact
     try:

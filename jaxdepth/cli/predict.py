@@ -121,8 +121,7 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
         if plan is not None:
             if qmodel is None:
                 calib = np.stack([inference.resize_batch(im[None], size)[0] for im in images.values()])
-                qmodel, qvars = inference.quantized(model, variables, plan, calib.astype(np.float32) / 255,
-                                                    stored_plan=not multiplier)
+                qmodel, qvars = inference.quantized(model, variables, plan, calib.astype(np.float32) / 255)
             if size not in approx_fns:
                 approx_fns[size] = inference.make_predictor(qmodel, qvars, flip=flip)
             approx = approx_fns[size](x)[0]

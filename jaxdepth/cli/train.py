@@ -182,14 +182,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.init:
         model, variables, info = checkpoint.load(args.init)
         preset = model.preset
-        stored_plan = model.plan
         model = model.clone(plan=models.FLOAT_PLAN)
     else:
         try:
             preset = models.get_preset(args.preset)
         except (KeyError, ValueError) as e:
             raise CliError(str(e.args[0]) if e.args else str(e)) from None
-        model, info, stored_plan = models.build(preset), {}, None
+        model, info = models.build(preset), {}
         variables = models.init_variables(model, args.seed)
     size = tuple(args.size) if args.size else (
         tuple(preset.input_size) if preset.input_size else
@@ -233,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         calib = np.asarray(data.images[:n_cal], np.float32) / 255.0
         print(f"calibrating the plan's activation ranges on {n_cal} frames ({args.ranges}) ...", file=sys.stderr)
         try:
-            student, svars = T.prepare_student(model, variables, plan, calib, args.ranges, stored_plan=stored_plan)
+            student, svars = T.prepare_student(model, variables, plan, calib, args.ranges)
         except T.FinetuneError as e:
             raise CliError(str(e)) from None
     before = (student, svars)

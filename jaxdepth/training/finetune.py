@@ -50,12 +50,11 @@ def check_teacher(student_preset: Any, teacher_preset: Any) -> None:
 
 
 def prepare_student(model: Any, variables: dict, plan: Any, calib_images: np.ndarray, ranges: str = "calibrate",
-                    *, stored_plan: Any = None, method: str = "minmax") -> tuple[Any, dict]:
+                    *, method: str = "minmax") -> tuple[Any, dict]:
     """(the plan's model, variables with activation quantisation for it).
 
     ``ranges``: "keep" the checkpoint's ``quant`` (it must serve the plan: a calibration for every quantized
-    layer, for its table's signedness, `jaxdepth.models.uncalibrated_layers`; ``stored_plan`` is
-    accepted for compatibility); "calibrate" or "learn": calibrate on ``calib_images`` (N, H, W, 3) in
+    layer, for its table's signedness, `jaxdepth.models.uncalibrated_layers`); "calibrate" or "learn": calibrate on ``calib_images`` (N, H, W, 3) in
     [0, 1] ("learn" then trains the scales, see `jaxdepth.training.train`)."""
     from ..models import Plan, calibrate, uncalibrated_layers
     if ranges not in RANGES:
