@@ -121,26 +121,20 @@ MIN_SIDE = 32
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    """The numeric options' ranges (CliError naming the option): rates finite and positive, counts >= 1,
-    offsets >= 0, --size sides >= MIN_SIDE."""
-    import math
+    """The numeric options' ranges (CliError naming the option), by `train`'s own checks, before any work:
+    rates finite and positive, counts >= 1, offsets >= 0; and --size sides >= MIN_SIDE."""
+    from ..training.loop import check_counts, check_rates
 
-    positive = {"--lr": args.lr, "--range-lr": args.range_lr, "--minutes": args.minutes}
-    for flag, v in positive.items():
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise CliError(f"{flag} must be a finite number > 0, got {v}")
-    if not (math.isfinite(args.teacher_weight) and args.teacher_weight >= 0):
-        raise CliError(f"--teacher-weight must be a finite number >= 0, got {args.teacher_weight}")
-    counts = {"--steps": args.steps, "--batch-size": args.batch_size, "--calib-frames": args.calib_frames,
-              "--frames": args.frames, "--val-limit": args.val_limit, "--save-every": args.save_every,
-              "--log-every": args.log_every}
-    offsets = {"--warmup": args.warmup, "--val-every": args.val_every}
-    for flag, v in counts.items():
-        if v < 1:
-            raise CliError(f"{flag} must be >= 1, got {v}")
-    for flag, v in offsets.items():
-        if v < 0:
-            raise CliError(f"{flag} must be >= 0, got {v}")
+    rates = {"--lr": args.lr, "--range-lr": args.range_lr, "--minutes": args.minutes}
+    try:
+        check_rates(**{flag: v for flag, v in rates.items() if v is not None})
+        check_rates(0.0, **{"--teacher-weight": args.teacher_weight})
+        check_counts(**{"--steps": args.steps, "--batch-size": args.batch_size, "--calib-frames": args.calib_frames,
+                        "--frames": args.frames, "--val-limit": args.val_limit, "--save-every": args.save_every,
+                        "--log-every": args.log_every})
+        check_counts(0, **{"--warmup": args.warmup, "--val-every": args.val_every})
+    except ValueError as e:
+        raise CliError(str(e)) from None
     if args.size and min(args.size) < MIN_SIDE:
         raise CliError(f"--size {args.size[0]} {args.size[1]}: each side must be >= {MIN_SIDE} pixels")
 

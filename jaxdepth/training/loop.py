@@ -163,12 +163,12 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
     from tqdm import tqdm
 
     from ..models import depth_range
-    _check_counts(steps=steps, batch_size=batch_size, log_every=log_every, save_every=save_every)
-    _check_counts(0, val_every=val_every, warmup=warmup)
-    _check_rates(lr=lr, **({"range_lr": range_lr} if learn_ranges else {}),
+    check_counts(steps=steps, batch_size=batch_size, log_every=log_every, save_every=save_every)
+    check_counts(0, val_every=val_every, warmup=warmup)
+    check_rates(lr=lr, **({"range_lr": range_lr} if learn_ranges else {}),
                  **({"minutes": minutes} if minutes is not None else {}))
     if target == "both":
-        _check_rates(0.0, teacher_weight=teacher_weight)
+        check_rates(0.0, teacher_weight=teacher_weight)
     if val is not None and val_every and not val.has_depth:
         raise ValueError(f"val ({val.name}) has no depth maps: validation needs ground truth (or val_every=0)")
     if batch_size > len(data):
@@ -266,14 +266,15 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
     return variables, log
 
 
-def _check_counts(low: int = 1, **counts: Any) -> None:
-    """Raise ValueError unless every value is an integer >= ``low``, naming the argument."""
+def check_counts(low: int = 1, **counts: Any) -> None:
+    """Raise ValueError unless every value is an integer >= ``low``, naming the argument (the keyword: `train`'s
+    parameter, or the CLI's option)."""
     for name, v in counts.items():
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
 
 
-def _check_rates(low: Optional[float] = None, **rates: Any) -> None:
+def check_rates(low: Optional[float] = None, **rates: Any) -> None:
     """Raise ValueError unless every value is a finite number > 0 (>= ``low`` when given), naming the argument."""
     for name, v in rates.items():
         ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
@@ -296,7 +297,7 @@ def validate(model: Any, variables: dict, val: ArrayData, batch_size: int = 8) -
     gt size, no flip; metres and the ground-truth cap / PSNR peak in the preset's depth range) on ``val``."""
     from .. import metrics
     from ..inference import resize_batch, upsample_depth
-    _check_counts(batch_size=batch_size)
+    check_counts(batch_size=batch_size)
     if not val.has_depth:
         raise ValueError(f"val ({val.name}) has no depth maps: validation needs ground truth")
     from ..models import depth_range, to_metres
