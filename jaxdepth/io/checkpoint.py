@@ -22,6 +22,7 @@ corrupted checkpoint instead of returning NaN weights.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -93,15 +94,22 @@ def _unnamed_tables(plan: Any) -> dict[str, Any]:
     return out
 
 
-def _check_fits(preset: Any, state: dict) -> None:
-    """ValueError when ``params`` / ``batch_stats`` are not the arrays the preset's model has (another
-    preset's variables would be saved, and fail only when loaded and applied)."""
+@functools.lru_cache(maxsize=8)
+def _variable_shapes(preset: Any) -> dict[str, tuple[int, ...]]:
+    """{``params/...`` / ``batch_stats/...`` name: shape} of the preset's model (traced once per preset: a
+    training run saves the same preset again and again)."""
     import jax.numpy as jnp
 
     from ..models.densedepth import DenseDepth
     model = DenseDepth(preset)
     expected = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
-    want = {k: tuple(v.shape) for k, v in _leaves({c: expected[c] for c in ("params", "batch_stats") if c in expected})}
+    return {k: tuple(v.shape) for k, v in _leaves({c: expected[c] for c in ("params", "batch_stats") if c in expected})}
+
+
+def _check_fits(preset: Any, state: dict) -> None:
+    """ValueError when ``params`` / ``batch_stats`` are not the arrays the preset's model has (another
+    preset's variables would be saved, and fail only when loaded and applied)."""
+    want = _variable_shapes(preset)
     have = {k: tuple(np.shape(v)) for k, v in _leaves({c: state[c] for c in ("params", "batch_stats") if c in state})}
     missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     wrong = [f"{k} {have[k]} (expected {want[k]})" for k in sorted(set(want) & set(have)) if want[k] != have[k]]
