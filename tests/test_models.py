@@ -133,7 +133,8 @@ def test_malformed_plans_are_precise_errors_when_made():
              (lambda: Plan.make("3"), "must be a JSON object"),
              (lambda: Plan.from_json({"rules": {}, "defualt": "float"}), r"'rules' and 'default', got also \['defualt'\]"),
              (lambda: Plan.make({"*": {"multiplier": "mul8u_NLX", "impl": "wstatt"}}), "'wstatt' names no LUT kernel"),
-             (lambda: Plan.make({"*": {"multiplier": "mul8u_NLX", "impl": ["wstat", "nope"]}}), "'nope' names no")]
+             (lambda: Plan.make({"*": {"multiplier": "mul8u_NLX", "impl": ["wstat", "nope"]}}), "'nope' names no"),
+             (lambda: Plan.make({"*": {"multiplier": "mul8u_NLX", "impl": []}}), "plan rule 'impl' must be")]
     for make, match in cases:
         with pytest.raises(ValueError, match=match):
             make()

@@ -8,7 +8,7 @@ supports the call (a cost model per kernel), and `explain` says which and why.
 """
 from . import (direct_kernel, dwrows_kernel, ffi_bridge, gather_kernel, lowrank, numpy_kernels, pallas_kernel,
                wstat_kernel, xla_kernels)
-from .api import conv2d, dense, explain, window_sums
+from .api import check_impl, conv2d, dense, explain, window_sums
 from .registry import Choice, Kernel, Problem, choose, implementations, register_kernel
 from .spec import ConvSpec
 
@@ -73,5 +73,5 @@ def warmup() -> None:
         module.warmup()
 
 
-__all__ = ["Choice", "ConvSpec", "Kernel", "Problem", "choose", "conv2d", "dense", "explain",
+__all__ = ["Choice", "ConvSpec", "Kernel", "Problem", "check_impl", "choose", "conv2d", "dense", "explain",
            "ffi_target_names", "implementations", "register_ffi_targets", "register_kernel", "warmup", "window_sums"]

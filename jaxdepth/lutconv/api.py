@@ -61,18 +61,25 @@ def _resolve_table(lut: TableLike, signed: Optional[bool]) -> tuple[Any, Optiona
     return table, (None if is_traced(table) else table), signed
 
 
-def _allowed(impl: ImplArg) -> Optional[frozenset[str]]:
-    """None for "auto"; for a sequence of kernel names, those names (each checked)."""
+def check_impl(impl: Any, what: str = "impl") -> Optional[frozenset[str]]:
+    """Checks a kernel choice: "auto", one kernel name, or a non-empty list of kernel names for "auto" to
+    choose among. Returns None for a string (auto or forced) and the names of a list; raises a ValueError
+    naming ``what`` (e.g. "plan rule 'impl'") otherwise, before any model is traced."""
+    known = implementations()
+    forms = "'auto', one kernel name, or a non-empty list of kernel names (no 'auto') for 'auto' to choose among"
     if isinstance(impl, str):
-        return None
-    try:
-        names = list(impl)
-    except TypeError:
-        names = None
-    if not names or not all(isinstance(name, str) and name != "auto" for name in names):
-        raise ValueError(f"impl must be a string ('auto' or one kernel name) or a non-empty list of kernel names "
-                         f"for 'auto' to choose among ({', '.join(implementations())}); got {impl!r}")
-    return frozenset(get_kernel(name).name for name in names)
+        names = [impl]
+    else:
+        try:
+            names = list(impl)
+        except TypeError:
+            names = None
+        if not names or not all(isinstance(name, str) and name != "auto" for name in names):
+            raise ValueError(f"{what} must be {forms}, got {impl!r}; kernels: {', '.join(known)}")
+    bad = [name for name in names if name != "auto" and name not in known]
+    if bad:
+        raise ValueError(f"{what} {bad[0]!r} names no LUT kernel; use {forms}; kernels: {', '.join(known)}")
+    return None if isinstance(impl, str) else frozenset(names)
 
 
 def _problem(x_shape: Any, w_shape: Any, table: Optional[np.ndarray], stride: Any, padding: PaddingArg,
@@ -142,10 +149,11 @@ def _select(problem: Problem, impl: ImplArg) -> tuple[Optional[Kernel], Choice]:
     """The kernel ``impl`` runs ``problem`` with, and the `Choice`; a forced kernel that cannot run it
     raises. An empty problem needs no kernel (None): its result is the zero array of the output shape."""
     if not isinstance(impl, str) or impl == "auto":
-        allowed = _allowed(impl)
+        allowed = check_impl(impl)
         if _is_empty(problem):
             return None, Choice(None, "empty", description=_empty_reason(problem))
         return choose(problem, allowed)
+    check_impl(impl)
     kernel = get_kernel(impl)
     if _is_empty(problem):
         return None, Choice(None, "empty", description=_empty_reason(problem))

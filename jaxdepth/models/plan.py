@@ -76,8 +76,9 @@ def _arith(value: RuleValue) -> Arithmetic:
         if inner.is_float:
             return inner
         impl = value.get("impl", "auto")
-        impl = str(impl) if isinstance(impl, str) else tuple(str(name) for name in impl)
-        _check_impl(impl)
+        from ..lutconv import check_impl  # lazy: plans are made without loading the kernels
+        check_impl(impl, "plan rule 'impl'")
+        impl = impl if isinstance(impl, str) else tuple(impl)
         runtime = bool(value.get("runtime_table", False))
         label = f"runtime ({'signed' if inner.multiplier.signed else 'unsigned'})" if runtime else inner.label
         return dataclasses.replace(inner, impl=impl, runtime_table=runtime, label=label, requant=requant)
@@ -99,16 +100,6 @@ def _parsed(text: str) -> Any:
     if not isinstance(plan, (Mapping, list)):
         raise ValueError(f"a plan must be a JSON object {{layer glob: arithmetic}}, got {json.dumps(plan)}")
     return plan
-
-
-def _check_impl(impl: Union[str, tuple[str, ...]]) -> None:
-    """ValueError now, not when the model is first applied, for a rule's ``impl`` that names no kernel."""
-    from ..lutconv import implementations
-    known = implementations()
-    bad = [name for name in ((impl,) if isinstance(impl, str) else impl) if name != "auto" and name not in known]
-    if bad or impl == ():
-        raise ValueError(f"plan rule 'impl' {bad[0] if bad else impl!r} names no LUT kernel; use 'auto', one of "
-                         f"{', '.join(known)}, or a list of them")
 
 
 def _jsonable(value: Any) -> Any:
