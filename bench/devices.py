@@ -2,7 +2,7 @@
 
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python bench/devices.py   # then with =1, alternating
 """
-import json, sys, time
+import json, time
 import numpy as np
 from jaxdepth.cli import common
 common.enable_compile_cache()

@@ -12,7 +12,6 @@ and the figures are medians over rounds, ratios taken within a round. The check 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess

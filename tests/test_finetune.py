@@ -2,7 +2,6 @@
 trained LUT model against an integer reference, the loss going down, distillation with an exact plan being a
 no-op, a fine-tuned checkpoint loading with its plan, and the CLI's bad-input errors (before any work)."""
 import json
-import shutil
 
 import flax.linen as nn
 import jax

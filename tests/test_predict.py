@@ -1,5 +1,4 @@
 """predict CLI: files written, per-image errors, unknown multipliers; a stand-in model keeps it fast."""
-from pathlib import Path
 
 import numpy as np
 import pytest

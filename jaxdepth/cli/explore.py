@@ -14,9 +14,8 @@ pareto.png, report.md. Exit codes: 0 done; 2 bad input (checked before any evalu
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from . import common
 from .common import CliError

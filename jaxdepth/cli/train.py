@@ -123,7 +123,7 @@ MIN_SIDE = 32
 def _check_numbers(args: argparse.Namespace) -> None:
     """The numeric options' ranges (CliError naming the option), by `train`'s own checks, before any work:
     rates finite and positive, counts >= 1, offsets >= 0; and --size sides >= MIN_SIDE."""
-    from ..training.loop import check_counts, check_rates
+    from ..checks import check_counts, check_rates
 
     rates = {"--lr": args.lr, "--range-lr": args.range_lr, "--minutes": args.minutes}
     try:

@@ -41,6 +41,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..checks import check_counts, is_count
 from ..metrics import EIGEN_CROP
 
 FORMATS = ("nyu_test", "nyu_mat", "npz", "folder", "synthetic")
@@ -105,12 +106,9 @@ class Dataset:
 def check_batching(batch_size: int, limit: Optional[int] = None) -> None:
     """Raise ValueError unless ``batch_size`` is a positive integer and ``limit`` None or a positive integer (a
     batch size of 0 would otherwise put every frame into one batch)."""
-    def count(v: object) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
-    if not count(batch_size):
-        raise ValueError(f"batch_size must be a positive integer (frames per batch), got {batch_size!r}")
-    if limit is not None and not count(limit):
-        raise ValueError(f"limit must be None (every frame) or a positive integer, got {limit!r}")
+    check_counts(batch_size=batch_size)
+    if limit is not None and not is_count(limit):
+        raise ValueError(f"limit must be None (every frame) or an integer >= 1, got {limit!r}")
 
 
 def batches(spec: str, batch_size: int = 8, fmt: str = "auto", limit: Optional[int] = None):

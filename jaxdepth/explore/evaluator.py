@@ -21,7 +21,7 @@ import hashlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 

@@ -2,7 +2,7 @@
 single source of truth: stored keys are skipped, each finished configuration is written at once."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, Optional, Protocol as TypingProtocol, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Protocol as TypingProtocol, Sequence, Union
 
 from ..multipliers import Multiplier, get
 from .evaluator import Config, Evaluator

@@ -13,7 +13,7 @@ serves the whole search.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..multipliers import Multiplier, get
 from .evaluator import Config, Evaluator, table_id

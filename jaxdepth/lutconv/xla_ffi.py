@@ -225,7 +225,6 @@ def call_threads() -> CallThreads:
 if AVAILABLE:
     KERNEL_LOCK = _KernelLock()
 else:  # pragma: no cover - non-POSIX hosts: kernels run through jax.pure_callback under a Python lock
-    import threading
     KERNEL_LOCK = threading.Lock()
 
 

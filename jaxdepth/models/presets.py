@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import numbers
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
+
+from ..checks import is_count, is_rate
 
 #: torchvision DenseNet: name -> (growth_rate, block_config, num_init_features)
 DENSENET_CONFIGS: dict[str, tuple[int, tuple[int, ...], int]] = {
@@ -59,22 +59,13 @@ class UnknownSettingError(PresetError, TypeError):
     """A preset setting that does not exist (a TypeError too, like an unknown keyword argument)."""
 
 
-def _is_int(v: Any, low: int = 1) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
-
-
-def _is_number(v: Any) -> bool:
-    """A positive finite number."""
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-
-
 def _is_tap(v: Any) -> bool:
-    return (isinstance(v, str) and v != "") or _is_int(v, 0)
+    return (isinstance(v, str) and v != "") or is_count(v, 0)
 
 
 def _is_up_block(b: Any) -> bool:
     return isinstance(b, UpBlock) and isinstance(b.name, str) and b.name != "" and _is_tap(b.skip) \
-        and _is_int(b.divisor)
+        and is_count(b.divisor)
 
 
 def _normalised(key: str, v: Any) -> Any:
@@ -83,20 +74,20 @@ def _normalised(key: str, v: Any) -> Any:
         return tuple(UpBlock(**b) if isinstance(b, dict) and set(b) == {"name", "skip", "divisor"} else
                      UpBlock(*b) if isinstance(b, (list, tuple)) and len(b) == 3 else b for b in v)
     if isinstance(v, (list, tuple)):
-        return tuple(int(x) if _is_int(x, 0) else x for x in v)
+        return tuple(int(x) if is_count(x, 0) else x for x in v)
     if isinstance(v, np.bool_):
         return bool(v)
-    if _is_int(v, 0):
+    if is_count(v, 0):
         return int(v)
-    if _is_number(v):
+    if is_rate(v):
         return float(v)
     return v
 
 
 _BOOL = ("true or false", lambda v: isinstance(v, bool))
-_NUMBER = ("a positive finite number", _is_number)
-_METRES = ("a positive finite number of metres", _is_number)
-_COUNT = ("a positive integer", _is_int)
+_NUMBER = ("a positive finite number", is_rate)
+_METRES = ("a positive finite number of metres", is_rate)
+_COUNT = ("a positive integer", is_count)
 _TEXT = ("a non-empty string", lambda v: isinstance(v, str) and v != "")
 
 #: preset field -> (the values it accepts, is a normalised value one of them)
@@ -107,12 +98,12 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "bottleneck": ("an encoder feature name (or a non-negative feature index)", _is_tap),
     "bottleneck_relu": _BOOL, "leakyrelu_a": _BOOL, "stride_in_1x1": _BOOL, "conv_bias": _BOOL, "tf_padding": _BOOL,
     "decoder_width": _NUMBER, "bn_eps": _NUMBER, "width_mult": _NUMBER,
-    "conv2_padding": ("a non-negative integer", lambda v: _is_int(v, 0)),
+    "conv2_padding": ("a non-negative integer", lambda v: is_count(v, 0)),
     "growth_rate": _COUNT, "num_init_features": _COUNT, "bn_size": _COUNT, "round_nearest": _COUNT,
     "block_config": ("a non-empty list of positive integers, e.g. [6,12,24,16]",
-                     lambda v: isinstance(v, tuple) and len(v) > 0 and all(map(_is_int, v))),
+                     lambda v: isinstance(v, tuple) and len(v) > 0 and all(map(is_count, v))),
     "input_size": ("null (any size) or [height, width], two positive integers",
-                   lambda v: v is None or (isinstance(v, tuple) and len(v) == 2 and all(map(_is_int, v)))),
+                   lambda v: v is None or (isinstance(v, tuple) and len(v) == 2 and all(map(is_count, v)))),
     "max_depth": _METRES, "min_depth": _METRES,
 }
 

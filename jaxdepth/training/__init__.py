@@ -13,4 +13,4 @@ __all__ = ["ArrayData", "FinetuneError", "RANGES", "TARGETS", "TRAINABLE", "Trai
            "augment", "before_after", "clip_straight_through", "check_plan", "check_spec", "check_teacher", "depth_loss", "depth_to_target",
            "format_report", "image_gradients", "make_optimizer", "make_train_step", "open_data", "prepare_student",
            "raw_range", "recovered", "render_default", "save_run", "select_trainable", "split_variables", "ssim", "teacher_target", "train",
-           "validate"]
+           "validate", "write_report"]

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from ..checks import check_counts, check_rates
 from ..models.calibrate import INPUT_SCALE_KEYS
 from .data import ArrayData, augment
 from .loss import clip_straight_through, depth_loss, depth_to_target, raw_range, teacher_target
@@ -264,22 +265,6 @@ def train(model: Any, variables: dict, data: ArrayData, *, steps: int, batch_siz
     if out is not None:
         save_run(out, model, preset, variables, log)
     return variables, log
-
-
-def check_counts(low: int = 1, **counts: Any) -> None:
-    """Raise ValueError unless every value is an integer >= ``low``, naming the argument (the keyword: `train`'s
-    parameter, or the CLI's option)."""
-    for name, v in counts.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-
-
-def check_rates(low: Optional[float] = None, **rates: Any) -> None:
-    """Raise ValueError unless every value is a finite number > 0 (>= ``low`` when given), naming the argument."""
-    for name, v in rates.items():
-        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
-        if not ok or (v < low if low is not None else v <= 0):
-            raise ValueError(f"{name} must be a finite number {'> 0' if low is None else f'>= {low:g}'}, got {v!r}")
 
 
 def _log_mean(log: dict, step: int, acc: dict[str, float], n: int, t0: float) -> None:
