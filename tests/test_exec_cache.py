@@ -133,7 +133,7 @@ def test_calibration_is_read_back_for_the_same_model_weights_and_images(monkeypa
     variables = model.init(jax.random.PRNGKey(0), images[:1])
     runs = []
     real = calibration._calibrate
-    monkeypatch.setattr(calibration, "_calibrate", lambda *a: runs.append(1) or real(*a))
+    monkeypatch.setattr(calibration, "_calibrate", lambda *a, **k: runs.append(1) or real(*a, **k))
     first = models.calibrate(model, variables, images)
     again = models.calibrate(model, variables, images)
     other = models.calibrate(model, variables, images[::-1] * 0.5)

@@ -330,19 +330,21 @@ def _quiet_abandoned_reads() -> None:
     sys.unraisablehook = hook
 
 
-def _named_signedness(quant: dict, info: dict) -> dict:
+def _named_signedness(quant: dict, info: dict, stored: Any = None) -> dict:
     """A calibration saved before its keys named the signedness of the tables it serves (``x_scale`` ...),
-    renamed after the plan saved with it (`jaxdepth.models.calibrate.upgrade_legacy_keys`); left as it is
-    when that plan names a multiplier this installation lacks (its layers then refuse to run with it)."""
+    renamed after the plan saved with it (``stored``, parsed from ``info`` when None;
+    `jaxdepth.models.calibrate.upgrade_legacy_keys`); left as it is when that plan names a multiplier this
+    installation lacks (its layers then refuse to run with it)."""
     from ..models.calibrate import has_legacy_keys, upgrade_legacy_keys
     from ..models.plan import Plan
 
     if not has_legacy_keys(quant):
         return quant
-    try:
-        stored = Plan.from_json(info.get("plan"))
-    except KeyError:
-        return quant
+    if stored is None:
+        try:
+            stored = Plan.from_json(info.get("plan"))
+        except KeyError:
+            return quant
     return upgrade_legacy_keys(quant, stored)
 
 
@@ -378,6 +380,6 @@ def load(path: Union[str, Path], plan: Any = None) -> tuple[Any, dict, dict]:
     restored = {k: dict(v) for k, v in restored.items()}
     _check_arrays(restored, info, path)
     if "quant" in restored:
-        restored["quant"] = _named_signedness(restored["quant"], info)
+        restored["quant"] = _named_signedness(restored["quant"], info, None if plan is not None else model_plan)
     variables = {k: jax.device_put(v) for k, v in restored.items()}
     return DenseDepth(preset, model_plan), variables, info

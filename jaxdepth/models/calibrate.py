@@ -220,19 +220,23 @@ def calibrate(model: Any, variables: dict, images: Any, method: str = "minmax", 
     """
     _check_options(method, layers, observer_kwargs)
     base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
-    if isinstance(images, (np.ndarray, jax.Array)):
-        _check_image_batch(_batches(images)[0], _takes_images(model))
-    if isinstance(images, (np.ndarray, jax.Array)) and exec_cache.folder() is not None:
-        key = (model, base, np.asarray(images), method, layers, fast_compile,  # (XLA's fast compile: other bits)
+    one_array = isinstance(images, (np.ndarray, jax.Array))
+    if one_array:  # checked once, here, so a stored result is refused for bad images too
+        images = _batches(images)
+        _check_image_batch(images[0], _takes_images(model))
+    if one_array and exec_cache.folder() is not None:
+        key = (model, base, np.asarray(images[0]), method, layers, fast_compile,  # (XLA's fast compile: other bits)
                sorted(observer_kwargs.items()))
 
         def compute() -> dict:
-            quant, names = _calibrate(model, base, images, method, layers, fast_compile, observer_kwargs)
+            quant, names = _calibrate(model, base, images, method, layers, fast_compile, observer_kwargs,
+                                      checked=True)
             return {"quant": _to_json(quant), "layers": names}
         stored = remembered("calibration", key, compute)
         quant, names = _from_json(stored["quant"]), stored["layers"]
     else:
-        quant, names = _calibrate(model, base, images, method, layers, fast_compile, observer_kwargs)
+        quant, names = _calibrate(model, base, images, method, layers, fast_compile, observer_kwargs,
+                                  checked=one_array)
     problem = unmatched_patterns(model.plan, names)
     if problem:
         warnings.warn(f"calibrate: the model's plan {problem}: the layers it meant stay float", UserWarning,
@@ -260,9 +264,9 @@ def _from_json(stored: list) -> dict:
 
 
 def _calibrate(model: Any, base: dict, images: Any, method: str, layers: str, fast_compile: bool,
-               observer_kwargs: dict) -> tuple[dict, list[str]]:
+               observer_kwargs: dict, checked: bool = False) -> tuple[dict, list[str]]:
     """(the ``quant`` collection of `calibrate` (input, and for integer requant output, QParams), the names of
-    every multiplying layer)."""
+    every multiplying layer). ``checked``: the batches were checked already (one array, in `calibrate`)."""
     from .densedepth import FAST_COMPILE_OPTIONS
 
     float_model = model.clone(plan=FLOAT_PLAN)
@@ -293,7 +297,8 @@ def _calibrate(model: Any, base: dict, images: Any, method: str, layers: str, fa
     seen_any = False
     images_in = _takes_images(model)
     for batch in _batches(images):
-        _check_image_batch(batch, images_in)
+        if not checked:
+            _check_image_batch(batch, images_in)
         batch = jnp.asarray(batch, jnp.float32)
         seen_any = True
         state = jax.device_get(observe(base, batch))
