@@ -387,11 +387,12 @@ def test_ray_workers_give_the_local_results_and_survive_a_killed_worker(tiny_ckp
             assert remote[rec["label"]][part] == rec[part], (rec["label"], part)
 
 
-def test_a_checkpoint_keeps_its_own_ranges_for_its_own_unsigned_plan(tmp_path):
-    """A checkpoint fine-tuned for an unsigned plan: explore uses its stored ranges for that plan (as
-    evaluate does), and calibrates anew for any other unsigned table."""
+def test_stored_ranges_serve_every_table_of_their_signedness_as_in_evaluate(tmp_path):
+    """A checkpoint fine-tuned for an unsigned plan: explore uses its stored ranges for that table and for any
+    other unsigned table, as evaluate (`inference.quantized`) does; signed tables, which the checkpoint holds
+    no ranges for, are calibrated. Such a checkpoint's results have their own store context."""
     import jax
-    from jaxdepth import models
+    from jaxdepth import inference, models
     from jaxdepth.explore import EvalSpec, Protocol
     from jaxdepth.io import checkpoint
     p = models.get_preset("densenet121", growth_rate=8, block_config=(1, 1, 1, 1), num_init_features=16, bn_size=1,
@@ -405,12 +406,20 @@ def test_a_checkpoint_keeps_its_own_ranges_for_its_own_unsigned_plan(tmp_path):
                                                 else a, variables["quant"])
     checkpoint.save(tmp_path / "ft", p, variables, plan=plan)
     ev = EvalSpec(model=str(tmp_path / "ft"), data=DATA, protocol=Protocol(batch_size=2, calib_frames=2)).build()
-    own = {n: multipliers.get("exact_u8") for n in ev.layer_names}
-    other = {n: multipliers.get("mul8u_197B") for n in ev.layer_names}
     leaves = lambda t: [np.asarray(a) for a in jax.tree_util.tree_leaves(t)]  # noqa: E731
     stored = leaves(ev.variables["quant"])
-    assert all(np.array_equal(a, b) for a, b in zip(leaves(ev._quant(own)), stored))
-    assert not all(np.array_equal(a, b) for a, b in zip(leaves(ev._quant(other)), stored))
+    for name in ("exact_u8", "mul8u_197B"):
+        assignment = {n: multipliers.get(name) for n in ev.layer_names}
+        assert all(np.array_equal(a, b) for a, b in zip(leaves(ev._quant(assignment)), stored)), name
+        _, by_evaluate = inference.quantized(ev.model, ev.variables, {"*": name}, ev._calib)
+        assert all(np.array_equal(a, b) for a, b in zip(leaves(by_evaluate["quant"]), stored)), name
+    signed = ev._quant({n: multipliers.get("mul8s_1KV8") for n in ev.layer_names})
+    assert {k for entry in jax.tree_util.tree_leaves(signed, is_leaf=lambda e: isinstance(e, dict) and
+                                                     "x_scale_int8" in e) for k in entry} == {"x_scale_int8",
+                                                                                               "x_zero_point_int8"}
+    from jaxdepth.explore.evaluator import _has_unsigned_calibration
+    assert _has_unsigned_calibration(ev.variables)       # its own store context; signed-only checkpoints keep theirs
+    assert not _has_unsigned_calibration({"quant": signed})
 
 
 @pytest.mark.slow

@@ -33,6 +33,15 @@ FLOAT = None
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "default_model" / "checkpoint"
 
 
+def _has_unsigned_calibration(variables: dict) -> bool:
+    """Whether ``variables["quant"]`` holds input ranges for unsigned tables (any layer)."""
+    from flax import traverse_util
+
+    from ..models.calibrate import qparam_keys
+    keys = set(qparam_keys("x", False))
+    return any(path[-1] in keys for path in traverse_util.flatten_dict(dict(variables.get("quant") or {})))
+
+
 def table_id(m: Optional[Multiplier]) -> str:
     """``name#hash`` of a multiplier's table (``float`` for None): what a stored plan is keyed by."""
     if m is None:
@@ -154,15 +163,14 @@ class Evaluator:
         self._x = {id(b[0]): resize_batch(np.asarray(b[0], np.uint8), self.input_size) for b in batches}
         shape = next(iter(self._x.values())).shape
         self.infos = describe(self.model, (1, *shape[1:]))
-        own = getattr(model, "plan", None)
-        #: the checkpoint's own plan (layer -> table), e.g. one fine-tuned for it: its stored ranges belong to it
-        self._own_tables = {} if own is None or own.is_float else {
-            i.name: i.arith.multiplier.table for i in describe(model, (1, *shape[1:]))
-            if i.arith.multiplier is not None}
         self.layer_names = [i.name for i in self.infos]
         self.description = dict(description)
-        self.context = digest({"description": self.description, "protocol": dataclasses.asdict(protocol),
-                               "version": 1})
+        context = {"description": self.description, "protocol": dataclasses.asdict(protocol), "version": 1}
+        if _has_unsigned_calibration(variables):
+            # results of such checkpoints changed when their stored unsigned ranges began to serve every unsigned
+            # table (before: the checkpoint's own only); other stores keep their keys
+            context["stored_unsigned_ranges"] = "every table"
+        self.context = digest(context)
         calib = calib_images if calib_images is not None else np.concatenate([b[0] for b in batches])[
             :protocol.calib_frames]
         self._calib = resize_batch(np.asarray(calib, np.uint8), self.input_size).astype(np.float32) / 255.0
@@ -241,19 +249,18 @@ class Evaluator:
                      for n in self.layer_names)
 
     def _quant(self, assignment: Mapping[str, Optional[Multiplier]]) -> dict:
-        """Input quantization as `python -m jaxdepth.evaluate` chooses it: the checkpoint's stored ``quant``
-        when it covers every quantized layer and every table is signed or is the table the checkpoint's own
-        plan gives that layer (a checkpoint fine-tuned for its plan keeps its ranges), else calibration on the first
-        ``calib_frames`` frames (per layer, for the layer's signedness; observers see the float model, so
+        """Input quantization as `python -m jaxdepth.evaluate` chooses it (`jaxdepth.inference.quantized`): the
+        checkpoint's stored ``quant`` when it holds a calibration of the right signedness for every quantized
+        layer (a checkpoint fine-tuned for a plan keeps its ranges, learned ones too), else calibration on the
+        first ``calib_frames`` frames (per layer, for the layer's signedness; observers see the float model, so
         one calibration per signedness serves every configuration)."""
         from ..models import Plan, calibrate
         from ..models.calibrate import qparam_keys
         used = [n for n in self.layer_names if assignment[n] is not None]
         stored = self.variables.get("quant")
         path = {i.name: i.path for i in self.infos}
-        own = all(n in self._own_tables and np.array_equal(self._own_tables[n], assignment[n].table) for n in used)
-        if stored is not None and (own or all(assignment[n].signed for n in used)) and all(
-                qparam_keys("x", assignment[n].signed)[0] in (_get(stored, path[n]) or {}) for n in used):
+        if stored is not None and all(all(k in (_get(stored, path[n]) or {}) for k in
+                                          qparam_keys("x", assignment[n].signed)) for n in used):
             return stored
         entries = {}
         for n in used:
