@@ -10,7 +10,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.mark.parametrize("script", ["layer_shapes.py", *(pytest.param(s, marks=pytest.mark.slow)   # --help imports JAX
-                                                          for s in ("compare.py", "paired.py", "requant_accuracy.py"))])
+                                                          for s in ("compare.py", "paired.py", "requant_accuracy.py",
+                                                                    "cost_model.py"))])
 def test_bench_script_runs(script):
     args = [sys.executable, str(BENCH / script)] + ([] if script == "layer_shapes.py" else ["--help"])
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
@@ -40,3 +41,25 @@ def test_table_structure_measures_the_error_against_the_exact_product():
     assert (exact.nonzero, exact.zero_rows, exact.zero_cols, exact.rank) == (0.0, 1.0, 1.0, 0)
     approx = table_structure.error_structure("mul8u_0AB")   # published error range +-115: fits 8 bits
     assert 0 < approx.nonzero <= 1 and approx.rank > 0 and approx.fits_int8
+
+
+def test_cost_model_summary_counts_misses_and_ratios():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import cost_model
+    finally:
+        sys.path.remove(str(BENCH))
+    rows = [{"network": "n", "table": "t", "count": 3, "auto": "wstat", "fastest": "lowrank", "layer": "a",
+             "estimated": {"wstat": 1.0, "lowrank": 3.0}, "measured": {"wstat": 2.0, "lowrank": 1.5},
+             "auto_loss_s": 0.5},
+            {"network": "n", "table": "t", "count": 1, "auto": "wstat", "fastest": "wstat", "layer": "b",
+             "estimated": {"wstat": 1.0}, "measured": {"wstat": 1.0}, "auto_loss_s": 0.0}]
+    s = cost_model.summarize(rows)
+    assert s["per_kernel"]["wstat"]["median_est_over_measured"] == 0.75
+    assert s["per_kernel"]["wstat"]["within_1.5x"] == 0.5 and s["per_kernel"]["wstat"]["within_2x"] == 1.0
+    assert s["per_kernel"]["lowrank"]["within_1.5x"] == 0.0 and s["per_kernel"]["lowrank"]["within_2x"] == 1.0
+    net = s["networks"]["n / t"]
+    assert net["auto_fastest_share"] == 0.5 and net["network_seconds_auto"] == 7.0
+    assert net["seconds_lost_to_misses"] == 1.5 and net["worst_miss"] == "a"
+    assert "| n | a | t | wstat | lowrank |" in cost_model.markdown(rows, s, {"time": "x", "machine": "m", "load": "l",
+                                                                           "repeats": 1, "within": 3.0})

@@ -86,7 +86,9 @@ def test_keras3_save_converted_by_cli_matches_keras(nyu, tmp_path):
     model, variables, info = checkpoint.load(tmp_path / "ck")
     assert model.preset == models.get_preset("densedepth_nyu") and info["extra"]["source"] == "keras"
     assert model.preset.bn_eps == pytest.approx(1.001e-5)
-    assert _rel_err(_flax_out(nyu, variables), _keras_ref(nyu)) <= TOL
+    err = _rel_err(_flax_out(nyu, variables), _keras_ref(nyu))
+    print(f"densedepth_nyu from a Keras 3 save: max |diff| / max |output| = {err:.2e}")
+    assert err <= TOL
 
 
 @pytest.mark.slow
@@ -111,7 +113,9 @@ def test_keras2_layout_of_the_published_files_matches_keras(nyu):
     assert report.settings["leakyrelu_a"] == "read from the Keras 2 model_config"
     assert "conv1_relu" in report.skipped and "pool3_pool" in report.skipped
     assert len(report.used) == report.converted == len(model.weights)
-    assert _rel_err(_flax_out(nyu, variables), _keras_ref(nyu)) <= TOL
+    err = _rel_err(_flax_out(nyu, variables), _keras_ref(nyu))
+    print(f"densedepth_nyu from the Keras 2 layout: max |diff| / max |output| = {err:.2e}")
+    assert err <= TOL
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +266,9 @@ def test_keras_mobilenetv2_densedepth_matches_keras(tmp_path):
     assert err <= TOL, err
     torch_pad = models.build(preset, tf_padding=False)
     fn = models.compile_apply(torch_pad, variables, x.shape, fast_compile=True)
-    assert _rel_err(np.asarray(fn(variables, x)), ref) > 100 * TOL
+    torch_err = _rel_err(np.asarray(fn(variables, x)), ref)
+    print(f"keras_mobilenetv2 with tf_padding=False: max |diff| / max |output| = {torch_err:.2e}")
+    assert torch_err > 100 * TOL
 
 
 def test_keras_family_detection_and_wiring(tmp_path):
