@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -11,7 +12,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 @pytest.mark.parametrize("script", ["layer_shapes.py", *(pytest.param(s, marks=pytest.mark.slow)   # --help imports JAX
                                                           for s in ("compare.py", "paired.py", "requant_accuracy.py",
-                                                                    "cost_model.py"))])
+                                                                    "cost_model.py", "scene_error.py"))])
 def test_bench_script_runs(script):
     args = [sys.executable, str(BENCH / script)] + ([] if script == "layer_shapes.py" else ["--help"])
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
@@ -63,3 +64,26 @@ def test_cost_model_summary_counts_misses_and_ratios():
     assert net["seconds_lost_to_misses"] == 1.5 and net["worst_miss"] == "a"
     assert "| n | a | t | wstat | lowrank |" in cost_model.markdown(rows, s, {"time": "x", "machine": "m", "load": "l",
                                                                            "repeats": 1, "within": 3.0})
+
+
+def test_scene_error_separates_a_tables_offset_from_its_spread():
+    """A table that adds a constant c to every product shifts each 3x3 output by 9 C c: all offset, no spread;
+    the exact table has no error. Checked against those closed forms."""
+    import types
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scene_error
+    finally:
+        sys.path.remove(str(BENCH))
+    from jaxdepth import multipliers
+    rng = np.random.default_rng(0)
+    info = types.SimpleNamespace(stride=1, padding=1, groups=1)
+    lc = types.SimpleNamespace(info=info, x_codes=rng.integers(0, 256, (6, 7, 4)), w_codes=rng.integers(0, 256, (3, 3, 4, 5)),
+                               x_zero_point=17, w_zero_point=np.full(5, 128), x_scale=0.1)
+    exact = multipliers.get("exact_u8")
+    assert scene_error.layer_error(lc, exact)["rel_error"] == 0.0
+    shifted = multipliers.Multiplier("plus3", exact.table + 3, signed=False)
+    r = scene_error.layer_error(lc, shifted)
+    rms = np.sqrt(np.mean(scene_error.centred_sum(lc) ** 2))
+    assert r["offset"] == pytest.approx(9 * 4 * 3 / rms) and r["spread"] == pytest.approx(0.0, abs=1e-12)
+    assert r["error_per_product"] == pytest.approx(3.0)
