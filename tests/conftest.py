@@ -71,3 +71,32 @@ def lite_vars():
     """Freshly initialised variables of the small ``mobilenetv2_lite`` preset (what checkpoints must fit)."""
     from jaxdepth import models
     return models.init_variables(models.build("mobilenetv2_lite"), 0)
+
+
+def _c_sigint_action() -> int | None:
+    """The process's C-level SIGINT handler address (sigaction; Linux), None where it cannot be read. A native
+    library can replace Python's own handler there, unseen by `signal.getsignal`."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(256)       # struct sigaction: the handler is its first field
+        if libc.sigaction(2, None, buf) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return int.from_bytes(buf.raw[:ctypes.sizeof(ctypes.c_void_p)], sys.byteorder)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_left_as_found(request):
+    """Every test leaves SIGINT's handling as it found it (Python's handler, and the C-level action under it):
+    the Ctrl-C tests rely on it, and a test that replaced it would break whichever ran next in the same
+    worker. A leak fails the test that caused it; Python's handler is put back for the next one."""
+    import signal
+    before, c_before = signal.getsignal(signal.SIGINT), _c_sigint_action()
+    yield
+    after, c_after = signal.getsignal(signal.SIGINT), _c_sigint_action()
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+    assert after is before, f"{request.node.nodeid} left SIGINT's handler as {after!r}"
+    assert c_after == c_before, f"{request.node.nodeid} replaced SIGINT's C-level action ({c_before} -> {c_after})"
