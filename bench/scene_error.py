@@ -46,11 +46,13 @@ def centred_sum(lc) -> np.ndarray:
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=info.groups), np.float64)
 
 
-def layer_error(lc, circuit) -> dict:
-    """The layer's own table error on its captured codes, relative to the rms of its exact centred sum."""
+def layer_error(lc, circuit, impl: str = "auto") -> dict:
+    """The layer's own table error on its captured codes, relative to the rms of its exact centred sum
+    (``impl``: the `lutconv` kernel; every kernel gives the same bits)."""
     info = lc.info
     x, w = lc.x_codes[None].astype(np.uint8), lc.w_codes.astype(np.uint8)
-    kw = dict(stride=info.stride, padding=info.padding, groups=info.groups, pad_code=int(lc.x_zero_point))
+    kw = dict(stride=info.stride, padding=info.padding, groups=info.groups, pad_code=int(lc.x_zero_point),
+              impl=impl)
     err = (np.asarray(lutconv.conv2d(x, w, circuit, **kw), np.float64)
            - np.asarray(lutconv.conv2d(x, w, multipliers.get("exact_u8" if not circuit.signed else "exact_s8"),
                                        **kw), np.float64))

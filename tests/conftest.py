@@ -94,9 +94,13 @@ def _sigint_handler_left_as_found(request):
     worker. A leak fails the test that caused it; Python's handler is put back for the next one."""
     import signal
     before, c_before = signal.getsignal(signal.SIGINT), _c_sigint_action()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert signal.SIGINT not in blocked, f"SIGINT is blocked in the test thread before {request.node.nodeid}"
     yield
     after, c_after = signal.getsignal(signal.SIGINT), _c_sigint_action()
     if after is not before:
         signal.signal(signal.SIGINT, before)
     assert after is before, f"{request.node.nodeid} left SIGINT's handler as {after!r}"
     assert c_after == c_before, f"{request.node.nodeid} replaced SIGINT's C-level action ({c_before} -> {c_after})"
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, []), \
+        f"{request.node.nodeid} left SIGINT blocked in the test thread"
