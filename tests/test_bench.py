@@ -81,8 +81,7 @@ def test_scene_error_separates_a_tables_offset_from_its_spread():
     lc = types.SimpleNamespace(info=info, x_codes=rng.integers(0, 256, (6, 7, 4)), w_codes=rng.integers(0, 256, (3, 3, 4, 5)),
                                x_zero_point=17, w_zero_point=np.full(5, 128), x_scale=0.1)
     exact = multipliers.get("exact_u8")
-    # the NumPy reference kernel: a cold compiled-kernel call this early in a worker made the Ctrl-C tests that
-    # follow it lose their interrupt (fresh clones only; see README Status)
+    # the NumPy reference kernel (same bits as every kernel; no compile this early in a worker)
     assert scene_error.layer_error(lc, exact, impl="vectorized")["rel_error"] == 0.0
     shifted = multipliers.Multiplier("plus3", exact.table + 3, signed=False)
     r = scene_error.layer_error(lc, shifted, impl="vectorized")
