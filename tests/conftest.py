@@ -87,6 +87,17 @@ def _c_sigint_action() -> int | None:
     return int.from_bytes(buf.raw[:ctypes.sizeof(ctypes.c_void_p)], sys.byteorder)
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, as in an interactive shell, where a user's
+    Ctrl-C arrives: a suite started as a background job (``cmd &`` without job control) inherits SIGINT
+    ignored, and Python then keeps it ignored, so a test delivering a real SIGINT would see nothing."""
+    import signal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(autouse=True)
 def _sigint_handler_left_as_found(request):
     """Every test leaves SIGINT's handling as it found it (Python's handler, and the C-level action under it):

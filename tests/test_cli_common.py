@@ -70,7 +70,7 @@ def test_an_interrupted_program_exits_130_at_once():
     assert done.stderr.strip() == "interrupted: 0 items finished"
 
 
-def test_a_ctrl_c_swallowed_by_a_gc_callback_is_delivered_again(capsys):
+def test_a_ctrl_c_swallowed_by_a_gc_callback_is_delivered_again(capsys, python_sigint):
     """JAX's garbage-collector callback (like any code whose exceptions Python can only print) would swallow a
     Ctrl-C that lands in it, and the command ran on: the runner delivers it again."""
     import gc

@@ -271,7 +271,8 @@ def test_checkpoint_folders_get_the_umask_mode(tmp_path, lite_vars):
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
 
 
-def test_ctrl_c_during_save_leaves_nothing_behind(tmp_path, capsys, monkeypatch, lite_state_dict, lite_vars):
+def test_ctrl_c_during_save_leaves_nothing_behind(tmp_path, capsys, monkeypatch, lite_state_dict, lite_vars,
+                                                 python_sigint):
     """Ctrl-C while orbax writes in the background (simulated: SIGINT right after its save() returns): the one
     ``interrupted:`` line, exit 130, no partial folder, no orbax thread left running, an old checkpoint intact."""
     import signal
