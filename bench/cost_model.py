@@ -123,10 +123,16 @@ def main(argv=None) -> int:
     if args.repeats < 1 or not args.within >= 1:
         ap.error("--repeats must be >= 1 and --within >= 1")
     for name in args.tables:
-        multipliers.get(name)  # unknown names fail now, not after the first network
+        try:
+            multipliers.get(name)  # unknown names fail now, not after the first network
+        except KeyError as e:
+            ap.error(f"--tables: {e.args[0]}")
     out = Path(args.out) if args.out else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            ap.error(f"--out {out}: {e.strerror}")
         if not os.access(out, os.W_OK):
             ap.error(f"--out {out}: not writable")
     meta = {"time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

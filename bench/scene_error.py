@@ -81,7 +81,10 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=int, default=8, help="calibration frames (the first of each data set)")
     ap.add_argument("--out", default=None, help="directory for scene_error_<multiplier>.md (default: print only)")
     args = ap.parse_args(argv)
-    circuit = multipliers.get(args.multiplier)
+    try:
+        circuit = multipliers.get(args.multiplier)
+    except KeyError as e:
+        ap.error(f"--multiplier: {e.args[0]}")
     if args.calib < 1 or any(f < 0 for f in args.frames):
         ap.error("--calib must be >= 1 and --frames >= 0")
     if args.out and not os.access(Path(args.out), os.W_OK):
