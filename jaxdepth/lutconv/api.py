@@ -148,12 +148,11 @@ def _empty_reason(problem: Problem) -> str:
 def _select(problem: Problem, impl: ImplArg) -> tuple[Optional[Kernel], Choice]:
     """The kernel ``impl`` runs ``problem`` with, and the `Choice`; a forced kernel that cannot run it
     raises. An empty problem needs no kernel (None): its result is the zero array of the output shape."""
+    allowed = check_impl(impl)
     if not isinstance(impl, str) or impl == "auto":
-        allowed = check_impl(impl)
         if _is_empty(problem):
             return None, Choice(None, "empty", description=_empty_reason(problem))
         return choose(problem, allowed)
-    check_impl(impl)
     kernel = get_kernel(impl)
     if _is_empty(problem):
         return None, Choice(None, "empty", description=_empty_reason(problem))
