@@ -20,7 +20,11 @@ signed table, ``..._uint8`` for an unsigned one: `jaxdepth.models.calibrate.qpar
 other signedness raises. A plan rule with ``"requant": "integer"`` makes the layer requantize its
 accumulators in integer arithmetic (`jaxdepth.quant.requant`) to output codes with the calibrated output
 parameters (``y_scale_<int8|uint8>``, ``y_zero_point_<int8|uint8>``), the layer's ``activation`` fused;
-its output is the dequantised value of those codes. Gradients of quantized layers use the straight-through
+its output is the dequantised value of those codes. Error compensation (`jaxdepth.models.compensate`): a layer
+whose ``quant`` entry holds ``acc_offset_<table digest>`` for its table (``variables["lut"][<path>]
+["acc_offset"]`` for a runtime table) subtracts it from its accumulators; with the ``"compensation"``
+collection mutable, every layer with an inexact table sows its table's mean error on the codes it sees
+(`jaxdepth.quant.table_error_mean`), under that key. Gradients of quantized layers use the straight-through
 estimator: the forward value is the table result, bit for bit; the backward pass is the exact float layer's
 (so approximation-aware fine-tuning works).
 """
@@ -116,16 +120,27 @@ def _exact_conv(x, w, b, cfg):
     return y + b
 
 
-def ste_lut_conv(x, w, b, x_scale, x_zero, cfg, table=None):
+def ste_lut_conv(x, w, b, x_scale, x_zero, cfg, table=None, acc_offset=None):
     """LUT convolution forward (bit-exact), exact-convolution gradient (straight-through estimator).
 
     ``cfg = (multiplier, impl, stride, padding, groups)``; the semantics live in `jaxdepth.quant`.
-    ``table``: a runtime table replacing the multiplier's (plans with ``runtime_table``).
+    ``table``: a runtime table replacing the multiplier's (plans with ``runtime_table``). ``acc_offset``:
+    the layer's error compensation (None: none).
     """
     multiplier, impl, stride, padding, groups = cfg
     qp = quant.QParams(x_scale, x_zero, multiplier.signed)
     return quant.lut_conv2d(x, w, b, multiplier, qp, stride=stride, padding=padding, groups=groups, impl=impl,
-                            straight_through=True, table=table)
+                            straight_through=True, table=table, acc_offset=acc_offset)
+
+
+#: the error-compensation key of a runtime table (in ``variables["lut"][<path>]``, beside ``"table"``)
+RUNTIME_OFFSET_KEY = "acc_offset"
+
+
+def offset_key(multiplier) -> str:
+    """The ``quant`` key of a layer's error-compensation offset for ``multiplier``'s table: named by the
+    table's content (`Multiplier.digest`), so an offset is never applied to another table."""
+    return f"acc_offset_{multiplier.digest}"
 
 
 def layer_name(module: nn.Module) -> str:
@@ -196,6 +211,27 @@ class _Quantized:
                     f"jaxdepth.io.checkpoint.load (it reads the signedness from the checkpoint's plan) or {fix}")
         return ""
 
+    def _acc_offset(self, arith):
+        """The layer's error-compensation offset for its table (int32 (O,)), None when it has none."""
+        if arith.runtime_table:
+            return self.get_variable("lut", RUNTIME_OFFSET_KEY) if self.has_variable("lut", RUNTIME_OFFSET_KEY) \
+                else None
+        key = offset_key(arith.multiplier)
+        return self.get_variable("quant", key) if self.has_variable("quant", key) else None
+
+    def _observe_table_error(self, x, kernel, arith, x_scale, x_zero, table, stride=1, padding=0, groups=1):
+        """With the ``"compensation"`` collection mutable, sow the table's mean error on this layer's codes
+        (under the layer's offset key; tables equal to the exact product are skipped: their error is 0)."""
+        if not self.is_mutable_collection("compensation") or self.is_initializing():
+            return
+        if table is None and arith.multiplier.is_exact:
+            return
+        qp = quant.QParams(x_scale, x_zero, arith.multiplier.signed)
+        error = quant.table_error_mean(x, kernel, arith.multiplier, qp, stride=stride, padding=padding,
+                                       groups=groups, impl=arith.impl, table=table)
+        self.sow("compensation", RUNTIME_OFFSET_KEY if arith.runtime_table else offset_key(arith.multiplier),
+                 jax.lax.stop_gradient(error))
+
     def _runtime_table(self, arith):
         """The layer's table from ``variables["lut"]`` when the plan makes it a runtime operand, else None."""
         if not arith.runtime_table:
@@ -256,20 +292,23 @@ class QConv(_Quantized, nn.Module):
             bias = bias * mul + add
         x_scale, x_zero = self._input_qparams(arith.multiplier.signed)
         table = self._runtime_table(arith)
+        offset = self._acc_offset(arith)
+        self._observe_table_error(x, kernel, arith, x_scale, x_zero, table, self.stride, self.padding, self.groups)
         if arith.requant == "integer":
-            y = self._integer_requant(x, kernel, bias, x_scale, x_zero, cfg, table)
+            y = self._integer_requant(x, kernel, bias, x_scale, x_zero, cfg, table, offset)
         else:
-            y = requant.apply_activation(ste_lut_conv(x, kernel, bias, x_scale, x_zero, cfg, table),
+            y = requant.apply_activation(ste_lut_conv(x, kernel, bias, x_scale, x_zero, cfg, table, offset),
                                          self.activation)
         return (y, None) if return_pre_norm else y
 
-    def _integer_requant(self, x, kernel, bias, x_scale, x_zero, cfg, table) -> jax.Array:
+    def _integer_requant(self, x, kernel, bias, x_scale, x_zero, cfg, table, offset) -> jax.Array:
         """The layer with integer requantization; with the ``"export"`` collection mutable, also sows the
         integer tensors and parameters (`jaxdepth.export` reads them: golden codes and C headers)."""
         multiplier, impl, stride, padding, groups = cfg
         x_qp = quant.QParams(x_scale, x_zero, multiplier.signed)
         y_qp = self._output_qparams(multiplier.signed)
-        kw = dict(activation=self.activation, stride=stride, padding=padding, groups=groups, impl=impl, table=table)
+        kw = dict(activation=self.activation, stride=stride, padding=padding, groups=groups, impl=impl, table=table,
+                  acc_offset=offset)
         if self.is_mutable_collection("export"):
             y, details = quant.lut_conv2d_requant(x, kernel, bias, multiplier, x_qp, y_qp, return_details=True,
                                                   **kw)
@@ -307,9 +346,11 @@ class QDense(_Quantized, nn.Module):
             return y
         x_scale, x_zero = self._input_qparams(arith.multiplier.signed)
         table = self._runtime_table(arith)
+        offset = self._acc_offset(arith)
+        self._observe_table_error(x4, w4, arith, x_scale, x_zero, table)
         if arith.requant == "integer":
             x_qp = quant.QParams(x_scale, x_zero, arith.multiplier.signed)
             y_qp = self._output_qparams(arith.multiplier.signed)
             return quant.lut_conv2d_requant(x4, w4, bias, arith.multiplier, x_qp, y_qp, impl=arith.impl,
-                                            straight_through=True, table=table)[:, 0, 0, :]
-        return ste_lut_conv(x4, w4, bias, x_scale, x_zero, cfg, table)[:, 0, 0, :]
+                                            straight_through=True, table=table, acc_offset=offset)[:, 0, 0, :]
+        return ste_lut_conv(x4, w4, bias, x_scale, x_zero, cfg, table, offset)[:, 0, 0, :]

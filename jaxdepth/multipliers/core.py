@@ -9,6 +9,8 @@ a circuit wired the other way round (activation on the first input).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 from typing import Any, Mapping
 
 import numpy as np
@@ -85,6 +87,14 @@ class Multiplier:
     @property
     def source(self) -> str:
         return str(self.metadata.get("source", "user"))
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A short content hash of the table and its signedness: the same circuit under any name gets the same
+        digest (names what was computed for a table, e.g. a layer's error-compensation offset)."""
+        h = hashlib.sha256(b"s" if self.signed else b"u")
+        h.update(np.ascontiguousarray(self.table, np.int32).tobytes())
+        return h.hexdigest()[:16]
 
     @property
     def is_exact(self) -> bool:

@@ -4,6 +4,7 @@
                     y   = s_x * s_w[o] * acc + bias[o]
     unsigned table: acc = sum lut[w, x] - z_x * sum w - z_w[o] * sum x + K * z_x * z_w[o]
                     y   = s_x * s_w[o] * acc + bias[o]
+    compensated:    acc - acc_offset[o] in place of acc (int32; `table_error_mean` measures the offset)
 
 The table replaces only the code product; the zero-point corrections are exact integer arithmetic
 (int32, wrapping: the final value fits, so intermediate wrap-around cancels). K is the reduction length
@@ -28,6 +29,7 @@ formula has no zero-point term); a concrete runtime table as `lutconv.conv2d` ch
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from typing import Any, Optional
@@ -40,6 +42,7 @@ from .. import lutconv
 from ..lutconv.api import ImplArg, check_table
 from ..lutconv.spec import as_pair, check_groups, normalize_padding
 from ..multipliers import Multiplier
+from ..multipliers import exact as exact_multiplier
 from .params import QParams, check_finite, quantize, weight_qparams
 from .requant import apply_activation, dequantize_output, requant_params, requantize
 
@@ -52,20 +55,32 @@ def _exact_conv(x, w, bias, cfg) -> jax.Array:
     return y + bias
 
 
+def _codes(x, w, x_qp: QParams, w_qp: Optional[QParams], cfg):
+    """(x_codes, w_codes, w_qp): the layer's integer codes (weights per output channel unless ``w_qp``)."""
+    multiplier, per_channel = cfg[0], cfg[5]
+    if w_qp is None:
+        w_qp = weight_qparams(w, multiplier.signed, per_channel)
+    return quantize(x, x_qp), quantize(w, w_qp), w_qp
+
+
+def _table_sum(x_codes, w_codes, lut, x_qp: QParams, cfg) -> jax.Array:
+    """``sum lut[w, x]`` over each window (int32), padding with the code of real 0."""
+    multiplier, stride, pads, dilation, groups, _, impl = cfg
+    return lutconv.conv2d(x_codes, w_codes, lut, signed=multiplier.signed, stride=stride, padding=pads,
+                          dilation=dilation, groups=groups, pad_code=jnp.asarray(x_qp.zero_point, jnp.int32),
+                          impl=impl)
+
+
 def _table_acc(x, w, x_qp: QParams, w_qp: Optional[QParams], table, cfg):
     """Integer codes and the int32 accumulators through the table (the reference semantics above); ``table``
     (None: the multiplier's own) is a runtime (256, 256) table, possibly traced, used with the multiplier's
     signedness. Returns (acc, x_codes, w_codes, w_qp)."""
     multiplier, stride, pads, dilation, groups, per_channel, impl = cfg
-    if w_qp is None:
-        w_qp = weight_qparams(w, multiplier.signed, per_channel)
-    x_codes, w_codes = quantize(x, x_qp), quantize(w, w_qp)
-    kernel_hw = tuple(w.shape[:2])
-    z_x = jnp.asarray(x_qp.zero_point, jnp.int32)
-    lut = multiplier if table is None else table
-    acc = lutconv.conv2d(x_codes, w_codes, lut, signed=multiplier.signed, stride=stride, padding=pads, dilation=dilation,
-                         groups=groups, pad_code=z_x, impl=impl)
+    x_codes, w_codes, w_qp = _codes(x, w, x_qp, w_qp, cfg)
+    acc = _table_sum(x_codes, w_codes, multiplier if table is None else table, x_qp, cfg)
     if not multiplier.signed:
+        kernel_hw = tuple(w.shape[:2])
+        z_x = jnp.asarray(x_qp.zero_point, jnp.int32)
         n_out = w.shape[-1]
         reduction = kernel_hw[0] * kernel_hw[1] * w.shape[2]
         z_w = jnp.broadcast_to(jnp.asarray(w_qp.zero_point, jnp.int32), (n_out,))
@@ -76,9 +91,11 @@ def _table_acc(x, w, x_qp: QParams, w_qp: Optional[QParams], table, cfg):
     return acc, x_codes, w_codes, w_qp
 
 
-def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], table, cfg) -> jax.Array:
-    """The table forward pass with the float rescale ``s_x * s_w[o] * acc + bias``."""
+def _table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], table, acc_offset, cfg) -> jax.Array:
+    """The table forward pass with the float rescale ``s_x * s_w[o] * (acc - acc_offset[o]) + bias``."""
     acc, _, _, w_qp = _table_acc(x, w, x_qp, w_qp, table, cfg)
+    if acc_offset is not None:
+        acc = acc - acc_offset
     scale = jnp.asarray(x_qp.scale, jnp.float32) * jnp.asarray(w_qp.scale, jnp.float32)
     y = acc.astype(jnp.float32) * scale + bias
     poisoned = jnp.isnan(x).any(axis=(1, 2, 3)) | ~jnp.isfinite(w).all()   # NaN has no code: propagate it
@@ -150,13 +167,16 @@ def _check_inputs(x, w, bias, x_qp: QParams) -> None:
                       f"end codes {x_qp.code_range}", RuntimeWarning, stacklevel=3)
 
 
-def _int_table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], y_qp: QParams, table, activation: str,
-                    cfg) -> tuple[jax.Array, dict]:
+def _int_table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], y_qp: QParams, table, acc_offset,
+                    activation: str, cfg) -> tuple[jax.Array, dict]:
     """The table forward pass with integer requantization (`jaxdepth.quant.requant`): (dequantised output
-    codes, details = the integer tensors and parameters an accelerator would hold)."""
+    codes, details = the integer tensors and parameters an accelerator would hold). An ``acc_offset`` is
+    folded into the int32 bias (``bias_q - acc_offset``), where an accelerator would hold it."""
     acc, x_codes, w_codes, w_qp = _table_acc(x, w, x_qp, w_qp, table, cfg)
     rp = requant_params(x_qp.scale, w_qp.scale, bias, y_qp.scale, y_qp.zero_point,
                         signed=cfg[0].signed, activation=activation)
+    if acc_offset is not None:
+        rp = dataclasses.replace(rp, bias=rp.bias - acc_offset)      # int32, wrapping as the accumulator does
     codes = requantize(acc, rp)
     details = {"x_codes": x_codes, "w_codes": w_codes, "w_zero_point": w_qp.zero_point,
                "x_zero_point": x_qp.zero_point, "acc": acc, "codes": codes, "requant": rp}
@@ -164,14 +184,14 @@ def _int_table_conv(x, w, bias, x_qp: QParams, w_qp: Optional[QParams], y_qp: QP
     return jnp.where(poisoned[:, None, None, None], jnp.nan, dequantize_output(codes, rp)), details
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _straight_through_conv(x, w, bias, x_qp, w_qp, table, cfg):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _straight_through_conv(x, w, bias, x_qp, w_qp, table, acc_offset, cfg):
     """Forward: the table result, bit for bit. Backward: the exact float layer's gradient."""
-    return _table_conv(x, w, bias, x_qp, w_qp, table, cfg)
+    return _table_conv(x, w, bias, x_qp, w_qp, table, acc_offset, cfg)
 
 
-def _ste_forward(x, w, bias, x_qp, w_qp, table, cfg):
-    return _table_conv(x, w, bias, x_qp, w_qp, table, cfg), (x, w, bias, x_qp, w_qp, table)
+def _ste_forward(x, w, bias, x_qp, w_qp, table, acc_offset, cfg):
+    return _table_conv(x, w, bias, x_qp, w_qp, table, acc_offset, cfg), (x, w, bias, x_qp, w_qp, table, acc_offset)
 
 
 def _zero_cotangent(leaf: Any) -> Any:
@@ -195,23 +215,24 @@ def _scale_cotangent(x, x_qp: QParams, dx):
 
 
 def _ste_backward(cfg, residuals, g):
-    x, w, bias, x_qp, w_qp, table = residuals
+    x, w, bias, x_qp, w_qp, table, acc_offset = residuals
     _, vjp = jax.vjp(lambda x, w, b: _exact_conv(x, w, b, cfg), x, w, bias)
     dx, dw, db = vjp(g)
     d_xqp = jax.tree_util.tree_map(_zero_cotangent, x_qp)
     d_xqp = QParams(_scale_cotangent(x, x_qp, dx), d_xqp.zero_point, x_qp.signed)
-    return (dx, dw, db, d_xqp, *(jax.tree_util.tree_map(_zero_cotangent, t) for t in (w_qp, table)))
+    return (dx, dw, db, d_xqp, *(jax.tree_util.tree_map(_zero_cotangent, t) for t in (w_qp, table, acc_offset)))
 
 
 _straight_through_conv.defvjp(_ste_forward, _ste_backward)
 
 
 def _prepare(x, w, bias, multiplier: Multiplier, qps: dict, w_qp: Optional[QParams], stride, padding, dilation,
-             groups, per_channel, impl, table):
+             groups, per_channel, impl, table, acc_offset=None):
     """What both table convolutions check and normalise first: the multiplier, the qparams against it (``qps``:
     role -> per-tensor QParams, "activation" first; ``w_qp`` per tensor or channel), the bias length, finite
     inputs, float32 operands, a zero bias when none, the padding pairs, the static config tuple and an int32
-    runtime table (a concrete one validated as `lutconv.conv2d` does)."""
+    runtime table (a concrete one validated as `lutconv.conv2d` does), and ``acc_offset`` as int32 (O,) (None:
+    no compensation)."""
     _check_multiplier(multiplier)
     x = jnp.asarray(x, jnp.float32)
     w = jnp.asarray(w, jnp.float32)
@@ -232,27 +253,44 @@ def _prepare(x, w, bias, multiplier: Multiplier, qps: dict, w_qp: Optional[QPara
     pads = normalize_padding(padding, tuple(x.shape[1:3]), tuple(w.shape[:2]), stride_p, dilation_p)
     cfg = (multiplier, stride_p, tuple(pads), dilation_p, check_groups(groups), bool(per_channel), impl)
     table = None if table is None else jnp.asarray(check_table(table, "table"), jnp.int32)
-    return x, w, bias, table, cfg
+    return x, w, bias, table, _check_acc_offset(acc_offset, n_out), cfg
+
+
+def _check_acc_offset(acc_offset: Any, n_out: int) -> Optional[jax.Array]:
+    """``acc_offset`` as int32 (n_out,): one integer per output channel (concrete values: integral)."""
+    if acc_offset is None:
+        return None
+    if jnp.shape(acc_offset) not in ((), (n_out,)):
+        raise ValueError(f"acc_offset must have one value per output channel ({n_out},), got shape "
+                         f"{jnp.shape(acc_offset)}")
+    if not isinstance(acc_offset, jax.core.Tracer):
+        a = np.asarray(acc_offset)
+        if a.dtype.kind not in "iu" and not np.all(np.isfinite(a) & (a == np.round(a))):
+            raise ValueError("acc_offset must hold integers (accumulator units), got non-integer values; "
+                             "round a float offset first")
+    return jnp.broadcast_to(jnp.asarray(acc_offset, jnp.int32), (n_out,))
 
 
 def lut_conv2d(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
                stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
                w_qp: Optional[QParams] = None, per_channel: bool = True, impl: ImplArg = "auto",
-               straight_through: bool = False, table: Optional[Any] = None) -> jax.Array:
+               straight_through: bool = False, table: Optional[Any] = None,
+               acc_offset: Optional[Any] = None) -> jax.Array:
     """A float NHWC convolution (HWIO weights) computed in integer codes through ``multiplier``.
 
     Weights are quantised per output channel (``per_channel=False``: per tensor) unless ``w_qp`` is given.
     ``straight_through=True`` keeps the forward value bit-identical and gives the exact layer's gradient.
     ``table``: a (256, 256) int32 product table (may be traced: a runtime operand of a jitted function, so one
     compilation serves many tables) used instead of ``multiplier.table``; ``multiplier`` then only gives
-    the signedness.
+    the signedness. ``acc_offset``: int32 (O,) subtracted from the accumulators before the rescale (error
+    compensation: the table's mean error on the layer's codes, `table_error_mean`).
     NaN / infinity: see the module docstring (concrete NaN raises; under jit it propagates).
     """
-    x, w, bias, table, cfg = _prepare(x, w, bias, multiplier, {"activation": x_qp}, w_qp, stride, padding,
-                                      dilation, groups, per_channel, impl, table)
+    x, w, bias, table, acc_offset, cfg = _prepare(x, w, bias, multiplier, {"activation": x_qp}, w_qp, stride,
+                                                  padding, dilation, groups, per_channel, impl, table, acc_offset)
     if straight_through:
-        return _straight_through_conv(x, w, bias, x_qp, w_qp, table, cfg)
-    return _table_conv(x, w, bias, x_qp, w_qp, table, cfg)
+        return _straight_through_conv(x, w, bias, x_qp, w_qp, table, acc_offset, cfg)
+    return _table_conv(x, w, bias, x_qp, w_qp, table, acc_offset, cfg)
 
 
 def lut_dense(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp: QParams, *,
@@ -269,21 +307,22 @@ def lut_dense(x: Any, w: Any, bias: Optional[Any], multiplier: Multiplier, x_qp:
     return y[:, 0, 0, :]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def _straight_through_int_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg):
-    return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
+def _straight_through_int_conv(x, w, bias, x_qp, w_qp, y_qp, table, acc_offset, activation, cfg):
+    return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, acc_offset, activation, cfg)[0]
 
 
-def _ste_int_forward(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg):
-    y = _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)[0]
-    return y, (x, w, bias, x_qp, w_qp, y_qp, table)
+def _ste_int_forward(x, w, bias, x_qp, w_qp, y_qp, table, acc_offset, activation, cfg):
+    y = _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, acc_offset, activation, cfg)[0]
+    return y, (x, w, bias, x_qp, w_qp, y_qp, table, acc_offset)
 
 
 def _ste_int_backward(activation, cfg, residuals, g):
-    x, w, bias, x_qp, w_qp, y_qp, table = residuals
+    x, w, bias, x_qp, w_qp, y_qp, table, acc_offset = residuals
     _, vjp = jax.vjp(lambda x, w, b: apply_activation(_exact_conv(x, w, b, cfg), activation), x, w, bias)
     dx, dw, db = vjp(g)
-    return (dx, dw, db, *(jax.tree_util.tree_map(_zero_cotangent, t) for t in (x_qp, w_qp, y_qp, table)))
+    return (dx, dw, db, *(jax.tree_util.tree_map(_zero_cotangent, t)
+                          for t in (x_qp, w_qp, y_qp, table, acc_offset)))
 
 
 _straight_through_int_conv.defvjp(_ste_int_forward, _ste_int_backward)
@@ -293,20 +332,39 @@ def lut_conv2d_requant(x: Any, w: Any, bias: Optional[Any], multiplier: Multipli
                        y_qp: QParams, *, activation: str = "none", stride: Any = 1, padding: Any = 0,
                        dilation: Any = 1, groups: int = 1, w_qp: Optional[QParams] = None,
                        per_channel: bool = True, impl: ImplArg = "auto", straight_through: bool = False,
-                       table: Optional[Any] = None, return_details: bool = False) -> Any:
+                       table: Optional[Any] = None, acc_offset: Optional[Any] = None,
+                       return_details: bool = False) -> Any:
     """`lut_conv2d` with integer requantization: the output is ``s_y * (code - z_y)`` for the int8 / uint8
     codes that `jaxdepth.quant.requant.requantize` makes from the int32 accumulators (activation fused).
 
     ``y_qp``: the output's per-tensor parameters (same signedness as the table). ``return_details=True``
     returns ``(y, details)`` with the integer tensors (input / weight / output codes, accumulators) and the
     `RequantParams` (no gradient). ``straight_through``: gradient of the exact float layer + activation.
-    ``table``: a runtime table, as in `lut_conv2d`. NaN / infinity: as `lut_conv2d`. The quantization
-    parameters get no gradient here (activation ranges are learned with the float rescale).
+    ``table``: a runtime table, as in `lut_conv2d`. ``acc_offset``: as in `lut_conv2d`, folded into the
+    requantization's int32 bias (``details["requant"].bias``). NaN / infinity: as `lut_conv2d`. The
+    quantization parameters get no gradient here (activation ranges are learned with the float rescale).
     """
-    x, w, bias, table, cfg = _prepare(x, w, bias, multiplier, {"activation": x_qp, "output": y_qp}, w_qp,
-                                      stride, padding, dilation, groups, per_channel, impl, table)
+    x, w, bias, table, acc_offset, cfg = _prepare(x, w, bias, multiplier, {"activation": x_qp, "output": y_qp},
+                                                  w_qp, stride, padding, dilation, groups, per_channel, impl, table,
+                                                  acc_offset)
+    args = (x, w, bias, x_qp, w_qp, y_qp, table, acc_offset, activation, cfg)
     if return_details:
-        return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)
+        return _int_table_conv(*args)
     if straight_through:
-        return _straight_through_int_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)
-    return _int_table_conv(x, w, bias, x_qp, w_qp, y_qp, table, activation, cfg)[0]
+        return _straight_through_int_conv(*args)
+    return _int_table_conv(*args)[0]
+
+
+def table_error_mean(x: Any, w: Any, multiplier: Multiplier, x_qp: QParams, *, stride: Any = 1, padding: Any = 0,
+                     dilation: Any = 1, groups: int = 1, w_qp: Optional[QParams] = None, per_channel: bool = True,
+                     impl: ImplArg = "auto", table: Optional[Any] = None) -> jax.Array:
+    """The table's mean error on this layer's codes: float32 (O,), the mean over the batch and output
+    positions of ``sum lut[w, x] - sum w * x`` (codes and padding as in `lut_conv2d`; the zero-point terms
+    are exact and the same in both, so they cancel). Rounded, it is the ``acc_offset`` that makes the layer
+    unbiased on these inputs (`jaxdepth.models.compensate`). ``table``: a runtime table, as in `lut_conv2d`."""
+    x, w, _, table, _, cfg = _prepare(x, w, None, multiplier, {"activation": x_qp}, w_qp, stride, padding,
+                                      dilation, groups, per_channel, impl, table)
+    x_codes, w_codes, _ = _codes(x, w, x_qp, w_qp, cfg)
+    approx = _table_sum(x_codes, w_codes, multiplier if table is None else table, x_qp, cfg)
+    exact = _table_sum(x_codes, w_codes, exact_multiplier(multiplier.signed), x_qp, cfg)
+    return jnp.mean((approx - exact).astype(jnp.float32), axis=(0, 1, 2))
