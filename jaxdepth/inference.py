@@ -106,20 +106,32 @@ def make_predictor(model: Any, variables: dict, *, flip: bool = True, devices: O
     return predict
 
 
-def quantized(model: Any, variables: dict, plan: Any, calib_images: np.ndarray) -> tuple[Any, dict]:
+def quantized(model: Any, variables: dict, plan: Any, calib_images: np.ndarray, *,
+              compensate: bool = False) -> tuple[Any, dict]:
     """The model with ``plan`` and variables carrying input quantization for it.
 
     The stored ``quant`` collection is reused when it serves the plan: every layer the plan quantizes (by a
     rule or by its default) has a calibration for its table's signedness (`jaxdepth.models.
     uncalibrated_layers`; a checkpoint fine-tuned for its plan keeps its ranges, learned ones too);
     otherwise the model is calibrated on ``calib_images`` (N, H, W, 3) in [0, 1].
+    ``compensate``: give every layer with an inexact table an error-compensation offset
+    (`jaxdepth.models.compensate`, measured on ``calib_images`` unless stored offsets serve the plan);
+    without it, stored offsets are dropped, so the result is the plain approximate model.
     """
     from .models import Plan, calibrate, uncalibrated_layers
+    from .models.compensate import compensate as add_offsets, strip_compensation, uncompensated_layers
     qmodel = model.clone(plan=Plan.make(plan))
-    if "quant" in variables and not uncalibrated_layers(qmodel, variables, np.shape(calib_images)[1:3]):
-        return qmodel, variables
-    base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
-    return qmodel, calibrate(qmodel, base, np.asarray(calib_images, np.float32))
+    size = np.shape(calib_images)[1:3]
+    if "quant" in variables and not uncalibrated_layers(qmodel, variables, size):
+        qvars = variables
+    else:
+        base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+        qvars = calibrate(qmodel, base, np.asarray(calib_images, np.float32))
+    if not compensate:
+        return qmodel, strip_compensation(qvars)
+    if uncompensated_layers(qmodel, qvars, size):
+        qvars = add_offsets(qmodel, qvars, np.asarray(calib_images, np.float32))
+    return qmodel, qvars
 
 
 def compile_kernels_ahead(plan: Any, variables: dict) -> None:

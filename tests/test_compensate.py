@@ -186,3 +186,55 @@ def test_compensate_refuses_bad_input(bundled):
         compensate(model, {k: variables[k] for k in ("params", "batch_stats")}, x[:1])
     with pytest.raises(ValueError, match="divide them by 255"):
         compensate(model, variables, x[:1] * 255)
+
+
+def test_quantized_keeps_offsets_only_when_asked(bundled):
+    from jaxdepth import inference
+    model, variables, _, x = bundled
+    comp = compensate(model, variables, x[:4])
+    float_model = model.clone(plan=models.FLOAT_PLAN)
+    _, kept = inference.quantized(float_model, comp, PLAN, x[:4], compensate=True)   # they serve the plan: reused
+    assert kept is comp
+    _, plain = inference.quantized(float_model, comp, PLAN, x[:4])
+    assert offsets(plain) == {} and offsets(comp)
+
+
+# ---- command lines -------------------------------------------------------------------------------------------
+def test_evaluate_compensate_reaches_the_model_and_the_report(tmp_path, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    from jaxdepth import evaluate as E
+    from jaxdepth import inference
+    from jaxdepth.cli import common
+    from standin import tiny
+    model, variables = tiny(0)
+    approx, avars = tiny(1)
+    seen = {}
+
+    def quantized(m, v, plan, calib, **kw):
+        seen.update(kw)
+        return approx, avars
+    monkeypatch.setattr(common, "load_model", lambda spec: (model, variables, {}))
+    monkeypatch.setattr(inference, "quantized", quantized)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(tmp_path / f"f{i}.png")
+        np.save(tmp_path / f"f{i}_depth.npy", rng.uniform(1, 5, (16, 24)).astype(np.float32))
+    out = tmp_path / "res"
+    assert E.main(["--data", str(tmp_path), "--multiplier", "mul8u_NLX", "--compensate", "--out", str(out),
+                   "--no-progress"]) == 0
+    assert seen == {"compensate": True}
+    assert json.loads((out / "metrics.json").read_text())["config"]["compensate"] is True
+
+
+@pytest.mark.parametrize("cli", ["evaluate", "predict", "export"])
+def test_compensate_without_a_multiplier_is_a_usage_error(cli, tmp_path, capsys):
+    import importlib
+    main = importlib.import_module(f"jaxdepth.cli.{cli}").main
+    argv = ["--compensate", "--out", str(tmp_path / "o")] + (["--no-progress"] if cli != "export" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("--compensate needs --multiplier" in err or "all float" in err), err
+    assert not (tmp_path / "o").exists()

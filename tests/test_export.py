@@ -237,3 +237,22 @@ def test_export_layers_takes_float_images_in_0_1(tmp_path):
     with pytest.raises(ImageConventionError, match=r"batch of one; pass image\[0\]"):
         export.export_layers(model, variables, _image((32, 48))[None], out)
     assert not out.exists()
+
+
+@pytest.mark.slow
+@needs_cc
+def test_compensated_layers_fold_their_offsets_into_the_bias_and_pass_make_check(tmp_path):
+    model, variables, _ = checkpoint.load(DEFAULT_MODEL)
+    model = model.clone(plan=models.Plan.make({"decoder.up1.*": "mul8u_NLX", "decoder.up2.*": "mul8s_1KV8",
+                                               "*": "int8"}))
+    image = _image((32, 48))
+    plain = export.export_layers(model, variables, image, tmp_path / "plain", layers=["decoder.up1.*", "decoder.up2.*"])
+    comp = export.export_layers(model, variables, image, tmp_path / "comp", layers=["decoder.up1.*", "decoder.up2.*"],
+                                compensate=True)
+    assert json.loads((comp.folder / "manifest.json").read_text())["compensated"] is True
+    for layer in comp.layers:             # the C bias differs from the uncompensated one: the offsets are in it
+        ident = layer.replace(".", "_")
+        assert (plain.folder / "layers" / f"{ident}.h").read_text() != (comp.folder / "layers" / f"{ident}.h").read_text()
+    proc = make_check(comp.folder)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"{len(comp.layers)} of {len(comp.layers)} layers passed" in proc.stdout

@@ -90,7 +90,7 @@ def parent_parser(*options: str, out_default: Optional[str] = None, out_help: st
     """The shared options as an argparse parent (``parents=[parent_parser("model", "out")]``).
 
     ``options`` (default: all): ``model`` (--model), ``multiplier`` (--multiplier, --signed/--unsigned,
-    --layers), ``out`` (--out), ``progress`` (--no-progress), ``compile_cache`` (--no-compile-cache).
+    --layers, --compensate), ``out`` (--out), ``progress`` (--no-progress), ``compile_cache`` (--no-compile-cache).
     """
     known = ("model", "multiplier", "out", "progress", "compile_cache")
     bad = [o for o in options if o not in known]
@@ -111,6 +111,9 @@ def parent_parser(*options: str, out_default: Optional[str] = None, out_help: st
                           help="the --multiplier table file is an unsigned (uint8) multiplier")
         g.add_argument("--layers", nargs="+", default=None, metavar="PATTERN",
                        help="layer-name globs that use --multiplier (default: every layer)")
+        g.add_argument("--compensate", action="store_true",
+                       help="error compensation: subtract each approximate layer's mean table error, measured "
+                            "on the calibration images (one integer per output channel, a bias on hardware)")
     if "out" in use:
         g.add_argument("--out", default=out_default, help=out_help + (f" (default: {out_default})"
                                                                       if out_default else ""))

@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import load
     from ..evaluation import evaluate
     plan = common.make_plan(args.multiplier, args.layers, args.signed)
+    if args.compensate and plan is None and not args.model:
+        raise CliError("--compensate needs --multiplier (the bundled model runs float without one)")
     if args.out:
         common.check_out_dir(args.out)
     ds = load(args.data, args.format)
@@ -67,6 +69,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError(f"--data {args.data}: the dataset has no frames")
     model, variables, info = common.load_model(args.model)
     model, plan = inference.exact_and_plan(model, plan)
+    if args.compensate and plan is None:
+        raise CliError("--compensate needs --multiplier (or a checkpoint with a stored plan): the model runs float")
     size = inference.model_input_size(model, info)
     if args.multiplier:
         common.check_layers(model, args.layers, size)
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if plan is not None:
         calib = np.concatenate([b[0] for b in ds.batches(args.calib_frames, args.calib_frames)])
         calib = inference.resize_batch(calib, size).astype(np.float32) / 255.0
-        qmodel, qvars = inference.quantized(model, variables, plan, calib)
+        qmodel, qvars = inference.quantized(model, variables, plan, calib, compensate=args.compensate)
         predict = inference.make_predictor(qmodel, qvars, flip=not args.no_flip, input_size=size)
         reference = exact
     try:
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res["config"] = {"data": args.data, "format": ds.format, "model": args.model or "default",
                      "preset": getattr(getattr(model, "preset", None), "name", type(model).__name__),
                      "input_size": size, "depth_range": res["depth_range"], "max_depth": res["max_depth"],
-                     "multiplier": args.multiplier,
+                     "multiplier": args.multiplier, "compensate": bool(args.compensate and plan),
                      "layers": (args.layers or ["*"]) if plan else None, "flip": not args.no_flip,
                      "mean": args.mean, "crop": ds.crop, "devices": getattr(exact, "n_devices", 1)}
     return res

@@ -8,7 +8,8 @@
 The plan comes from --multiplier (+ --layers globs, default every layer), or --plan (JSON text or a .json
 file), or the checkpoint's stored plan. Every quantized layer of the plan runs with integer requantization
 (`jaxdepth.quant.requant`); the exported layers are --select's globs (default: every quantized layer).
-The model is calibrated on the image (or on --calib images). Checked before any work: the globs match,
+The model is calibrated on the image (or on --calib images); --compensate also measures each inexact layer's
+mean table error there and folds it into the layer's int32 bias. Checked before any work: the globs match,
 no selected layer is float, the images can be read, --size is at most 16.8 MP (4096 x 4096), --out can
 be written (a non-empty --out needs --overwrite; nothing is created before the export is written). Exit
 codes: 0 done (1 if --check found a mismatch), 2 bad usage, 130 interrupted (nothing half-written: the
@@ -109,7 +110,7 @@ def _main(args: argparse.Namespace) -> int:
         calib = np.stack([_image(p, image.shape[:2], None) for p in args.calib])
     t0 = time.perf_counter()
     result = export.export_layers(model, variables, image, out, layers=select, calib_images=calib,
-                                  overwrite=args.overwrite,
+                                  overwrite=args.overwrite, compensate=args.compensate,
                                   source={"model": str(args.model or common.DEFAULT_MODEL), "image": args.image})
     seconds = time.perf_counter() - t0
     print(f"exported {len(result.layers)} layers ({', '.join(result.tables)}) to {result.folder} in "

@@ -60,11 +60,16 @@ def downscale(rgb: np.ndarray, max_side: Optional[int]) -> np.ndarray:
 def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str] = None,
                    multiplier: Optional[str] = None, layers: Optional[Sequence[str]] = None,
                    signed: Optional[bool] = None, flip: bool = False, max_side: Optional[int] = None,
-                   progress: bool = True, log=print, done: Optional[common.Done] = None) -> PredictResult:
+                   compensate: bool = False, progress: bool = True, log=print,
+                   done: Optional[common.Done] = None) -> PredictResult:
     """Run the model on every image in ``paths`` and write the files listed in the module docstring.
 
-    Usage errors (CliError) are raised before any file is written; per-image failures are collected."""
+    Usage errors (CliError) are raised before any file is written; per-image failures are collected.
+    ``compensate``: error compensation of the approximate model (`jaxdepth.models.compensate`, measured on
+    the images being predicted, which are also its calibration images)."""
     plan = common.make_plan(multiplier, layers, signed)      # fails early on unknown multipliers / tables
+    if compensate and plan is None and not model_spec:
+        raise CliError("--compensate needs --multiplier (the bundled model runs float without one)")
     out = common.check_out_dir(out)
     from tqdm import tqdm
 
@@ -95,6 +100,8 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
         log(f"error: {problem}")
     model, variables, info = common.load_model(model_spec)
     model, plan = inference.exact_and_plan(model, plan)
+    if compensate and plan is None:
+        raise CliError("--compensate needs --multiplier (or a checkpoint with a stored plan): the model runs float")
     native = inference.model_input_size(model, info)
     if multiplier:
         common.check_layers(model, layers, native)
@@ -121,7 +128,8 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
         if plan is not None:
             if qmodel is None:
                 calib = np.stack([inference.resize_batch(im[None], size)[0] for im in images.values()])
-                qmodel, qvars = inference.quantized(model, variables, plan, calib.astype(np.float32) / 255)
+                qmodel, qvars = inference.quantized(model, variables, plan, calib.astype(np.float32) / 255,
+                                                    compensate=compensate)
             if size not in approx_fns:
                 approx_fns[size] = inference.make_predictor(qmodel, qvars, flip=flip)
             approx = approx_fns[size](x)[0]
@@ -230,7 +238,7 @@ def _main(args: argparse.Namespace, done: common.Done) -> int:
         raise CliError(f"no images found in {', '.join(inputs)}")
     out = Path(args.out)
     res = predict_images(paths, out, model_spec=args.model, multiplier=args.multiplier, layers=args.layers,
-                         signed=args.signed, flip=args.flip, max_side=args.max_side,
+                         signed=args.signed, flip=args.flip, max_side=args.max_side, compensate=args.compensate,
                          progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr), done=done)
     print(f"{len(res.outputs)} of {len(paths)} images done; outputs in {out.resolve()}")
     for name, files in res.outputs.items():

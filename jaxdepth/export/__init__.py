@@ -115,15 +115,17 @@ def write_folder(folder: Path, codes: dict[str, LayerCodes], manifest: dict[str,
 
 def export_layers(model: Any, variables: dict, image: np.ndarray, out_dir: Any, *,
                   layers: Optional[Sequence[str]] = None, calib_images: Any = None, overwrite: bool = False,
-                  fast_compile: bool = True, source: Optional[dict] = None) -> ExportResult:
+                  fast_compile: bool = True, compensate: bool = False,
+                  source: Optional[dict] = None) -> ExportResult:
     """Export the layers matching the globs ``layers`` (default: every layer the plan quantizes) for
     ``image`` (H, W, 3) in [0, 1] into ``out_dir``.
 
     Checks first (image and ``calib_images`` (N, H, W, 3) float RGB in [0, 1]: a uint8 image raises
     `jaxdepth.io.images.ImageConventionError` saying to divide by 255; globs match, no float layer selected,
     folder writable), then calibrates (on ``calib_images`` if given, else the image), captures the integer
-    data and writes the folder atomically (temporary sibling folder, then rename). ``source``: extra facts
-    for ``manifest.json`` (checkpoint...).
+    data and writes the folder atomically (temporary sibling folder, then rename). ``compensate``: error
+    compensation of the inexact layers (`capture`; the offsets are part of each layer's int32 bias).
+    ``source``: extra facts for ``manifest.json`` (checkpoint...).
     """
     from ..io.images import as_unit_rgb
     image = as_unit_rgb(image, "export_layers' image")
@@ -131,14 +133,16 @@ def export_layers(model: Any, variables: dict, image: np.ndarray, out_dir: Any, 
         calib_images = as_unit_rgb(calib_images, "export_layers' calib_images", batch=True)
     out = check_output_dir(out_dir, overwrite)
     selected = select_layers(layer_infos(model, image.shape[:2]), layers)
-    codes = capture(model, variables, image, selected, calib_images=calib_images, fast_compile=fast_compile)
+    codes = capture(model, variables, image, selected, calib_images=calib_images, fast_compile=fast_compile,
+                    compensate=compensate)
     missing = [p for p in out.parents if not p.exists()]      # deepest first: removed again on failure
     tmp = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         manifest = {"format": "jaxdepth-export", "version": 1, "plan": json.loads(model.plan.source),
-                    "requant": "integer", "image_hw": list(image.shape[:2]), **(source or {})}
+                    "requant": "integer", "image_hw": list(image.shape[:2]), "compensated": bool(compensate),
+                    **(source or {})}
         result = write_folder(tmp, codes, manifest)
         os.chmod(tmp, 0o755)
         if out.exists():

@@ -79,14 +79,19 @@ def select_layers(infos: Sequence[LayerInfo], patterns: Optional[Sequence[str]] 
 
 
 def capture(model: Any, variables: dict, image: np.ndarray, selected: Sequence[LayerInfo], *,
-            calib_images: Any = None, fast_compile: bool = False) -> dict[str, LayerCodes]:
+            calib_images: Any = None, fast_compile: bool = False, compensate: bool = False) -> dict[str, LayerCodes]:
     """Calibrate (on ``calib_images``, default the image), run the model with integer requantization on
-    ``image`` (H, W, 3) in [0, 1] and return the selected layers' integer data by name."""
+    ``image`` (H, W, 3) in [0, 1] and return the selected layers' integer data by name. ``compensate``: give
+    the layers with inexact tables error-compensation offsets (`jaxdepth.models.compensate`, measured on the
+    calibration images), folded into their int32 bias."""
     imodel = model.clone(plan=integer_plan(model.plan))
     base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     batch = np.asarray(image, np.float32)[None]
     calib = batch if calib_images is None else np.asarray(calib_images, np.float32)
     qvars = calibrate(imodel, base, calib, fast_compile=fast_compile)
+    if compensate:
+        from ..models.compensate import compensate as add_offsets
+        qvars = add_offsets(imodel, qvars, calib)
     fn = jax.jit(lambda v, x: imodel.apply(v, x, mutable=["export"])[1]["export"])
     lowered = fn.lower(qvars, batch)
     if fast_compile:

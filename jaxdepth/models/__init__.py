@@ -13,10 +13,12 @@ from .densedepth import (DenseDepth, build, compile_apply, count_params, depth_r
                          make_encoder, to_metres)
 from .layers import BatchNorm, QConv, QDense
 from .calibrate import calibrate, uncalibrated_layers
+from .compensate import compensate, strip_compensation, uncompensated_layers
 from .family import EncoderFamily, families, get_family, register
 from .plan import FLOAT_PLAN, Arithmetic, LayerInfo, Plan, describe, format_table, layer_names, plan_table
 from .presets import PRESETS, Preset, UpBlock, get_preset, list_presets
 
 __all__ = ["EncoderFamily", "families", "get_family", "register", "Arithmetic", "BatchNorm", "DenseDepth", "FLOAT_PLAN", "LayerInfo", "PRESETS", "Plan", "Preset",
-           "QConv", "QDense", "UpBlock", "build", "calibrate", "compile_apply", "count_params", "depth_range", "describe", "format_table", "layer_names", "get_preset",
-           "init_variables", "list_presets", "make_encoder", "plan_table", "to_metres", "uncalibrated_layers"]
+           "QConv", "QDense", "UpBlock", "build", "calibrate", "compensate", "compile_apply", "count_params", "depth_range", "describe", "format_table", "layer_names", "get_preset",
+           "init_variables", "list_presets", "make_encoder", "plan_table", "strip_compensation", "to_metres", "uncalibrated_layers",
+           "uncompensated_layers"]

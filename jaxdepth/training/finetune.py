@@ -55,8 +55,10 @@ def prepare_student(model: Any, variables: dict, plan: Any, calib_images: np.nda
 
     ``ranges``: "keep" the checkpoint's ``quant`` (it must serve the plan: a calibration for every quantized
     layer, for its table's signedness, `jaxdepth.models.uncalibrated_layers`); "calibrate" or "learn": calibrate on ``calib_images`` (N, H, W, 3) in
-    [0, 1] ("learn" then trains the scales, see `jaxdepth.training.train`)."""
+    [0, 1] ("learn" then trains the scales, see `jaxdepth.training.train`). Error-compensation offsets are
+    not kept (training changes the weights they were measured with; compensate the trained model again)."""
     from ..models import Plan, calibrate, uncalibrated_layers
+    from ..models.compensate import strip_compensation
     if ranges not in RANGES:
         raise FinetuneError(f"ranges must be one of {', '.join(RANGES)}, got {ranges!r}")
     p = Plan.make(plan)
@@ -69,5 +71,6 @@ def prepare_student(model: Any, variables: dict, plan: Any, calib_images: np.nda
             raise FinetuneError(f"ranges='keep': the checkpoint's activation calibration does not serve this plan "
                                 f"(no calibration for the signedness of their table: {shown}); use "
                                 f"ranges='calibrate' or 'learn'")
-        return student, {**base, "quant": variables["quant"]}
+        # error-compensation offsets are only right for the weights they were measured with: not kept
+        return student, strip_compensation({**base, "quant": variables["quant"]})
     return student, calibrate(student, base, np.asarray(calib_images, np.float32), method)
