@@ -180,6 +180,37 @@ def test_stored_results_equal_a_direct_evaluate(tiny_ckpt, tiny_ev, tmp_path):
 
 
 @pytest.mark.slow
+def test_compensated_results_equal_a_direct_evaluate_with_compensate(tiny_ckpt, tiny_ev, tmp_path):
+    """Explore's runtime tables with offsets in the lut collection give what `evaluate --compensate` gives with
+    the table fixed in the plan (offsets in the quant collection); the store keeps them apart."""
+    import dataclasses
+
+    from jaxdepth.cli import evaluate as cli_evaluate
+    from jaxdepth.explore import EvalSpec, Protocol, run_configs, sweep_configs
+    comp_ev = EvalSpec(model=str(tiny_ckpt), data=DATA,
+                       protocol=Protocol(batch_size=2, calib_frames=2, compensate=True)).build()
+    assert comp_ev.context != tiny_ev.context
+    configs = sweep_configs([multipliers.get("mul8u_NLX")], ["*"], references=False)
+    assert comp_ev.key(configs[0]) != tiny_ev.key(configs[0])
+    with ResultStore(tmp_path / "r.sqlite") as st:
+        stored = run_configs(comp_ev, st, configs)[0]
+        plain = run_configs(tiny_ev, st, configs)[0]
+    args = cli_evaluate.build_parser().parse_args(
+        ["--model", str(tiny_ckpt), "--data", DATA, "--multiplier", "mul8u_NLX", "--compensate",
+         "--batch-size", "2", "--calib-frames", "2", "--no-progress"])
+    direct = cli_evaluate.run(args)
+    for part in ("accuracy", "fidelity"):
+        for k, v in direct[part].items():
+            assert stored[part][k] == pytest.approx(v, rel=1e-5, abs=1e-7), (part, k)
+    assert stored["fidelity"]["psnr"] != plain["fidelity"]["psnr"]
+    # a store made before the field existed keeps its keys: the uncompensated context omits it
+    old = {"description": tiny_ev.description, "protocol": {k: v for k, v in dataclasses.asdict(tiny_ev.protocol).items()
+                                                            if k != "compensate"}, "version": 1}
+    from jaxdepth.explore.store import digest
+    assert tiny_ev.context == digest(old)
+
+
+@pytest.mark.slow
 def test_sensitivity_ranking_and_error_propagation(tiny_ev, tmp_path):
     from jaxdepth.explore import layer_groups, run_configs
     from jaxdepth.explore.sensitivity import propagation, rank, saturation, sensitivity_configs

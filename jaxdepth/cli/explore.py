@@ -31,6 +31,9 @@ def _data_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--mean", choices=("pixels", "images"), default="pixels")
     g.add_argument("--calib-frames", type=common.positive_int, default=8,
                    help="frames used to calibrate quantization when the checkpoint's calibration does not apply")
+    g.add_argument("--compensate", action="store_true",
+                   help="error compensation: each approximate layer's mean table error, measured on the "
+                        "calibration frames, is subtracted (one integer per output channel; a separate store key)")
     g.add_argument("--store", help="results database (default: OUT/results.sqlite)")
     g.add_argument("--ray", metavar="ADDRESS", help="evaluate on Ray workers: 'auto' (the running cluster, "
                                                     "ray start --head), 'local' (start one here), or host:port")
@@ -194,7 +197,7 @@ def _spec(args: argparse.Namespace):
         raise CliError(f"--model {args.model}: exploration needs a checkpoint folder (not found)")
     return EvalSpec(model=args.model, data=args.data, format=args.format, limit=args.limit,
                     protocol=Protocol(flip=not args.no_flip, mean=args.mean, batch_size=args.batch_size,
-                                      calib_frames=args.calib_frames))
+                                      calib_frames=args.calib_frames, compensate=args.compensate))
 
 
 def _write_outputs(rows: list[dict], out: Path, stem: str, metric: str, title: str) -> list[Path]:

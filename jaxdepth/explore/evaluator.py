@@ -88,6 +88,7 @@ class Protocol:
     batch_size: int = 8
     calib_frames: int = 8
     max_depth: Optional[float] = None   # ground-truth cap in metres; None: the model's (10 m NYU, 80 m KITTI)
+    compensate: bool = False            # error compensation (`jaxdepth.models.compensate`) on the calib frames
 
 
 def _nest(entries: Mapping[tuple[str, ...], Any]) -> dict:
@@ -166,6 +167,8 @@ class Evaluator:
         self.layer_names = [i.name for i in self.infos]
         self.description = dict(description)
         context = {"description": self.description, "protocol": dataclasses.asdict(protocol), "version": 1}
+        if not protocol.compensate:     # stores made before the field existed keep their keys
+            del context["protocol"]["compensate"]
         if _has_unsigned_calibration(variables):
             # results of such checkpoints changed when their stored unsigned ranges began to serve every unsigned
             # table (before: the checkpoint's own only); other stores keep their keys
@@ -177,6 +180,7 @@ class Evaluator:
         self._base = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
         self._calibrated: dict[bool, dict] = {}
         self._compiled: dict[Any, Any] = {}
+        self._models: dict[tuple, Any] = {}
         self.compile_seconds = 0.0
         self.frames = sum(len(b[0]) for b in batches)
         self._exact_cache: Optional[dict[int, tuple[np.ndarray, np.ndarray]]] = None
@@ -210,13 +214,7 @@ class Evaluator:
         if structure in self._compiled:
             return self._compiled[structure]
         flip = self.protocol.flip
-        batch = self.protocol.batch_size * (2 if flip else 1)
-        rules = {}
-        for info, s in zip(self.infos, structure):
-            if s[0] == "table":
-                rules[info.name] = {"multiplier": "exact_s8" if s[1] else "exact_u8", "runtime_table": True,
-                                    "impl": runtime_kernel(info, s[1], batch)}
-        model = self.model.clone(plan=Plan.make(rules))
+        model = self._model(structure)
         preset = getattr(self.model, "preset", None)      # metres in its depth range (densedepth_kitti: 1-80 m)
 
         def run(v, x):
@@ -243,6 +241,20 @@ class Evaluator:
 
         self._compiled[structure] = call
         return call
+
+    def _model(self, structure: tuple) -> Any:
+        """The model whose quantized layers read their tables at run time, for a structure (one object per
+        structure: it keys the compiled functions)."""
+        from ..models import Plan
+        if structure not in self._models:
+            batch = self.protocol.batch_size * (2 if self.protocol.flip else 1)
+            rules = {}
+            for info, s in zip(self.infos, structure):
+                if s[0] == "table":
+                    rules[info.name] = {"multiplier": "exact_s8" if s[1] else "exact_u8", "runtime_table": True,
+                                        "impl": runtime_kernel(info, s[1], batch)}
+            self._models[structure] = self.model.clone(plan=Plan.make(rules))
+        return self._models[structure]
 
     def structure(self, assignment: Mapping[str, Optional[Multiplier]]) -> tuple:
         return tuple(("float",) if assignment[n] is None else ("table", assignment[n].signed)
@@ -279,6 +291,9 @@ class Evaluator:
         if tables:
             v["quant"] = self._quant(assignment)
             v["lut"] = _nest(tables)
+            if self.protocol.compensate:      # offsets of these tables, measured on the calibration frames
+                from ..models.compensate import compensate
+                v = compensate(self._model(self.structure(assignment)), v, self._calib)
         return v
 
     # ---- evaluation ---------------------------------------------------------------------------------------

@@ -116,7 +116,10 @@ def uncompensated_layers(model: Any, variables: dict, size: Sequence[int] = (64,
 
 def strip_compensation(variables: dict) -> dict:
     """``variables`` without error-compensation offsets (for a run that must not use them, or weights about
-    to change: an offset is only right for the weights and ranges it was measured with)."""
+    to change: an offset is only right for the weights and ranges it was measured with); ``variables`` itself
+    when it holds none."""
+    if not offsets(variables):
+        return variables
     def strip(tree: Any, runtime: bool) -> Any:
         if not hasattr(tree, "items"):
             return tree
