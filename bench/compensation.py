@@ -4,7 +4,8 @@ For each circuit (default: the 66 EvoApprox multipliers), the bundled model (or 
 circuit on every layer through the explore evaluator (`jaxdepth.explore.Evaluator`: tables as runtime
 operands, one compilation per signedness, the evaluate protocol), once plain and once with error
 compensation (`jaxdepth.models.compensate`). Offsets and input ranges are measured on ``--calib`` frames
-from a different synthetic sequence than the evaluated ones, so the figures are held out. Writes
+from a different synthetic sequence than the evaluated ones, so the figures are held out (``--calib same``:
+the first 8 evaluated frames, the evaluate protocol). Writes
 ``<out>.json`` / ``<out>.md`` and ``<out>.png`` (accuracy vs power, plain and compensated), each atomically.
 
     python bench/compensation.py                                     # ~20 min on the 2-core host
@@ -32,7 +33,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="checkpoint folder (default: the bundled model)")
     ap.add_argument("--data", default="synthetic:32:1000", help="evaluated frames (evaluate's default)")
-    ap.add_argument("--calib", default="synthetic:8:5", help="calibration / compensation frames (held out)")
+    ap.add_argument("--calib", default="synthetic:8:5",
+                    help="calibration / compensation frames (default: 8 rooms of another sequence, held out); "
+                         "'same': the first 8 evaluated frames, as evaluate and explore calibrate")
     ap.add_argument("--tables", nargs="+", help="circuits (default: every EvoApprox multiplier)")
     ap.add_argument("--out", default=str(RESULTS / "compensation"), help="output path without suffix")
     args = ap.parse_args(argv)
@@ -50,9 +53,12 @@ def main(argv=None) -> int:
     spec = EvalSpec(model=args.model, data=args.data)
     loaded = spec.load_model()
     ds = load(args.data)
-    calib_ds = load(args.calib)
     batches = list(ds.batches(8))
-    calib = np.concatenate([b[0] for b in calib_ds.batches(len(calib_ds))])
+    if args.calib == "same":
+        calib = batches[0][0]
+    else:
+        calib_ds = load(args.calib)
+        calib = np.concatenate([b[0] for b in calib_ds.batches(len(calib_ds))])
     evs = {c: Evaluator(*loaded, batches, description=spec.describe(), calib_images=calib,
                         protocol=Protocol(compensate=c)) for c in (False, True)}
     rows = []

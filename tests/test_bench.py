@@ -12,7 +12,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 @pytest.mark.parametrize("script", ["layer_shapes.py", *(pytest.param(s, marks=pytest.mark.slow)   # --help imports JAX
                                                           for s in ("compare.py", "paired.py", "requant_accuracy.py",
-                                                                    "cost_model.py", "scene_error.py"))])
+                                                                    "cost_model.py", "scene_error.py", "compensation.py"))])
 def test_bench_script_runs(script):
     args = [sys.executable, str(BENCH / script)] + ([] if script == "layer_shapes.py" else ["--help"])
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
@@ -88,3 +88,25 @@ def test_scene_error_separates_a_tables_offset_from_its_spread():
     rms = np.sqrt(np.mean(scene_error.centred_sum(lc) ** 2))
     assert r["offset"] == pytest.approx(9 * 4 * 3 / rms) and r["spread"] == pytest.approx(0.0, abs=1e-12)
     assert r["error_per_product"] == pytest.approx(3.0)
+
+
+def test_compensation_summary_counts_circuits_helped_and_hurt():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import compensation
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def row(name, d_plain, d_comp, p_plain, p_comp):
+        return {"table": name, "signed": True, "power_mw": 0.3, "float_delta1": 0.9,
+                "plain": {"delta1": d_plain, "abs_rel": 0.1, "psnr": p_plain, "depth_rel_rms": 0.1, "warning": None},
+                "comp": {"delta1": d_comp, "abs_rel": 0.1, "psnr": p_comp, "depth_rel_rms": 0.1, "warning": None}}
+    rows = [{"table": "exact_s8", "signed": True, "power_mw": None, "float_delta1": 0.9,
+             "plain": {"delta1": 0.9, "abs_rel": 0.1, "psnr": 45.0, "depth_rel_rms": 0.0, "warning": None}},
+            row("a", 0.5, 0.8, 20.0, 30.0), row("b", 0.8, 0.7, 30.0, 29.0), row("c", 0.8, 0.802, 30.0, 30.2)]
+    s = compensation.summary(rows)
+    assert (s["circuits"], s["delta1_better"], s["delta1_worse"], s["psnr_better"], s["psnr_worse"]) == (3, 1, 1, 1, 1)
+    assert s["delta1_gain_median"] == pytest.approx(0.002)
+    text = compensation.markdown(rows, {"data": "d", "calib": "c", "date": "now", "loadavg_1min": 0.5,
+                                        "float_delta1": 0.9})
+    assert "| a | 0.300 | 0.5000 | 0.8000 |" in text and "exact_s8 (exact)" in text
