@@ -109,6 +109,8 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
         inference.compile_kernels_ahead(plan, variables)  # a first run: numba compiles meanwhile
     label = f"{Path(multiplier).name if common.is_table_file(multiplier) else multiplier} on " \
             f"{', '.join(layers or ['*'])}" if multiplier else "stored plan"
+    if compensate:
+        label += ", compensated"
     if info.get("random_weights"):
         log(f"warning: {model_spec} is a preset with random weights, not a trained checkpoint")
     if done is not None:

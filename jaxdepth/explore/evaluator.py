@@ -210,7 +210,7 @@ class Evaluator:
         """The jitted ``(variables, uint8 images) -> (metres flip-averaged, raw unflipped)`` for a structure."""
         import jax
         import jax.numpy as jnp
-        from ..models import Plan, to_metres
+        from ..models import to_metres
         if structure in self._compiled:
             return self._compiled[structure]
         flip = self.protocol.flip
