@@ -8,7 +8,7 @@ from a different synthetic sequence than the evaluated ones, so the figures are 
 the first 8 evaluated frames, the evaluate protocol). Writes
 ``<out>.json`` / ``<out>.md`` and ``<out>.png`` (accuracy vs power, plain and compensated), each atomically.
 
-    python bench/compensation.py                                     # ~20 min on the 2-core host
+    python bench/compensation.py                                     # ~8 min on the 2-core host
     python bench/compensation.py --tables mul8u_NLX mul8s_1KV8 --out /tmp/comp
 """
 from __future__ import annotations
@@ -109,9 +109,12 @@ def summary(rows: list[dict]) -> dict:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     s = summary(rows)
+    where = ("the first 8 evaluated frames (the evaluate protocol)" if meta["calib"] == "same" else
+             f"{meta['calib']} (other rooms than the evaluated ones)")
     lines = [f"Error compensation on the bundled model, every layer through the circuit; evaluated on {meta['data']}, "
-             f"input ranges and offsets measured on {meta['calib']} (other rooms); {meta['date']}, load "
-             f"{meta['loadavg_1min']:.1f}. Float model delta1 {meta['float_delta1']:.4f}.", "",
+             f"input ranges and offsets measured on {where}; {meta['date']}, load "
+             f"{meta['loadavg_1min']:.1f}. Float model delta1 {meta['float_delta1']:.4f}. Signed circuits use the "
+             "checkpoint's stored int8 ranges (as evaluate does); unsigned ones are calibrated on those frames.", "",
              f"Of {s['circuits']} circuits, compensation raised delta1 by more than 0.005 for {s['delta1_better']} and "
              f"lowered it for {s['delta1_worse']} (median change {s['delta1_gain_median']:+.4f}); PSNR vs the exact "
              f"model rose by more than 0.5 dB for {s['psnr_better']}, fell for {s['psnr_worse']} (median "
