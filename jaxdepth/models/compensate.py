@@ -133,19 +133,13 @@ def strip_compensation(variables: dict) -> dict:
     return out
 
 
-def offsets(variables: dict) -> dict[str, np.ndarray]:
-    """{"<layer path>/<key>": int32 offsets} of every error-compensation offset in ``variables``."""
-    found: dict[str, np.ndarray] = {}
+def offsets(variables: dict) -> dict[tuple[str, str], np.ndarray]:
+    """Every error-compensation offset in ``variables``: {(layer name, key): int32 (O,)}; the key is
+    ``acc_offset_<table digest>`` (fixed tables) or ``acc_offset`` (runtime tables)."""
+    found: dict[tuple[str, str], np.ndarray] = {}
     for collection, runtime in (("quant", False), ("lut", True)):
         for path, entry in _flatten(dict(variables.get(collection) or {})).items():
             for key, v in entry.items():
                 if (key == RUNTIME_OFFSET_KEY) if runtime else key.startswith(OFFSET_PREFIX):
-                    found[f"{'.'.join(path)}/{key}"] = np.asarray(v)
+                    found[".".join(path), key] = np.asarray(v)
     return found
-
-
-def summary(variables: dict) -> dict[str, Any]:
-    """How many layers carry offsets and their largest magnitude (structured; formatted by the CLIs)."""
-    found = offsets(variables)
-    return {"layers": len(found),
-            "max_abs": int(max((np.abs(v).max() for v in found.values() if v.size), default=0))}
