@@ -199,7 +199,7 @@ def test_quantized_keeps_offsets_only_when_asked(bundled):
 
 
 # ---- command lines -------------------------------------------------------------------------------------------
-def test_evaluate_compensate_reaches_the_model_and_the_report(tmp_path, monkeypatch):
+def test_evaluate_compensate_reaches_the_model_and_the_report(tmp_path, monkeypatch, capsys):
     import json
 
     from PIL import Image
@@ -226,6 +226,7 @@ def test_evaluate_compensate_reaches_the_model_and_the_report(tmp_path, monkeypa
                    "--no-progress"]) == 0
     assert seen == {"compensate": True}
     assert json.loads((out / "metrics.json").read_text())["config"]["compensate"] is True
+    assert "error-compensated" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("cli", ["evaluate", "predict", "export"])

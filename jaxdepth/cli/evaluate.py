@@ -159,7 +159,8 @@ def _main(args: argparse.Namespace, done: common.Done) -> int:
     res = run(args)
     done.add(args.data)
     warnings = check_result(res)
-    print(f"{_frames(res)} in {res['seconds']:.1f} s on {res['config']['devices']} device(s)")
+    compensated = " (approximate model error-compensated)" if res["config"].get("compensate") else ""
+    print(f"{_frames(res)} in {res['seconds']:.1f} s on {res['config']['devices']} device(s){compensated}")
     print(M.format_table(rows(res)), flush=True)
     for w in warnings:
         print(w, file=sys.stderr)
