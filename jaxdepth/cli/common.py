@@ -521,6 +521,13 @@ def stored_signedness(spec: str) -> Optional[bool]:
     return None
 
 
+def check_compensate(compensate: bool, plan: Any, stored_plan_possible: bool = False) -> None:
+    """CliError when --compensate is asked of a model that runs float: no --multiplier and no stored plan
+    (``stored_plan_possible``: a --model not loaded yet may still bring one)."""
+    if compensate and plan is None and not stored_plan_possible:
+        raise CliError("--compensate needs --multiplier (or a checkpoint with a stored plan): the model runs float")
+
+
 def check_layers(model: Any, patterns: Optional[Sequence[str]], size: Optional[Sequence[int]]) -> None:
     """CliError when a --layers pattern matches no multiplying layer of ``model`` (`check_plan_layers`)."""
     check_plan_layers(model, patterns, size, option="--layers")

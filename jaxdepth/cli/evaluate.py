@@ -60,8 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import load
     from ..evaluation import evaluate
     plan = common.make_plan(args.multiplier, args.layers, args.signed)
-    if args.compensate and plan is None and not args.model:
-        raise CliError("--compensate needs --multiplier (the bundled model runs float without one)")
+    common.check_compensate(args.compensate, plan, stored_plan_possible=bool(args.model))   # before any work
     if args.out:
         common.check_out_dir(args.out)
     ds = load(args.data, args.format)
@@ -69,8 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError(f"--data {args.data}: the dataset has no frames")
     model, variables, info = common.load_model(args.model)
     model, plan = inference.exact_and_plan(model, plan)
-    if args.compensate and plan is None:
-        raise CliError("--compensate needs --multiplier (or a checkpoint with a stored plan): the model runs float")
+    common.check_compensate(args.compensate, plan)
     size = inference.model_input_size(model, info)
     if args.multiplier:
         common.check_layers(model, args.layers, size)

@@ -68,8 +68,7 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
     ``compensate``: error compensation of the approximate model (`jaxdepth.models.compensate`, measured on
     the images being predicted, which are also its calibration images)."""
     plan = common.make_plan(multiplier, layers, signed)      # fails early on unknown multipliers / tables
-    if compensate and plan is None and not model_spec:
-        raise CliError("--compensate needs --multiplier (the bundled model runs float without one)")
+    common.check_compensate(compensate, plan, stored_plan_possible=bool(model_spec))   # before any work
     out = common.check_out_dir(out)
     from tqdm import tqdm
 
@@ -100,8 +99,7 @@ def predict_images(paths: Sequence[Path], out: Path, *, model_spec: Optional[str
         log(f"error: {problem}")
     model, variables, info = common.load_model(model_spec)
     model, plan = inference.exact_and_plan(model, plan)
-    if compensate and plan is None:
-        raise CliError("--compensate needs --multiplier (or a checkpoint with a stored plan): the model runs float")
+    common.check_compensate(compensate, plan)
     native = inference.model_input_size(model, info)
     if multiplier:
         common.check_layers(model, layers, native)

@@ -24,12 +24,10 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
-from .calibrate import _batches, _check_image_batch, _flatten, _takes_images
-from .layers import RUNTIME_OFFSET_KEY, offset_key
-from .plan import describe
-
-OFFSET_PREFIX = "acc_offset_"
+from .calibrate import _batches, _check_image_batch, _layer_paths, _takes_images
+from .layers import OFFSET_PREFIX, RUNTIME_OFFSET_KEY, offset_key
 
 
 def compensate(model: Any, variables: dict, images: Any, *, rounds: int = 1) -> dict:
@@ -38,7 +36,7 @@ def compensate(model: Any, variables: dict, images: Any, *, rounds: int = 1) -> 
     ``variables`` must be calibrated for the plan (`calibrate`). ``images``: an (N, H, W, 3) float array in
     [0, 1] or an iterable of such batches (the calibration images are the natural choice). Each layer's
     offset is the mean error of its table on the codes it sees when the model runs with the offsets already
-    present (none at first); ``rounds`` > 1 measures again with the previous round's offsets applied, so each
+    in ``variables``, if any; ``rounds`` > 1 measures again with the previous round's offsets applied, so each
     layer sees the inputs the compensated layers before it give. Offsets for the same table already in
     ``variables`` are replaced. Runtime-table layers (plans with ``runtime_table``) get theirs in
     ``variables["lut"][<path>]["acc_offset"]`` (their table must be there already).
@@ -53,15 +51,14 @@ def compensate(model: Any, variables: dict, images: Any, *, rounds: int = 1) -> 
         _check_image_batch(batch, _takes_images(model))
     run = _measure(model)
     for _ in range(int(rounds)):
-        sums: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
+        sums: dict[tuple[str, ...], np.ndarray] = {}      # (*layer path, key) -> error summed over images
         count = 0
         for batch in batches:
             batch = jnp.asarray(batch, jnp.float32)
             state = jax.device_get(run(variables, batch))
-            for path, entry in _flatten(dict(state)).items():
-                for key, values in entry.items():
-                    mean = np.mean([np.asarray(v, np.float64) for v in values], axis=0)
-                    sums[path, key] = sums.get((path, key), 0.0) + mean * len(batch)
+            for path_key, values in traverse_util.flatten_dict(dict(state)).items():   # sown: a tuple per key
+                mean = np.mean([np.asarray(v, np.float64) for v in values], axis=0)
+                sums[path_key] = sums.get(path_key, 0.0) + mean * len(batch)
             count += len(batch)
         variables = _with_offsets(variables, {k: v / count for k, v in sums.items()})
     return variables
@@ -74,43 +71,33 @@ def _measure(model: Any):
 
 
 def _with_offsets(variables: dict, errors: dict) -> dict:
-    """``variables`` with each measured mean error, rounded to int32, stored where its layer reads it."""
-    out = {k: v for k, v in variables.items()}
-    for collection in ("quant", "lut"):
-        if collection in out:
-            out[collection] = _copy_tree(out[collection])
-    for (path, key), error in errors.items():
-        offset = jnp.asarray(np.round(error), jnp.int32)
-        if key == RUNTIME_OFFSET_KEY:
-            node = _node(out.setdefault("lut", {}), path)
-        else:
-            node = _node(out["quant"], path)
-        node[key] = offset
+    """``variables`` with each measured mean error ({(*layer path, key): float (O,)}), rounded to int32, stored
+    where its layer reads it: ``quant`` for fixed tables, ``lut`` for runtime ones."""
+    out = dict(variables)
+    for collection, runtime in (("quant", False), ("lut", True)):
+        mine = {k: jnp.asarray(np.round(e), jnp.int32) for k, e in errors.items() if _is_offset_key(k[-1], runtime)}
+        if mine:
+            flat = traverse_util.flatten_dict(dict(out.get(collection) or {}))
+            out[collection] = traverse_util.unflatten_dict({**flat, **mine})
     return out
 
 
-def _copy_tree(tree: Any) -> Any:
-    return {k: _copy_tree(v) for k, v in tree.items()} if hasattr(tree, "items") else tree
-
-
-def _node(tree: dict, path: tuple[str, ...]) -> dict:
-    for p in path:
-        tree = tree.setdefault(p, {})
-    return tree
+def _is_offset_key(key: str, runtime: bool) -> bool:
+    """Whether ``key`` names an offset: ``acc_offset`` beside a runtime table, ``acc_offset_<digest>`` in quant."""
+    return key == RUNTIME_OFFSET_KEY if runtime else key.startswith(OFFSET_PREFIX)
 
 
 def uncompensated_layers(model: Any, variables: dict, size: Sequence[int] = (64, 64)) -> list[str]:
     """The layers ``model``'s plan runs through an inexact fixed table that have no offset for it ([] when
     `compensate` has served the plan). Runtime-table layers are not listed (their table is not known here)."""
-    from flax import traverse_util
     stored = set(traverse_util.flatten_dict(dict(variables.get("quant") or {})))
     missing = []
-    for info in describe(model, (1, *(int(v) for v in size), 3)):
-        arith = info.arith
+    for path, name in _layer_paths(model, tuple(int(v) for v in size)):
+        arith = model.plan.resolve(name)
         if arith.is_float or arith.runtime_table or arith.multiplier.is_exact:
             continue
-        if (*info.path, offset_key(arith.multiplier)) not in stored:
-            missing.append(info.name)
+        if (*path, offset_key(arith.multiplier)) not in stored:
+            missing.append(name)
     return missing
 
 
@@ -120,16 +107,12 @@ def strip_compensation(variables: dict) -> dict:
     when it holds none."""
     if not offsets(variables):
         return variables
-    def strip(tree: Any, runtime: bool) -> Any:
-        if not hasattr(tree, "items"):
-            return tree
-        return {k: strip(v, runtime) for k, v in tree.items()
-                if not (k.startswith(OFFSET_PREFIX) if not runtime else k == RUNTIME_OFFSET_KEY)}
     out = dict(variables)
-    if "quant" in out:
-        out["quant"] = strip(out["quant"], False)
-    if "lut" in out:
-        out["lut"] = strip(out["lut"], True)
+    for collection, runtime in (("quant", False), ("lut", True)):
+        if collection in out:
+            flat = traverse_util.flatten_dict(dict(out[collection]))
+            out[collection] = traverse_util.unflatten_dict(
+                {k: v for k, v in flat.items() if not _is_offset_key(k[-1], runtime)})
     return out
 
 
@@ -138,8 +121,7 @@ def offsets(variables: dict) -> dict[tuple[str, str], np.ndarray]:
     ``acc_offset_<table digest>`` (fixed tables) or ``acc_offset`` (runtime tables)."""
     found: dict[tuple[str, str], np.ndarray] = {}
     for collection, runtime in (("quant", False), ("lut", True)):
-        for path, entry in _flatten(dict(variables.get(collection) or {})).items():
-            for key, v in entry.items():
-                if (key == RUNTIME_OFFSET_KEY) if runtime else key.startswith(OFFSET_PREFIX):
-                    found[".".join(path), key] = np.asarray(v)
+        for (*path, key), v in traverse_util.flatten_dict(dict(variables.get(collection) or {})).items():
+            if _is_offset_key(key, runtime):
+                found[".".join(path), key] = np.asarray(v)
     return found

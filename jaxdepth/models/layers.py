@@ -135,12 +135,14 @@ def ste_lut_conv(x, w, b, x_scale, x_zero, cfg, table=None, acc_offset=None):
 
 #: the error-compensation key of a runtime table (in ``variables["lut"][<path>]``, beside ``"table"``)
 RUNTIME_OFFSET_KEY = "acc_offset"
+#: the start of a fixed table's error-compensation key in ``variables["quant"][<path>]`` (`offset_key`)
+OFFSET_PREFIX = "acc_offset_"
 
 
 def offset_key(multiplier) -> str:
     """The ``quant`` key of a layer's error-compensation offset for ``multiplier``'s table: named by the
     table's content (`Multiplier.digest`), so an offset is never applied to another table."""
-    return f"acc_offset_{multiplier.digest}"
+    return OFFSET_PREFIX + multiplier.digest
 
 
 def layer_name(module: nn.Module) -> str:
